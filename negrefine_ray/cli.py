@@ -1,0 +1,153 @@
+"""The `negrefine-ray` command line: `run` a job file, run one stage against a run folder, `doctor`.
+
+Each command parses its arguments, loads the config, calls one pipeline function and prints where
+the results are. User-fixable errors print one message and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from negrefine_ray.config import JobConfig, load_config
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.pipeline import STAGES, pending_stages, run_pipeline
+from negrefine_ray.stages import StageResult
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Zero-shot OOD detection with negative labels (NegRefine and related methods) on Ray.",
+)
+
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a job-file key: section.key=value (repeatable)."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option("--address", help="Ray cluster address (default: ray.address, RAY_ADDRESS, local)."),
+]
+
+
+def _print_result(result: StageResult) -> None:
+    if result.status == "ran":
+        typer.echo(f"{result.stage}: {result.summary} [{result.seconds:.1f} s]")
+    else:
+        typer.echo(f"{result.stage}: up to date, skipped ({result.summary})")
+
+
+def _load_target(target: Path, overrides: list[str] | None) -> JobConfig:
+    """A job file, or a run folder whose saved config.json is reused."""
+    if target.is_dir():
+        saved = target / "config.json"
+        if not saved.is_file():
+            raise NegRefineError(
+                f"{target} is a folder without config.json, so it is not a run folder; pass a job "
+                f"file (jobs/*.toml) or a folder that `negrefine-ray run` created."
+            )
+        config = load_config(saved, overrides or [])
+        # A run folder may have been moved: results stay where the folder is now.
+        if config.run_dir.resolve() != target.resolve():
+            config = load_config(
+                saved,
+                [*(overrides or []), f'run.output_dir="{target.parent}"', f'run.name="{target.name}"'],
+            )
+        return config
+    return load_config(target, overrides or [])
+
+
+def _fail(exc: NegRefineError) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    job: Annotated[Path, typer.Argument(help="TOML job file (or an existing run folder).")],
+    set_: SetOpt = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Recompute this stage even if up to date.")
+    ] = None,
+    address: AddressOpt = None,
+) -> None:
+    """Run every stage of a job in order, skipping the stages whose outputs are up to date."""
+    try:
+        config = _load_target(job, set_)
+        run_pipeline(config, force=force or (), ray_address=address, on_result=_print_result)
+    except NegRefineError as exc:
+        _fail(exc)
+    pending = pending_stages()
+    if pending:
+        names = ", ".join(f"{s.name} ({s.planned_in})" for s in pending)
+        typer.echo(f"not built yet, so not run: {names}")
+    typer.echo(f"results: {config.run_dir}")
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    def command(
+        target: Annotated[Path, typer.Argument(help="Run folder (or a job file).")],
+        set_: SetOpt = None,
+        force: Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")] = False,
+        address: AddressOpt = None,
+    ) -> None:
+        try:
+            config = _load_target(target, set_)
+            run_pipeline(
+                config,
+                force=[name] if force else [],
+                ray_address=address,
+                only=[name],
+                on_result=_print_result,
+            )
+        except NegRefineError as exc:
+            _fail(exc)
+        typer.echo(f"results: {config.run_dir / name}")
+
+    command.__doc__ = help_text
+    app.command(name=name)(command)
+
+
+for _stage in STAGES:
+    if _stage.fn is not None:
+        _stage_command(_stage.name, f"Run the '{_stage.name}' stage: {_stage.summary}.")
+    else:
+        _stage_command(_stage.name, f"{_stage.summary} (not built yet: {_stage.planned_in}).")
+
+
+@app.command()
+def doctor(
+    job: Annotated[Path | None, typer.Argument(help="Job file whose settings to check.")] = None,
+    address: AddressOpt = None,
+) -> None:
+    """Check WordNet, CLIP weights, LLM backends, Ray and GPUs; print the fix for each problem."""
+    from negrefine_ray.doctor import run_checks
+
+    try:
+        config = _load_target(job, None) if job is not None else JobConfig()
+    except NegRefineError as exc:
+        _fail(exc)
+    ok = True
+    for check in run_checks(config, address):
+        mark = "ok  " if check.ok else ("warn" if check.optional else "FAIL")
+        typer.echo(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok and check.fix:
+            typer.echo(f"       fix: {check.fix}")
+        ok = ok and (check.ok or check.optional)
+    if not ok:
+        raise typer.Exit(code=1)
+
+
+def main() -> None:
+    try:
+        app()
+    except NegRefineError as exc:  # raised outside a command body, e.g. while importing a stage
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""CLIP loading through open_clip: architecture from open_clip's registry, weights from a pretrained
+tag, a local checkpoint file, or random initialisation ("none").
+
+The weights' identity (the tag, the checkpoint's sha256, or the init seed) is part of every cache key
+built on the model's outputs. The package registers its tiny test architectures (`nr-tiny-vit*`) in
+open_clip's own registry; it adds no registry of its own.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from negrefine_ray.artifacts import file_sha256
+from negrefine_ray.config import ModelConfig
+from negrefine_ray.errors import NegRefineError, unknown_name
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_INIT = "none"
+_registered = False
+
+
+def register_bundled_configs() -> None:
+    """Add the package's tiny architectures to open_clip's model-config registry (idempotent)."""
+    global _registered
+    if not _registered:
+        import open_clip
+
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """Where the weights come from: kind 'tag', 'file' or 'random', and a content identity."""
+
+    kind: str
+    value: str
+    identity: str
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == "random"
+
+
+def resolve_weights(cfg: ModelConfig) -> WeightsRef:
+    """Classify `model.pretrained` and compute its identity, failing early on bad values."""
+    import open_clip
+
+    register_bundled_configs()
+    if cfg.arch not in open_clip.list_models():
+        raise unknown_name("CLIP architecture (model.arch)", cfg.arch, open_clip.list_models())
+    value = cfg.pretrained
+    if value.lower() == RANDOM_INIT:
+        return WeightsRef("random", RANDOM_INIT, f"random-init-seed{cfg.init_seed}")
+    path = Path(value).expanduser()
+    if path.suffix or "/" in value or path.exists():
+        if not path.is_file():
+            raise NegRefineError(
+                f"model.pretrained = {value!r} looks like a checkpoint path but no such file exists; "
+                f"give an existing checkpoint file, an open_clip tag for {cfg.arch} or 'none'."
+            )
+        return WeightsRef("file", str(path.resolve()), f"sha256:{file_sha256(path)}")
+    tags = open_clip.list_pretrained_tags_by_model(cfg.arch)
+    if value not in tags:
+        raise unknown_name(f"pretrained tag for {cfg.arch} (model.pretrained)", value, [*tags, "none"])
+    return WeightsRef("tag", value, f"open_clip:{cfg.arch}:{value}")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NegRefineError("model.device = 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'.")
+    return device
+
+
+def _load_file(model: torch.nn.Module, arch: str, path: str) -> None:
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(model, path, strict=True)  # type: ignore[arg-type]
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+        raise NegRefineError(
+            f"Checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it is truncated or not "
+            f"a torch/safetensors state dict. Re-download or re-save it."
+        ) from exc
+    except RuntimeError as exc:
+        text = str(exc)
+        if "state_dict" in text or "size mismatch" in text or "Missing key" in text:
+            raise NegRefineError(
+                f"Checkpoint {path} does not match architecture '{arch}': {text[:500]}. "
+                f"Set model.arch to the architecture the checkpoint was saved from."
+            ) from exc
+        raise NegRefineError(f"Checkpoint {path} could not be loaded: {text[:500]}") from exc
+
+
+def create_clip(cfg: ModelConfig, device: str = "cpu") -> tuple[torch.nn.Module, Any, WeightsRef]:
+    """Build the model (eval mode, fp32 on `device`) and its open_clip image preprocessing.
+
+    Returns (model, preprocess, weights). Precision is applied by the callers that run inference.
+    """
+    import open_clip
+
+    weights = resolve_weights(cfg)
+    if weights.kind == "tag":
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                cfg.arch, pretrained=weights.value, device=device
+            )
+        except Exception as exc:  # network and hub errors come in many types; re-raised with a fix
+            raise NegRefineError(
+                f"Could not obtain open_clip weights '{weights.value}' for {cfg.arch}: "
+                f"{type(exc).__name__}: {exc}. On a machine without internet, download the checkpoint "
+                f"elsewhere and set model.pretrained to its local path."
+            ) from exc
+    else:
+        torch.manual_seed(cfg.init_seed)  # random init is reproducible from model.init_seed
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.arch, pretrained=None)
+        if weights.kind == "file":
+            _load_file(model, cfg.arch, weights.value)
+        model = model.to(device)
+    model.eval()
+    return model, preprocess, weights
+
+
+def get_tokenizer(arch: str) -> Any:
+    import open_clip
+
+    register_bundled_configs()
+    return open_clip.get_tokenizer(arch)

@@ -1,0 +1,30 @@
+"""One Ray connection per process: a local single-node Ray by default, a cluster when an address is
+given (`--address`, `ray.address` in the job file, or RAY_ADDRESS, which `ray job submit` sets)."""
+
+from __future__ import annotations
+
+import os
+
+from negrefine_ray.config import RayConfig
+
+
+def resolve_address(cfg: RayConfig, override: str | None = None) -> str | None:
+    """The cluster address to connect to, or None for a new local Ray."""
+    return override or cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ensure_ray(cfg: RayConfig, override: str | None = None) -> None:
+    """Connect to Ray unless this process already is connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = resolve_address(cfg, override)
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus or None,
+            num_gpus=None if cfg.num_gpus < 0 else cfg.num_gpus,
+            include_dashboard=False,
+        )

@@ -1,0 +1,214 @@
+"""Resumable stages in one run folder: content hashes, manifests and atomic hand-over.
+
+A stage writes into a private staging folder; when it finishes, its manifest (stage, hash of exactly
+the settings and upstream outputs that determine its output, library versions, row counts, timings)
+is written last and the folder is renamed into `<run>/<stage>/`. A stage folder is trusted only if its
+manifest's hash equals the hash the current job asks for and every artifact it lists is present with
+the recorded size and sha256; anything else is recomputed. A killed stage leaves only staging debris,
+which the next run removes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.metadata
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow.parquet as pq
+
+from negrefine_ray import __version__
+from negrefine_ray.artifacts import file_sha256, read_json, stable_hash, write_json
+from negrefine_ray.config import JobConfig
+from negrefine_ray.errors import StageError
+
+MANIFEST = "manifest.json"
+STAGING = ".staging"
+_VERSIONED = ("ray", "torch", "open_clip_torch", "nltk", "pyarrow", "numpy", "transformers", "vllm")
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """What a stage reports: its artifacts (file names in its folder), statistics and one summary line."""
+
+    artifacts: tuple[str, ...]
+    summary: str
+    stats: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """Everything a stage function may use: the config, its staging folder and its inputs."""
+
+    config: JobConfig
+    stage: str
+    out_dir: Path
+    run_dir: Path
+    ray_address: str | None = None
+
+    def input(self, stage: str, artifact: str) -> Path:
+        """Path of an upstream stage's artifact (already verified by the runner)."""
+        return self.run_dir / stage / artifact
+
+    def manifest(self, stage: str) -> dict[str, Any]:
+        return read_json(self.run_dir / stage / MANIFEST)  # type: ignore[no-any-return]
+
+    def ray(self) -> None:
+        """Connect to (or start) Ray; stages that distribute work call this first."""
+        from negrefine_ray.raysession import ensure_ray
+
+        ensure_ray(self.config.ray, self.ray_address)
+
+
+StageFn = Callable[[StageContext], StageOutput]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage. `settings` returns exactly the config values that determine its output;
+    `fn` is None for stages that are planned but not built yet (they never pretend to run)."""
+
+    name: str
+    summary: str
+    needs: tuple[str, ...]
+    version: int
+    settings: Callable[[JobConfig], Mapping[str, Any]]
+    fn: StageFn | None
+    planned_in: str = ""
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    status: Literal["ran", "skipped"]
+    summary: str
+    seconds: float
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "negrefine_ray": __version__}
+    for dist in _VERSIONED:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
+    """Hash of the stage's code version, its settings and the hashes of its upstream outputs."""
+    inputs = {}
+    for up in stage.needs:
+        manifest_path = run_dir / up / MANIFEST
+        if not manifest_path.is_file():
+            raise StageError(
+                f"Stage '{stage.name}' needs the output of stage '{up}', which {run_dir} lacks; "
+                f"run `negrefine-ray {up} {run_dir}` (or `negrefine-ray run JOB.toml`) first."
+            )
+        inputs[up] = read_json(manifest_path)["hash"]
+    return stable_hash(
+        {"stage": stage.name, "version": stage.version, "settings": stage.settings(config), "inputs": inputs}
+    )
+
+
+def is_trusted(stage_dir: Path, expected_hash: str) -> bool:
+    """True if `stage_dir` holds a complete output for `expected_hash` whose files are intact."""
+    manifest_path = stage_dir / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = read_json(manifest_path)
+    except ValueError:
+        return False
+    if manifest.get("hash") != expected_hash:
+        return False
+    for name, info in manifest.get("artifacts", {}).items():
+        path = stage_dir / name
+        if not path.is_file() or path.stat().st_size != info["bytes"]:
+            return False
+        if file_sha256(path) != info["sha256"]:
+            return False
+    return True
+
+
+def _describe_artifact(path: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    if path.suffix == ".parquet":
+        info["rows"] = pq.ParquetFile(path).metadata.num_rows
+    return info
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Move the finished staging folder to `final`, replacing any older output."""
+    if final.exists():
+        retired = staging.parent / f"{final.name}-retired-{uuid.uuid4().hex[:8]}"
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired)
+    else:
+        os.replace(staging, final)
+
+
+def run_stage(
+    stage: Stage, config: JobConfig, *, force: bool = False, ray_address: str | None = None
+) -> StageResult:
+    """Run `stage` unless its trusted output already exists (or `force`)."""
+    if stage.fn is None:
+        raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
+    run_dir = config.run_dir
+    expected = stage_hash(stage, config, run_dir)
+    final = run_dir / stage.name
+    if not force and is_trusted(final, expected):
+        manifest = read_json(final / MANIFEST)
+        return StageResult(stage.name, "skipped", manifest["summary"], 0.0)
+    staging = run_dir / STAGING / f"{stage.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    ctx = StageContext(config, stage.name, staging, run_dir, ray_address)
+    output = stage.fn(ctx)
+    seconds = time.perf_counter() - t0
+    missing = [a for a in output.artifacts if not (staging / a).is_file()]
+    if missing:
+        raise StageError(f"Stage '{stage.name}' did not write its artifacts {missing} in {staging}.")
+    manifest = {
+        "stage": stage.name,
+        "hash": expected,
+        "version": stage.version,
+        "settings": stage.settings(config),
+        "inputs": {up: read_json(run_dir / up / MANIFEST)["hash"] for up in stage.needs},
+        "artifacts": {a: _describe_artifact(staging / a) for a in output.artifacts},
+        "stats": dict(output.stats),
+        "summary": output.summary,
+        "versions": library_versions(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+    }
+    write_json(staging / MANIFEST, manifest)
+    _swap_in(staging, final)
+    return StageResult(stage.name, "ran", output.summary, seconds)
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder and clear staging debris of killed runs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StageError(
+                f"Run folder {run_dir} is in use by another negrefine-ray process; wait for it to "
+                f"finish or set run.name to another folder."
+            ) from exc
+        shutil.rmtree(run_dir / STAGING, ignore_errors=True)
+        yield
