@@ -60,9 +60,7 @@ class ModelConfig:
     precision: Literal["fp32", "fp16", "bf16"] = field(
         default="fp16", metadata=_choices("fp32", "fp16", "bf16")
     )
-    device: Literal["auto", "cpu", "cuda"] = field(
-        default="auto", metadata=_choices("auto", "cpu", "cuda")
-    )
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     init_seed: int = field(default=0, metadata=_range(0))  # random init when pretrained = "none"
 
 
@@ -129,9 +127,17 @@ def _describe(tp: Any) -> str:
         return f"a list of {_describe(typing.get_args(tp)[0])}"
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
-        tp, str(tp)
-    )
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+# bool is a subclass of int in Python; a TOML `true` must not pass as an integer or number.
+_SCALAR_CHECKS: dict[Any, Any] = {
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -150,21 +156,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, arg)
             except ConfigError:
                 continue
-    elif tp is type(None):
-        if value is None:
-            return None
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp in _SCALAR_CHECKS and _SCALAR_CHECKS[tp](value):
+        return float(value) if tp is float else value
     raise ConfigError(f"{key} = {value!r} is not {_describe(tp)}; set it to {_describe(tp)}.")
 
 
@@ -205,9 +198,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     path, sep, raw = text.partition("=")
     section, dot, key = path.strip().partition(".")
     if not sep or not dot or not section or not key:
-        raise ConfigError(
-            f"--set {text!r} is not of the form section.key=value (e.g. --set run.seed=1)."
-        )
+        raise ConfigError(f"--set {text!r} is not of the form section.key=value (e.g. --set run.seed=1).")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -244,10 +235,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     if not path.is_file():
         raise ConfigError(f"Job file {path} does not exist; pass a TOML job file such as jobs/smoke.toml.")
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text())
-        else:
-            data = tomllib.loads(path.read_text())
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"Job file {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
     return build_config(data, overrides)

@@ -41,9 +41,7 @@ def check_clip(config: JobConfig) -> Check:
     except NegRefineError as exc:
         return Check("clip weights", False, str(exc), "fix model.arch / model.pretrained")
     if weights.is_random:
-        return Check(
-            "clip weights", True, f"{config.model.arch} random-initialised: metrics are meaningless"
-        )
+        return Check("clip weights", True, f"{config.model.arch} random-initialised: metrics are meaningless")
     if weights.kind == "file":
         return Check("clip weights", True, f"{config.model.arch} from {weights.value}")
     return _check_tag_cached(config.model.arch, weights.value)
@@ -92,12 +90,15 @@ def check_ray(config: JobConfig, address: str | None) -> Iterator[Check]:
         resources = ray.cluster_resources()
     except Exception as exc:  # connection failures have many types; report them all the same way
         yield Check(
-            "ray", False, f"cannot reach {target}: {type(exc).__name__}: {exc}",
+            "ray",
+            False,
+            f"cannot reach {target}: {type(exc).__name__}: {exc}",
             "start one with `ray start --head` or fix --address / RAY_ADDRESS",
         )
         return
     yield Check(
-        "ray", True,
+        "ray",
+        True,
         f"{target}: {int(resources.get('CPU', 0))} CPUs, {int(resources.get('GPU', 0))} GPUs, "
         f"{len(ray.nodes())} node(s)",
     )
@@ -111,8 +112,11 @@ def _check_gpus(ray_gpus: int) -> Check:
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(local))
     detail = f"{local} visible here ({names or 'none'}), {ray_gpus} in the Ray cluster"
     return Check(
-        "gpus", ray_gpus > 0, detail,
-        "stages run on CPU actors; for speed use a cluster with GPUs", optional=True,
+        "gpus",
+        ray_gpus > 0,
+        detail,
+        "stages run on CPU actors; for speed use a cluster with GPUs",
+        optional=True,
     )
 
 

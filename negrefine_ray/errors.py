@@ -31,6 +31,4 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def unknown_name(kind: str, name: str, choices: Iterable[str]) -> NegRefineError:
     """The error for an unknown registry name: lists the names and suggests the closest."""
     names = sorted(choices)
-    return NegRefineError(
-        f"Unknown {kind} '{name}'.{did_you_mean(name, names)} Known: {', '.join(names)}."
-    )
+    return NegRefineError(f"Unknown {kind} '{name}'.{did_you_mean(name, names)} Known: {', '.join(names)}.")

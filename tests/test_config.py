@@ -1,0 +1,84 @@
+"""Job-config validation: every bad value fails before any work, naming the key, the value and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from negrefine_ray.config import JobConfig, build_config, load_config, parse_override
+from negrefine_ray.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_paper_setting() -> None:
+    cfg = build_config({})
+    assert cfg == JobConfig()
+    assert cfg.model.arch == "ViT-B-16" and cfg.model.pretrained == "openai"
+    assert cfg.corpus.rule == "first-lemma"
+
+
+def test_every_job_file_in_jobs_loads() -> None:
+    jobs = sorted((REPO / "jobs").glob("*.toml"))
+    assert jobs, "jobs/ has no job files"
+    for job in jobs:
+        load_config(job)
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "needle"),
+    [
+        ({"modle": {}}, [], "Unknown section [modle]. Did you mean 'model'?"),
+        ({"model": {"archh": "x"}}, [], "Unknown key 'model.archh'. Did you mean 'arch'?"),
+        ({"run": {"seed": "zero"}}, [], "run.seed = 'zero' is not an integer"),
+        ({"run": {"seed": -1}}, [], "run.seed = -1 is below its minimum 0"),
+        ({"model": {"precision": "fp8"}}, [], "model.precision = 'fp8' is not one of"),
+        ({"corpus": {"lexnames": "noun.plant"}}, [], "corpus.lexnames = 'noun.plant' is not a list"),
+        ({"run": {"seed": True}}, [], "run.seed = True is not an integer"),
+        ({}, ["run.seed"], "is not of the form section.key=value"),
+        ({}, ["rn.seed=1"], "unknown section 'rn'. Did you mean 'run'?"),
+        ({}, ["run.seed=1.5"], "run.seed = 1.5 is not an integer"),
+    ],
+)
+def test_bad_values_name_key_value_and_fix(data: dict, overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(data, overrides)
+    assert needle in str(info.value)
+
+
+def test_overrides_parse_toml_values_and_win_over_the_file(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text('[run]\nseed = 3\nname = "a"\n[corpus]\nlexnames = ["noun.plant"]\n')
+    cfg = load_config(job, ["run.seed=7", 'corpus.lexnames=["adj.all", "noun.shape"]', "model.arch=RN50"])
+    assert cfg.run.seed == 7 and cfg.run.name == "a"
+    assert cfg.corpus.lexnames == ("adj.all", "noun.shape")
+    assert cfg.model.arch == "RN50"  # a bare word is read as a string
+
+
+def test_parse_override_keeps_strings_with_equals_signs() -> None:
+    assert parse_override("run.name=a=b") == ("run", "name", "a=b")
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    cfg = build_config({"run": {"seed": 5}, "corpus": {"lexnames": ["noun.plant"]}})
+    saved = tmp_path / "config.json"
+    import json
+
+    saved.write_text(json.dumps(cfg.to_dict()))
+    assert load_config(saved) == cfg
+
+
+def test_config_is_frozen() -> None:
+    cfg = JobConfig()
+    with pytest.raises(AttributeError):
+        cfg.run.seed = 3  # type: ignore[misc]
+
+
+def test_missing_or_broken_job_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nseed=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
