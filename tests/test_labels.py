@@ -1,0 +1,40 @@
+"""ID label sets: ImageNet-1K and its 10/20/100 subsets, and label files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.labels import load_id_labels
+
+
+def test_imagenet1k_is_the_references_list() -> None:
+    names = load_id_labels("imagenet1k")
+    assert len(names) == 1000 and names[0] == "tench" and names[-1] == "toilet paper"
+    assert "kite (bird of prey)" in names
+    assert names.count("missile") == 2 and names.count("sunglasses") == 2  # methods.md 0.4
+
+
+def test_subsets_match_negrefines_class_lists() -> None:
+    assert load_id_labels("imagenet10") == [
+        "brambling", "American bullfrog", "Greater Swiss Mountain Dog", "Siamese cat",
+        "common sorrel horse", "impala (antelope)", "container ship", "garbage truck", "sports car",
+        "military aircraft",
+    ]  # fmt: skip
+    twenty = load_id_labels("imagenet20")
+    assert len(twenty) == 20 and twenty[:3] == ["tank", "snowmobile", "Nile crocodile"]
+    hundred = load_id_labels("imagenet100")
+    assert len(set(hundred)) == 100
+    assert (hundred[0], hundred[-1]) == ("white stork", "baseball player")
+
+
+def test_label_file(tmp_path: Path) -> None:
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\n\n  dog  \nbird\n")
+    assert load_id_labels(str(path)) == ["cat", "dog", "bird"]
+    with pytest.raises(NegRefineError, match="does not exist"):
+        load_id_labels(str(tmp_path / "missing.txt"))
+    with pytest.raises(NegRefineError, match="Did you mean 'imagenet1k'"):
+        load_id_labels("imagenet1kk")
