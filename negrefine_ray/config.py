@@ -89,6 +89,34 @@ class LabelsConfig:
 
 
 @dataclass(frozen=True)
+class DatasetConfig:
+    """One image dataset (a `[[datasets]]` table). `root` is a local path or a pyarrow/fsspec URI."""
+
+    name: str
+    role: Literal["id", "ood"] = field(metadata=_choices("id", "ood"))
+    root: str
+    format: Literal["imagefolder", "imagelist", "imagenet-val", "files"] = field(
+        metadata=_choices("imagefolder", "imagelist", "imagenet-val", "files")
+    )
+    image_list: str = ""  # the list file of format "imagelist" (and imagenet-val's ground truth)
+    expected: int = field(default=0, metadata=_range(0))  # expected image count; 0 = unknown
+    limit: int = field(default=0, metadata=_range(0))  # 0 = all; >0 = a seeded sample of that size
+
+
+@dataclass(frozen=True)
+class ImagesConfig:
+    """How images are read and embedded (the `embed-images` stage)."""
+
+    preset: str = ""  # a benchmark preset that fills [[datasets]] (see negrefine_ray.datasets)
+    data_root: str = ""  # folder under which a preset's datasets live
+    decode: Literal["pil", "pil-draft"] = field(default="pil", metadata=_choices("pil", "pil-draft"))
+    batch_size: int = field(default=256, metadata=_range(1))
+    num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
+    gpus_per_actor: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    max_failed_fraction: float = field(default=0.01, metadata=_range(0.0, 1.0))
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: one field per `[section]` of the job file."""
 
@@ -97,6 +125,8 @@ class JobConfig:
     model: ModelConfig = ModelConfig()
     corpus: CorpusConfig = CorpusConfig()
     labels: LabelsConfig = LabelsConfig()
+    images: ImagesConfig = ImagesConfig()
+    datasets: tuple[DatasetConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""
@@ -175,22 +205,72 @@ def _check_metadata(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ConfigError(f"{key} = {value!r} is above its maximum {hi}; use a value <= {hi}.")
 
 
-def _build_section(name: str, values: Mapping[str, Any]) -> Any:
-    cls = _section_type(name)
+def _build_dataclass(cls: Any, prefix: str, values: Mapping[str, Any]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        full = f"{name}.{key}"
+        full = f"{prefix}.{key}"
         if key not in fields:
             raise ConfigError(
-                f"Unknown key '{full}'.{did_you_mean(key, fields)} "
-                f"Section [{name}] accepts: {', '.join(fields)}."
+                f"Unknown key '{full}'.{did_you_mean(key, fields)} [{prefix}] accepts: {', '.join(fields)}."
             )
         coerced = _coerce(full, value, hints[key])
         _check_metadata(full, coerced, fields[key].metadata)
         kwargs[key] = coerced
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(f"[{prefix}] lacks the required key(s) {', '.join(missing)}; add them.")
     return cls(**kwargs)
+
+
+def _table_list_type(name: str) -> Any | None:
+    """The entry dataclass of an array-of-tables section (`[[datasets]]`), else None."""
+    tp = _section_type(name)
+    return typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+
+
+def _build_section(name: str, values: Any) -> Any:
+    entry = _table_list_type(name)
+    if entry is None:
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table of key = value pairs, got {values!r}.")
+        return _build_dataclass(_section_type(name), name, values)
+    if not isinstance(values, list | tuple) or not all(isinstance(v, Mapping) for v in values):
+        raise ConfigError(f"{name} must be an array of tables ([[{name}]] entries), got {values!r}.")
+    built = tuple(_build_dataclass(entry, f"{name}.{v.get('name', i)}", v) for i, v in enumerate(values))
+    names = [b.name for b in built]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"[[{name}]] names must be unique; {', '.join(duplicates)} appear twice.")
+    return built
+
+
+def _apply_override(merged: dict[str, Any], text: str) -> None:
+    section, key, value = parse_override(text)
+    if section not in section_names():
+        raise ConfigError(
+            f"--set {text!r}: unknown section '{section}'."
+            f"{did_you_mean(section, section_names())} Known: {', '.join(section_names())}."
+        )
+    if _table_list_type(section) is None:
+        merged.setdefault(section, {})[key] = value
+        return
+    entry_name, dot, entry_key = key.partition(".")
+    entries = merged.setdefault(section, [])
+    names = [e.get("name") for e in entries]
+    if not dot or entry_name not in names:
+        raise ConfigError(
+            f"--set {text!r}: address an entry of [[{section}]] by name, as {section}.NAME.key=value; "
+            f"names: {', '.join(map(str, names)) or 'none'}."
+        )
+    entries[names.index(entry_name)] = {**entries[names.index(entry_name)], entry_key: value}
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -206,27 +286,33 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key.strip(), value
 
 
+def _copy_tables(values: Any) -> Any:
+    """A mutable copy of a section (a table or an array of tables) for applying overrides."""
+    if isinstance(values, Mapping):
+        return dict(values)
+    if isinstance(values, list | tuple):
+        return [dict(v) if isinstance(v, Mapping) else v for v in values]
+    return values
+
+
 def build_config(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> JobConfig:
     """Validate a job mapping (as read from TOML) plus `section.key=value` overrides."""
-    merged: dict[str, dict[str, Any]] = {}
-    for section, values in data.items():
+    for section in data:
         if section not in section_names():
             raise ConfigError(
                 f"Unknown section [{section}].{did_you_mean(section, section_names())} "
                 f"Known sections: {', '.join(section_names())}."
             )
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"[{section}] must be a table of key = value pairs, got {values!r}.")
-        merged[section] = dict(values)
+    merged = {name: _copy_tables(values) for name, values in data.items()}
     for text in overrides:
-        section, key, value = parse_override(text)
-        if section not in section_names():
-            raise ConfigError(
-                f"--set {text!r}: unknown section '{section}'."
-                f"{did_you_mean(section, section_names())} Known: {', '.join(section_names())}."
-            )
-        merged.setdefault(section, {})[key] = value
-    return JobConfig(**{name: _build_section(name, merged.get(name, {})) for name in section_names()})
+        _apply_override(merged, text)
+    empty: dict[str, Any] = {}
+    return JobConfig(
+        **{
+            name: _build_section(name, merged.get(name, [] if _table_list_type(name) else empty))
+            for name in section_names()
+        }
+    )
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

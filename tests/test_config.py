@@ -82,3 +82,36 @@ def test_missing_or_broken_job_file(tmp_path: Path) -> None:
     bad.write_text("[run\nseed=1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+DATASETS = [
+    {"name": "imagenet", "role": "id", "root": "/data/val", "format": "imagenet-val"},
+    {"name": "ninco", "role": "ood", "root": "/data/NINCO", "format": "imagefolder", "expected": 5878},
+]
+
+
+def test_datasets_array_of_tables_and_overrides_by_name() -> None:
+    cfg = build_config({"datasets": DATASETS}, ["datasets.ninco.root=/mnt/NINCO", "datasets.ninco.limit=100"])
+    assert [d.name for d in cfg.datasets] == ["imagenet", "ninco"]
+    ninco = cfg.datasets[1]
+    assert (ninco.root, ninco.limit, ninco.expected, ninco.role) == ("/mnt/NINCO", 100, 5878, "ood")
+
+
+@pytest.mark.parametrize(
+    ("datasets", "overrides", "needle"),
+    [
+        (
+            [{"name": "x", "role": "ood", "format": "files"}],
+            [],
+            "[datasets.x] lacks the required key(s) root",
+        ),
+        ([{**DATASETS[0], "role": "in"}], [], "datasets.imagenet.role = 'in' is not one of 'id', 'ood'"),
+        ([DATASETS[0], DATASETS[0]], [], "names must be unique; imagenet appear"),
+        (DATASETS, ["datasets.nico.root=/x"], "names: imagenet, ninco"),
+        ({"name": "x"}, [], "must be an array of tables"),
+    ],
+)
+def test_bad_datasets(datasets: object, overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({"datasets": datasets}, overrides)
+    assert needle in str(info.value)
