@@ -1,0 +1,379 @@
+"""CLIP text embeddings for ID labels and negative-label candidates (methods.md 0.1-0.2, 2.3, 3.3).
+
+Pure core: `encode_texts` (unnormalised CLIP text features, shortest exact sequence form),
+`ensemble` (raw-mean of CSP/NegRefine/DNM or norm-mean of InterNeg/CLIP), `embed_labels`.
+Ray adapter: `TextEmbedder` (column "text" -> column "embedding") and `embed_texts_ray`.
+Cache: `TextEmbeddingCache`, Parquet files keyed by model, templates, ensembling, texts and precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from negrefine_ray.artifacts import read_parquet, stable_hash, write_parquet
+from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs, resolve_device
+from negrefine_ray.config import ModelConfig
+from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.templates import apply_templates
+
+Precision = Literal["fp32", "fp16", "bf16"]
+EnsembleMode = Literal["raw-mean", "norm-mean"]
+# Texts are tokenised and length-sorted in windows of this many, bounding the int64 token memory
+# (77 x 8 bytes a text) while keeping batches of near-equal length.
+SORT_WINDOW = 65536
+_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class _CausalTower:
+    """The modules of a causal, end-pooled CLIP text tower (open_clip CLIP or TextTransformer)."""
+
+    token_embedding: torch.nn.Module
+    positional_embedding: torch.Tensor
+    transformer: Any
+    ln_final: torch.nn.Module
+    text_projection: Any
+    attn_mask: torch.Tensor
+    pool_type: str
+    eos_id: int
+
+
+def _causal_tower(model: torch.nn.Module) -> _CausalTower | None:
+    """The tower's parts, or None when truncating the padding could change its output.
+
+    open_clip's `encode_text` adds the full 77-row positional embedding and the 77x77 mask, so it
+    rejects shorter inputs. With a causal mask and pooling at the end-of-text token, positions after
+    that token never influence the pooled feature, so running on the first L tokens is exact.
+    Bidirectional towers, padding masks, CoCa's appended CLS and 'first'/'last' pooling fall back.
+    """
+    text = getattr(model, "text", None)
+    src: Any = text if text is not None else model
+    if not hasattr(src, "token_embedding") or not hasattr(src, "transformer"):
+        return None
+    pool = src.pool_type if text is not None else getattr(model, "text_pool_type", None)
+    eos = src.eos_id if text is not None else getattr(model, "text_eos_id", None)
+    unsafe = getattr(src, "cls_emb", None) is not None or getattr(src, "use_pad_mask", False)
+    if src.attn_mask is None or pool not in ("argmax", "eos") or unsafe or (pool == "eos" and eos is None):
+        return None
+    return _CausalTower(
+        src.token_embedding, src.positional_embedding, src.transformer, src.ln_final,
+        src.text_projection, src.attn_mask, pool, -1 if eos is None else int(eos),
+    )  # fmt: skip
+
+
+def _end_positions(tokens: torch.Tensor, pool_type: str, eos_id: int) -> torch.Tensor:
+    """(B,) int64 position of the pooled token: argmax id (CLIP's EOT is the largest id) or the eos."""
+    if pool_type == "eos":
+        return tokens.eq(eos_id).int().argmax(dim=-1)
+    return tokens.argmax(dim=-1)
+
+
+def _forward_short(tower: _CausalTower, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's text forward on (B, L) tokens, L <= context length; returns (B, D) features."""
+    dtype = tower.transformer.get_cast_dtype()
+    length = tokens.shape[1]
+    x = tower.token_embedding(tokens).to(dtype) + tower.positional_embedding[:length].to(dtype)
+    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    # ln_final is per token, so pooling first gives the same result on 1 token instead of L.
+    pooled = x[
+        torch.arange(x.shape[0], device=x.device), _end_positions(tokens, tower.pool_type, tower.eos_id)
+    ]
+    pooled = tower.ln_final(pooled)
+    if tower.text_projection is None:
+        return pooled
+    if isinstance(tower.text_projection, torch.nn.Linear):
+        return tower.text_projection(pooled)  # type: ignore[no-any-return]
+    return pooled @ tower.text_projection  # type: ignore[no-any-return]
+
+
+def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Index batches over `lengths` (n,), longest first (stable), each at most `batch_size` long.
+
+    Longest first makes an out-of-memory batch fail at once rather than at the end.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def effective_precision(device: str, precision: str) -> str:
+    """fp16/bf16 apply on CUDA only; CPU inference always runs in fp32 (the part of the cache key)."""
+    return precision if str(device).startswith("cuda") else "fp32"
+
+
+def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    if effective_precision(device, precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+
+def text_embed_dim(arch: str) -> int:
+    """D of an open_clip architecture's text features, read from its config (no model is built)."""
+    import open_clip
+
+    register_bundled_configs()
+    cfg = open_clip.get_model_config(arch)
+    if cfg is None:
+        raise NegRefineError(f"open_clip has no model config for '{arch}'; check model.arch.")
+    return int(cfg["embed_dim"])
+
+
+def encode_texts(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 1024,
+    device: str = "cpu",
+    precision: str = "fp32",
+    shortest: bool = True,
+) -> np.ndarray:
+    """UNNORMALISED CLIP text features (n, D) float32, row i for texts[i].
+
+    With `shortest` (default) texts are sorted by token length within windows of SORT_WINDOW, each
+    batch is cut to its longest sequence, and the tower runs on that length (exact for causal towers;
+    see `_causal_tower`). `shortest=False` runs open_clip's `encode_text` on 77-token padding.
+    `precision` fp16/bf16 means autocast on CUDA; on CPU everything runs in fp32.
+    """
+    if batch_size < 1:
+        raise NegRefineError(f"batch_size = {batch_size}; it must be at least 1.")
+    tower = _causal_tower(model) if shortest else None
+    chunks: list[np.ndarray] = []
+    with torch.inference_mode(), _autocast(device, precision):
+        for start in range(0, len(texts), SORT_WINDOW):
+            tokens = tokenizer(list(texts[start : start + SORT_WINDOW]))
+            if tower is not None:
+                lengths = _end_positions(tokens, tower.pool_type, tower.eos_id).numpy() + 1
+            else:
+                lengths = np.full(len(tokens), tokens.shape[1])
+            out = np.empty((len(tokens), 0), dtype=np.float32)
+            for idx in plan_batches(lengths, batch_size):
+                batch = tokens[torch.from_numpy(idx), : int(lengths[idx].max())].to(device)
+                feats = (
+                    _forward_short(tower, batch) if tower is not None else cast(Any, model).encode_text(batch)
+                )
+                if out.shape[1] == 0:
+                    out = np.empty((len(tokens), feats.shape[1]), dtype=np.float32)
+                out[idx] = feats.float().cpu().numpy()
+            chunks.append(out)
+    if not chunks:
+        return np.empty((0, _output_dim(model)), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def _output_dim(model: torch.nn.Module) -> int:
+    proj = getattr(getattr(model, "text", model), "text_projection", None)
+    if isinstance(proj, torch.nn.Linear):
+        return int(proj.out_features)
+    if isinstance(proj, torch.Tensor):
+        return int(proj.shape[1])
+    return int(getattr(model, "embed_dim", 0))
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    # The same 1e-12 floor as torch.nn.functional.normalize.
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def ensemble(features: np.ndarray, n_templates: int, mode: EnsembleMode) -> np.ndarray:
+    """Per-label embeddings (n_labels, D) float32, L2-normalised (methods.md 0.2).
+
+    `features` is (n_labels * n_templates, D), label-major (row i*T + t = template t of label i, the
+    layout of `templates.apply_templates`), unnormalised. raw-mean: normalise(mean_t g) (CSP,
+    NegRefine, DNM); norm-mean: normalise(mean_t normalise(g)) (InterNeg, CLIP's recipe). Computed in
+    float64; the references average in fp16 on GPU for negatives, which this does not replicate.
+    """
+    if mode not in ("raw-mean", "norm-mean"):
+        raise NegRefineError(f"ensemble mode {mode!r} is unknown; use 'raw-mean' or 'norm-mean'.")
+    if n_templates < 1 or features.ndim != 2 or features.shape[0] % n_templates:
+        raise NegRefineError(
+            f"features of shape {features.shape} cannot be split into groups of {n_templates} "
+            f"templates; expected (n_labels * n_templates, D)."
+        )
+    grouped = features.astype(np.float64).reshape(-1, n_templates, features.shape[1])
+    if mode == "norm-mean":
+        grouped = _l2_normalise(grouped)
+    return _l2_normalise(grouped.mean(axis=1)).astype(np.float32)
+
+
+def embed_labels(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    labels: Sequence[str],
+    templates: Sequence[str],
+    mode: EnsembleMode,
+    **encode_kwargs: Any,
+) -> np.ndarray:
+    """(n_labels, D) float32 normalised: every label through every template, then `ensemble`."""
+    feats = encode_texts(model, tokenizer, apply_templates(labels, templates), **encode_kwargs)
+    return ensemble(feats, len(templates), mode)
+
+
+class TextEmbedder:
+    """Ray Data actor: loads CLIP once, maps column "text" to "embedding" (B, D) float32 unnormalised."""
+
+    def __init__(
+        self,
+        arch: str,
+        pretrained: str,
+        *,
+        init_seed: int = 0,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 1024,
+    ) -> None:
+        cfg = ModelConfig(arch=arch, pretrained=pretrained, init_seed=init_seed)
+        self.device = resolve_device(device)
+        self.model, _, self.weights = create_clip(cfg, self.device)
+        self.tokenizer = get_tokenizer(arch)
+        self.precision = precision
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "text" not in batch:
+            raise StageError(f"TextEmbedder needs column 'text'; the batch has {sorted(batch)}.")
+        texts = [str(t) for t in batch["text"]]
+        embedding = encode_texts(
+            self.model, self.tokenizer, texts,
+            batch_size=self.batch_size, device=self.device, precision=self.precision,
+        )  # fmt: skip
+        return {**batch, "embedding": embedding}
+
+
+def embed_texts_ray(
+    texts: Sequence[str],
+    model_cfg: ModelConfig,
+    *,
+    num_actors: int = 1,
+    num_gpus_per_actor: float = 0.0,
+    num_cpus_per_actor: float = 1.0,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """`encode_texts` on a Ray actor pool; (n, D) float32 unnormalised, row i for texts[i].
+
+    Actors run on CUDA when `num_gpus_per_actor` > 0 and on CPU otherwise. Rows come back in any
+    order; they are put back in place by their index column.
+    """
+    import ray
+
+    if num_actors < 1:
+        raise NegRefineError(f"num_actors = {num_actors}; it must be at least 1.")
+    n = len(texts)
+    if n == 0:
+        return np.empty((0, text_embed_dim(model_cfg.arch)), dtype=np.float32)
+    table = pa.table({"index": pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(list(texts))})
+    # One block a batch, so idle actors can take work from busy ones.
+    blocks = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, n, batch_size)])
+    ds = blocks.map_batches(
+        TextEmbedder,
+        fn_constructor_kwargs={
+            "arch": model_cfg.arch,
+            "pretrained": model_cfg.pretrained,
+            "init_seed": model_cfg.init_seed,
+            "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
+            "precision": model_cfg.precision,
+            "batch_size": batch_size,
+        },
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=num_gpus_per_actor,
+        num_cpus=num_cpus_per_actor,
+        batch_size=batch_size,
+        batch_format="numpy",
+        udf_modifying_row_count=False,
+    )
+    out: np.ndarray | None = None
+    seen = np.zeros(n, dtype=bool)
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        index, emb = batch["index"], np.asarray(batch["embedding"], dtype=np.float32)
+        if out is None:
+            out = np.empty((n, emb.shape[1]), dtype=np.float32)
+        out[index] = emb
+        seen[index] = True
+    if out is None or not seen.all():
+        raise StageError(f"embed_texts_ray got {int(seen.sum())} of {n} embeddings back from Ray.")
+    return out
+
+
+def texts_hash(texts: Sequence[str]) -> str:
+    """Content hash of an ordered text list (labels or words before templating)."""
+    return stable_hash(list(texts))
+
+
+def text_cache_key(
+    weights_identity: str,
+    arch: str,
+    templates: Sequence[str],
+    mode: str,
+    texts_hash: str,
+    precision: str,
+) -> str:
+    """Cache key of a text-embedding table: everything that changes its content.
+
+    Pass the precision that actually ran (`effective_precision`): CPU runs are fp32 whatever asked.
+    """
+    return stable_hash(
+        {
+            "kind": "clip-text-embeddings",
+            "version": _CACHE_VERSION,
+            "weights": weights_identity,
+            "arch": arch,
+            "templates": list(templates),
+            "mode": mode,
+            "texts": texts_hash,
+            "precision": precision,
+        }
+    )
+
+
+class TextEmbeddingCache:
+    """Text embeddings that outlive runs: one Parquet file a key under `root`.
+
+    Columns: text (string), embedding (fixed_size_list<float32>[D]). Written atomically; never pickled.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.parquet"
+
+    def get(self, key: str) -> tuple[list[str], np.ndarray] | None:
+        """(texts, (n, D) float32 embeddings) for `key`, or None when not cached."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            table = read_parquet(path)
+            column = table.column("embedding").combine_chunks()
+            dim = column.type.list_size
+            emb = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+            return table.column("text").to_pylist(), emb
+        except (pa.ArrowException, KeyError, AttributeError, OSError) as exc:
+            raise NegRefineError(
+                f"Text-embedding cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
+                f"delete it and the embeddings will be recomputed."
+            ) from exc
+
+    def put(self, key: str, texts: Sequence[str], embeddings: np.ndarray) -> Path:
+        """Store (n,) texts with their (n, D) embeddings under `key`; returns the file path."""
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
+            raise NegRefineError(
+                f"cannot cache {len(texts)} texts with embeddings of shape {embeddings.shape}; "
+                f"expected ({len(texts)}, D)."
+            )
+        flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
+        table = pa.table(
+            {
+                "text": pa.array(list(texts), pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]),
+            }
+        ).replace_schema_metadata({"cache_key": key})
+        write_parquet(self.path(key), table)
+        return self.path(key)
