@@ -117,6 +117,46 @@ class ImagesConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """NegFilter (methods.md 3.2): which judges, which prompts, and how answers become decisions."""
+
+    judges: tuple[str, ...] = ("wordnet",)  # names of [[judges]] entries, or built-in "wordnet"
+    prompt_set: Literal["negrefine", "corrected"] = field(
+        default="negrefine", metadata=_choices("negrefine", "corrected")
+    )
+    n_id_labels: int = field(default=10, metadata=_range(1))  # nearest ID labels asked about
+    invalid_policy: Literal["keep", "drop"] = field(default="keep", metadata=_choices("keep", "drop"))
+    chunk_size: int = field(default=2048, metadata=_range(1))  # questions per persisted answer shard
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """One judge (a `[[judges]]` table). `backend`: vllm | transformers | wordnet | replay."""
+
+    name: str
+    backend: Literal["vllm", "transformers", "wordnet", "replay"] = field(
+        metadata=_choices("vllm", "transformers", "wordnet", "replay")
+    )
+    model: str = ""  # hub id, local folder, or .gguf file (transformers)
+    mode: Literal["logprob", "generate"] = field(default="logprob", metadata=_choices("logprob", "generate"))
+    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # decision: P(yes) > threshold
+    dtype: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    batch_size: int = field(default=64, metadata=_range(1))
+    max_new_tokens: int = field(default=8, metadata=_range(1))  # generate mode
+    max_model_len: int = field(default=1024, metadata=_range(64))
+    gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1.0))
+    tensor_parallel_size: int = field(default=1, metadata=_range(1))
+    num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU (or TP group), 1 on CPU
+    proper_rule: Literal["instance", "capitalized"] = field(
+        default="instance", metadata=_choices("instance", "capitalized")
+    )  # wordnet backend
+    compound_head: bool = True  # wordnet backend: "african daisy" is a subcategory of "daisy"
+    log_noun: str = ""  # replay backend: NegRefine's llm_process_noun.txt
+    log_adj: str = ""  # replay backend: llm_process_adj.txt
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: one field per `[section]` of the job file."""
 
@@ -127,6 +167,8 @@ class JobConfig:
     labels: LabelsConfig = LabelsConfig()
     images: ImagesConfig = ImagesConfig()
     datasets: tuple[DatasetConfig, ...] = ()
+    filter: FilterConfig = FilterConfig()
+    judges: tuple[JudgeConfig, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""
