@@ -1,0 +1,301 @@
+"""The `filter` stage: NegFilter over the mined NegRefine negatives, once per configured judge.
+
+Input: `mine/negatives.parquet` rows of method "negrefine" (label = the cleaned label, pos,
+nearest_id_labels). Output per judge J: `J/decisions.parquet` (every question asked), `J/labels.parquet`
+(each label's decision) and `J/kept.parquet` (the refined negatives, in the input order), plus
+`counts.json` and, with several judges, `comparison.json`/`comparison.md`. Answers are persisted in
+shards under the cache as they arrive (keyed by the judge and the prompts), so an interrupted filter
+re-asks only the questions without an answer, and a finished one is reused by later runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from negrefine_ray.artifacts import read_parquet, stable_hash, write_json, write_parquet, write_text
+from negrefine_ray.config import JobConfig, JudgeConfig
+from negrefine_ray.errors import NegRefineError, StageError, unknown_name
+from negrefine_ray.judges import Answer, Judge, ReplayJudge, WordNetJudge
+from negrefine_ray.negfilter import (
+    Decision,
+    PromptSet,
+    Question,
+    count_reasons,
+    decide,
+    get_prompt_set,
+    proper_question,
+    sequential_questions,
+    subcategory_questions,
+)
+from negrefine_ray.stages import StageContext, StageOutput
+
+ANSWER_SCHEMA = pa.schema(
+    [("qid", pa.string()), ("yes", pa.int8()), ("p_yes", pa.float64()), ("raw", pa.string()),
+     ("latency_s", pa.float64())]
+)  # fmt: skip
+_YES_CODE = {True: 1, False: 0, None: -1}
+Asker = Callable[[Sequence[Question]], None]
+
+
+class AnswerStore:
+    """Answers of one judge under one prompt set, as Parquet shards written atomically one chunk at
+    a time; a shard is either complete or absent, so a crash loses at most the chunk in flight."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.answers: dict[str, Answer] = {}
+        for part in sorted(root.glob("part-*.parquet")):
+            for row in read_parquet(part).to_pylist():
+                yes = {1: True, 0: False}.get(row["yes"])
+                self.answers[row["qid"]] = Answer(row["qid"], yes, row["p_yes"], row["raw"], row["latency_s"])
+
+    def missing(self, questions: Sequence[Question]) -> list[Question]:
+        seen: set[str] = set()
+        out = []
+        for q in questions:
+            if q.qid not in self.answers and q.qid not in seen:
+                seen.add(q.qid)
+                out.append(q)
+        return out
+
+    def add(self, answers: Sequence[Answer]) -> None:
+        if not answers:
+            return
+        table = pa.table(
+            {
+                "qid": [a.qid for a in answers],
+                "yes": [_YES_CODE[a.yes] for a in answers],
+                "p_yes": [a.p_yes for a in answers],
+                "raw": [a.raw for a in answers],
+                "latency_s": [a.latency_s for a in answers],
+            },
+            schema=ANSWER_SCHEMA,
+        )
+        write_parquet(self.root / f"part-{len(list(self.root.glob('part-*.parquet'))):06d}.parquet", table)
+        self.answers.update({a.qid: a for a in answers})
+
+
+def in_process_asker(judge: Judge, prompts: PromptSet, store: AnswerStore, chunk_size: int) -> Asker:
+    """Ask the unanswered questions chunk by chunk in this process, persisting each chunk."""
+
+    def ask(questions: Sequence[Question]) -> None:
+        todo = store.missing(questions)
+        for start in range(0, len(todo), chunk_size):
+            store.add(judge.answer(todo[start : start + chunk_size], prompts))
+
+    return ask
+
+
+@dataclass(frozen=True)
+class JudgeRun:
+    decisions: pa.Table  # one row per question asked
+    labels: pa.Table  # one row per label
+    counts: dict[str, int]
+
+
+def _resolve(answer: Answer, invalid_policy: str) -> bool:
+    """An invalid answer counts as "no" under policy "keep" (the label survives that question, as
+    in the reference) and as "yes" under "drop"."""
+    return answer.yes if answer.yes is not None else invalid_policy == "drop"
+
+
+def filter_labels(
+    labels: Sequence[str], nearest: Sequence[Sequence[str]], ask: Asker, store: AnswerStore, *, policy: str
+) -> tuple[list[Decision], list[Question], dict[str, bool]]:
+    """Two waves: every proper-noun question, then the subcategory questions of the survivors.
+    Returns the decisions, the questions asked (wave order) and the resolved yes/no per qid."""
+    wave1 = [proper_question(label) for label in labels]
+    ask(wave1)
+    yes = {q.qid: _resolve(store.answers[q.qid], policy) for q in wave1}
+    wave2 = [
+        q
+        for label, ids in zip(labels, nearest, strict=True)
+        if not yes[proper_question(label).qid]
+        for q in subcategory_questions(label, ids)
+    ]
+    ask(wave2)
+    yes.update({q.qid: _resolve(store.answers[q.qid], policy) for q in wave2})
+    decisions = [decide(label, ids, yes) for label, ids in zip(labels, nearest, strict=True)]
+    return decisions, wave1 + wave2, yes
+
+
+def _decision_table(
+    asked: Sequence[Question],
+    store: AnswerStore,
+    yes: dict[str, bool],
+    needed: set[str],
+    meta: dict[str, str],
+) -> pa.Table:
+    answers = [store.answers[q.qid] for q in asked]
+    return pa.table(
+        {
+            "qid": [q.qid for q in asked],
+            "wave": [1 if q.kind == "proper" else 2 for q in asked],
+            "label": [q.label for q in asked],
+            "kind": [q.kind for q in asked],
+            "id_label": [q.id_label for q in asked],
+            "rank": pa.array([q.rank for q in asked], pa.int32()),
+            "prompt_set": [meta["prompt_set"]] * len(asked),
+            "judge": [meta["judge"]] * len(asked),
+            "answer": [{True: "yes", False: "no", None: "invalid"}[a.yes] for a in answers],
+            "p_yes": pa.array([a.p_yes for a in answers], pa.float64()),
+            "raw": [a.raw for a in answers],
+            "decision_yes": [yes[q.qid] for q in asked],
+            "needed_by_sequential_rule": [q.qid in needed for q in asked],
+            "latency_s": [a.latency_s for a in answers],
+        }
+    )
+
+
+def run_judge(
+    negatives: pa.Table, ask: Asker, store: AnswerStore, meta: dict[str, str], policy: str
+) -> JudgeRun:
+    labels = negatives.column("label").to_pylist()
+    nearest = negatives.column("nearest_id_labels").to_pylist()
+    decisions, asked, yes = filter_labels(labels, nearest, ask, store, policy=policy)
+    needed = {
+        qid
+        for label, ids in zip(labels, nearest, strict=True)
+        for qid in sequential_questions(label, ids, yes)
+    }
+    table = _decision_table(asked, store, yes, needed, meta)
+    label_table = pa.table(
+        {
+            "label": labels,
+            "pos": negatives.column("pos"),
+            "reason": [d.reason for d in decisions],
+            "id_label": [d.id_label for d in decisions],
+            "kept": [d.kept for d in decisions],
+        }
+    )
+    counts = count_reasons(decisions)
+    counts.update(
+        questions_asked=len(asked),
+        questions_sequential_rule=len(needed),
+        invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
+    )
+    return JudgeRun(table, label_table, counts)
+
+
+def answer_store_root(config: JobConfig, identity: dict[str, Any], prompts: PromptSet) -> Path:
+    key = stable_hash({"judge": identity, "prompts": [prompts.system, prompts.proper, prompts.subcategory]})
+    return config.cache_dir / "answers" / key[:32]
+
+
+def judge_configs(config: JobConfig) -> list[JudgeConfig]:
+    """The judges named in filter.judges; "wordnet" is built in when no [[judges]] entry has it."""
+    by_name = {j.name: j for j in config.judges}
+    by_name.setdefault("wordnet", JudgeConfig(name="wordnet", backend="wordnet"))
+    missing = [n for n in config.filter.judges if n not in by_name]
+    if missing:
+        raise unknown_name("judge (filter.judges)", missing[0], by_name)
+    return [by_name[n] for n in config.filter.judges]
+
+
+def make_judge(cfg: JudgeConfig, config: JobConfig) -> Judge:
+    if cfg.backend == "wordnet":
+        from negrefine_ray.wordnet import load_wordnet
+
+        wn = load_wordnet(config.cache_dir).reader
+        return WordNetJudge(wn, cfg.name, proper_rule=cfg.proper_rule, compound_head=cfg.compound_head)
+    if cfg.backend == "replay":
+        return ReplayJudge([Path(p).expanduser() for p in (cfg.log_noun, cfg.log_adj) if p], cfg.name)
+    from negrefine_ray.llm_judge import LLMJudge
+
+    return LLMJudge(cfg, config.run.seed)
+
+
+def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
+    table = read_parquet(path)
+    needed = {"method", "label", "pos", "nearest_id_labels"}
+    if not needed <= set(table.column_names):
+        raise StageError(
+            f"{path} lacks columns {sorted(needed - set(table.column_names))} (has {table.column_names}); "
+            f"rerun the mine stage with --force."
+        )
+    table = table.filter(pc.equal(table.column("method"), "negrefine"))
+    if table.num_rows == 0:
+        raise StageError(f"{path} has no negatives of method 'negrefine'; NegFilter refines those.")
+    short = [ids for ids in table.column("nearest_id_labels").to_pylist() if len(ids) < n_id_labels]
+    if short:
+        raise NegRefineError(
+            f"filter.n_id_labels = {n_id_labels} but some negatives have only {len(short[0])} nearest ID "
+            f"labels; lower filter.n_id_labels or mine with more."
+        )
+    nearest = [ids[:n_id_labels] for ids in table.column("nearest_id_labels").to_pylist()]
+    return table.set_column(
+        table.schema.get_field_index("nearest_id_labels"), "nearest_id_labels", pa.array(nearest)
+    )
+
+
+# Judge keys that change how fast answers come, not what they are.
+_EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device"}
+
+
+def filter_settings(config: JobConfig) -> dict[str, Any]:
+    import dataclasses
+
+    judges = [
+        {k: v for k, v in dataclasses.asdict(j).items() if k not in _EXECUTION_ONLY}
+        for j in judge_configs(config)
+    ]
+    return {
+        "filter": {k: v for k, v in dataclasses.asdict(config.filter).items() if k != "chunk_size"},
+        "judges": judges,
+        "seed": config.run.seed,
+    }
+
+
+def _asker(
+    cfg: JudgeConfig, judge: Judge, prompts: PromptSet, store: AnswerStore, config: JobConfig
+) -> Asker:
+    """LLM judges ask on a Ray actor pool; the others answer in this process."""
+    if cfg.backend in ("vllm", "transformers"):
+        from negrefine_ray.judge_pool import ray_asker
+
+        return ray_asker(cfg, prompts, store, seed=config.run.seed, chunk_size=config.filter.chunk_size)
+    return in_process_asker(judge, prompts, store, config.filter.chunk_size)
+
+
+def run_filter(ctx: StageContext) -> StageOutput:
+    config = ctx.config
+    negatives = load_negatives(ctx.input("mine", "negatives.parquet"), config.filter.n_id_labels)
+    prompts = get_prompt_set(config.filter.prompt_set)
+    artifacts: list[str] = []
+    runs: dict[str, JudgeRun] = {}
+    for cfg in judge_configs(config):
+        judge = make_judge(cfg, config)
+        if cfg.backend in ("vllm", "transformers"):
+            ctx.ray()
+        store = AnswerStore(answer_store_root(config, judge.identity(), prompts))
+        meta = {"judge": cfg.name, "prompt_set": config.filter.prompt_set}
+        run = run_judge(
+            negatives, _asker(cfg, judge, prompts, store, config), store, meta, config.filter.invalid_policy
+        )
+        runs[cfg.name] = run
+        kept = run.labels.filter(run.labels.column("kept")).select(["label", "pos"])
+        for name, table in (("decisions", run.decisions), ("labels", run.labels), ("kept", kept)):
+            write_parquet(ctx.out_dir / cfg.name / f"{name}.parquet", table)
+            artifacts.append(f"{cfg.name}/{name}.parquet")
+    write_json(ctx.out_dir / "counts.json", {name: run.counts for name, run in runs.items()})
+    artifacts.append("counts.json")
+    if len(runs) > 1:
+        from negrefine_ray.filter_report import compare_judges, comparison_markdown
+
+        comparison = compare_judges({n: (r.decisions, r.labels) for n, r in runs.items()})
+        write_json(ctx.out_dir / "comparison.json", comparison)
+        write_text(ctx.out_dir / "comparison.md", comparison_markdown(comparison))
+        artifacts += ["comparison.json", "comparison.md"]
+    summary = "; ".join(
+        f"{n}: {r.counts['kept']:,}/{r.counts['total']:,} kept ({r.counts['proper']:,} proper, "
+        f"{r.counts['same']:,} same, {r.counts['subcategory']:,} subcategory; "
+        f"{r.counts['questions_asked']:,} questions, {r.counts['invalid_answers']:,} invalid)"
+        for n, r in runs.items()
+    )
+    return StageOutput(tuple(artifacts), summary, {n: r.counts for n, r in runs.items()})
