@@ -93,9 +93,7 @@ def ray_asker(
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=gpus,
             num_cpus=1,
-            max_restarts=-1,
-            max_task_retries=-1,
-        )
+        )  # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1)
         for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
             store.add(_answers(batch))
 
