@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from negrefine_ray.artifacts import write_json
+from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.stages import Stage, StageContext, StageOutput, StageResult, run_folder_lock, run_stage
@@ -28,6 +28,12 @@ def _corpus(ctx: StageContext) -> StageOutput:
     return run_corpus(ctx)
 
 
+def _corpus_settings(config: JobConfig) -> Mapping[str, Any]:
+    from negrefine_ray.corpus_stage import corpus_settings
+
+    return corpus_settings(config)
+
+
 def _planned(name: str, summary: str, needs: tuple[str, ...], issue: str) -> Stage:
     return Stage(name, summary, needs, 0, _sections(), None, planned_in=issue)
 
@@ -38,7 +44,7 @@ STAGES: tuple[Stage, ...] = (
         "WordNet candidate words per lexicographer file",
         (),
         1,
-        _sections("corpus", "labels"),
+        _corpus_settings,
         _corpus,
     ),
     _planned("embed-text", "CLIP text embeddings of labels and candidates", ("corpus",), "issue #3"),
@@ -59,7 +65,10 @@ def get_stage(name: str) -> Stage:
 
 
 def save_resolved_config(config: JobConfig) -> None:
-    write_json(config.run_dir / "config.json", config.to_dict())
+    """Save the resolved config; an identical one is left untouched, so a re-run changes nothing."""
+    path = config.run_dir / "config.json"
+    if not path.is_file() or read_json(path) != config.to_dict():
+        write_json(path, config.to_dict())
 
 
 def run_pipeline(
