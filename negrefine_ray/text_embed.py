@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -32,29 +31,16 @@ SORT_WINDOW = 65536
 _CACHE_VERSION = 1
 
 
-@dataclass(frozen=True)
-class _CausalTower:
-    """The modules of a causal, end-pooled CLIP text tower (open_clip CLIP or TextTransformer)."""
-
-    token_embedding: torch.nn.Module
-    positional_embedding: torch.Tensor
-    transformer: Any
-    ln_final: torch.nn.Module
-    text_projection: Any
-    attn_mask: torch.Tensor
-    pool_type: str
-    eos_id: int
-
-
-def _causal_tower(model: torch.nn.Module) -> _CausalTower | None:
-    """The tower's parts, or None when truncating the padding could change its output.
+def _causal_tower(model: torch.nn.Module) -> tuple[Any, str, int] | None:
+    """(module holding the text tower's parts, pool type, eos id), or None when cutting the padding
+    could change the output.
 
     open_clip's `encode_text` adds the full 77-row positional embedding and the 77x77 mask, so it
     rejects shorter inputs. With a causal mask and pooling at the end-of-text token, positions after
     that token never influence the pooled feature, so running on the first L tokens is exact.
     Bidirectional towers, padding masks, CoCa's appended CLS and 'first'/'last' pooling fall back.
     """
-    text = getattr(model, "text", None)
+    text = getattr(model, "text", None)  # CustomTextCLIP keeps a TextTransformer; CLIP holds the parts
     src: Any = text if text is not None else model
     if not hasattr(src, "token_embedding") or not hasattr(src, "transformer"):
         return None
@@ -63,10 +49,7 @@ def _causal_tower(model: torch.nn.Module) -> _CausalTower | None:
     unsafe = getattr(src, "cls_emb", None) is not None or getattr(src, "use_pad_mask", False)
     if src.attn_mask is None or pool not in ("argmax", "eos") or unsafe or (pool == "eos" and eos is None):
         return None
-    return _CausalTower(
-        src.token_embedding, src.positional_embedding, src.transformer, src.ln_final,
-        src.text_projection, src.attn_mask, pool, -1 if eos is None else int(eos),
-    )  # fmt: skip
+    return src, pool, -1 if eos is None else int(eos)
 
 
 def _end_positions(tokens: torch.Tensor, pool_type: str, eos_id: int) -> torch.Tensor:
@@ -76,22 +59,19 @@ def _end_positions(tokens: torch.Tensor, pool_type: str, eos_id: int) -> torch.T
     return tokens.argmax(dim=-1)
 
 
-def _forward_short(tower: _CausalTower, tokens: torch.Tensor) -> torch.Tensor:
+def _forward_short(tower: tuple[Any, str, int], tokens: torch.Tensor) -> torch.Tensor:
     """open_clip's text forward on (B, L) tokens, L <= context length; returns (B, D) features."""
-    dtype = tower.transformer.get_cast_dtype()
-    length = tokens.shape[1]
-    x = tower.token_embedding(tokens).to(dtype) + tower.positional_embedding[:length].to(dtype)
-    x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+    src, pool_type, eos_id = tower
+    dtype, length = src.transformer.get_cast_dtype(), tokens.shape[1]
+    x = src.token_embedding(tokens).to(dtype) + src.positional_embedding[:length].to(dtype)
+    x = src.transformer(x, attn_mask=src.attn_mask[:length, :length])
     # ln_final is per token, so pooling first gives the same result on 1 token instead of L.
-    pooled = x[
-        torch.arange(x.shape[0], device=x.device), _end_positions(tokens, tower.pool_type, tower.eos_id)
-    ]
-    pooled = tower.ln_final(pooled)
-    if tower.text_projection is None:
-        return pooled
-    if isinstance(tower.text_projection, torch.nn.Linear):
-        return tower.text_projection(pooled)  # type: ignore[no-any-return]
-    return pooled @ tower.text_projection  # type: ignore[no-any-return]
+    x = src.ln_final(x[torch.arange(x.shape[0], device=x.device), _end_positions(tokens, pool_type, eos_id)])
+    if src.text_projection is None:
+        return x
+    if isinstance(src.text_projection, torch.nn.Linear):
+        return src.text_projection(x)  # type: ignore[no-any-return]
+    return x @ src.text_projection  # type: ignore[no-any-return]
 
 
 def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -145,27 +125,34 @@ def encode_texts(
     if batch_size < 1:
         raise NegRefineError(f"batch_size = {batch_size}; it must be at least 1.")
     tower = _causal_tower(model) if shortest else None
-    chunks: list[np.ndarray] = []
+    chunks = [np.empty((0, _output_dim(model)), dtype=np.float32)]
     with torch.inference_mode(), _autocast(device, precision):
         for start in range(0, len(texts), SORT_WINDOW):
             tokens = tokenizer(list(texts[start : start + SORT_WINDOW]))
-            if tower is not None:
-                lengths = _end_positions(tokens, tower.pool_type, tower.eos_id).numpy() + 1
-            else:
-                lengths = np.full(len(tokens), tokens.shape[1])
-            out = np.empty((len(tokens), 0), dtype=np.float32)
-            for idx in plan_batches(lengths, batch_size):
-                batch = tokens[torch.from_numpy(idx), : int(lengths[idx].max())].to(device)
-                feats = (
-                    _forward_short(tower, batch) if tower is not None else cast(Any, model).encode_text(batch)
-                )
-                if out.shape[1] == 0:
-                    out = np.empty((len(tokens), feats.shape[1]), dtype=np.float32)
-                out[idx] = feats.float().cpu().numpy()
-            chunks.append(out)
-    if not chunks:
-        return np.empty((0, _output_dim(model)), dtype=np.float32)
+            chunks.append(_encode_window(model, tower, tokens, batch_size=batch_size, device=device))
     return np.concatenate(chunks)
+
+
+def _encode_window(
+    model: torch.nn.Module,
+    tower: tuple[Any, str, int] | None,
+    tokens: torch.Tensor,
+    batch_size: int,
+    device: str,
+) -> np.ndarray:
+    if tower is None:
+        lengths = np.full(len(tokens), tokens.shape[1])
+    else:
+        lengths = _end_positions(tokens, tower[1], tower[2]).numpy() + 1
+    order, parts = [], []
+    for idx in plan_batches(lengths, batch_size):
+        batch = tokens[torch.from_numpy(idx), : int(lengths[idx].max())].to(device)
+        feats = _forward_short(tower, batch) if tower else cast(Any, model).encode_text(batch)
+        order.append(idx)
+        parts.append(feats.float().cpu().numpy())
+    out = np.empty((len(tokens), parts[0].shape[1]), dtype=np.float32)
+    out[np.concatenate(order)] = np.concatenate(parts)
+    return out
 
 
 def _output_dim(model: torch.nn.Module) -> int:
@@ -288,15 +275,12 @@ def embed_texts_ray(
         batch_format="numpy",
         udf_modifying_row_count=False,
     )
-    out: np.ndarray | None = None
+    out = np.empty((n, text_embed_dim(model_cfg.arch)), dtype=np.float32)
     seen = np.zeros(n, dtype=bool)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        index, emb = batch["index"], np.asarray(batch["embedding"], dtype=np.float32)
-        if out is None:
-            out = np.empty((n, emb.shape[1]), dtype=np.float32)
-        out[index] = emb
-        seen[index] = True
-    if out is None or not seen.all():
+        out[batch["index"]] = batch["embedding"]
+        seen[batch["index"]] = True
+    if not seen.all():
         raise StageError(f"embed_texts_ray got {int(seen.sum())} of {n} embeddings back from Ray.")
     return out
 

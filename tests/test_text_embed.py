@@ -195,5 +195,5 @@ def test_ray_embedding_equals_local(ray_session: None, tiny: tuple[torch.nn.Modu
     model, tok = tiny
     texts = [f"the nice {w}{i}" for i, w in enumerate(["tench", "daisy", "gooey landscape"] * 17)]
     cfg = ModelConfig(arch=TINY, pretrained="none", init_seed=3)
-    got = embed_texts_ray(texts, cfg, num_actors=1, num_cpus_per_actor=1, batch_size=8)
+    got = embed_texts_ray(texts, cfg, num_actors=2, num_cpus_per_actor=0.5, batch_size=8)
     np.testing.assert_allclose(got, encode_texts(model, tok, texts), atol=1e-5)
