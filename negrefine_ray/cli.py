@@ -13,8 +13,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from negrefine_ray.config import JobConfig, load_config
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.pipeline import STAGES, pending_stages, run_pipeline
+from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_pipeline
 from negrefine_ray.stages import StageResult
 
 app = typer.Typer(
@@ -95,6 +95,9 @@ def _stage_command(name: str, help_text: str) -> None:
         address: AddressOpt = None,
     ) -> None:
         try:
+            stage = get_stage(name)
+            if stage.fn is None:
+                raise StageError(f"Stage '{name}' is not built yet ({stage.planned_in}); nothing was run.")
             config = _load_target(target, set_)
             run_pipeline(
                 config,

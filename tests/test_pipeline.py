@@ -1,0 +1,70 @@
+"""The pipeline through the CLI on the smoke job: a second run does no work and changes nothing,
+--force recomputes, bad configs stop before any work, unbuilt stages never pretend to run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from negrefine_ray.artifacts import read_json, read_parquet
+from negrefine_ray.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "jobs" / "smoke.toml")
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_smoke_job_runs_then_resumes_without_work(tmp_path: Path, cache_dir: Path) -> None:
+    sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
+            "--set", "corpus.max_words_per_lexname=40"]  # fmt: skip
+    code, out = _run("run", SMOKE, *sets)
+    assert code == 0, out
+    assert "corpus: 1,0" in out and "not built yet, so not run" in out
+    run_dir = tmp_path / "smoke"
+    corpus = read_parquet(run_dir / "corpus" / "corpus.parquet")
+    assert (
+        corpus.num_rows
+        == read_json(run_dir / "corpus" / "manifest.json")["artifacts"]["corpus.parquet"]["rows"]
+    )
+    assert set(corpus.column("lexname").to_pylist()) >= {"noun.plant", "adj.all"}
+
+    before = _snapshot(run_dir)
+    code, out = _run("run", SMOKE, *sets)
+    assert code == 0 and "corpus: up to date, skipped" in out
+    assert _snapshot(run_dir) == before  # same bytes, same modification times
+
+    code, out = _run("corpus", str(run_dir), "--force")  # a stage against the run folder
+    assert code == 0 and "corpus: " in out and "skipped" not in out
+    assert read_parquet(run_dir / "corpus" / "corpus.parquet").equals(corpus)
+
+
+def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:
+    code, out = _run("run", SMOKE, "--set", f"run.output_dir={tmp_path}", "--set", "model.precision=fp64")
+    assert code == 2 and "model.precision = 'fp64' is not one of" in out
+    assert not any(tmp_path.iterdir())
+
+
+def test_unbuilt_stage_says_so(tmp_path: Path) -> None:
+    code, out = _run("report", SMOKE, "--set", f"run.output_dir={tmp_path}")
+    if "not built yet" not in out:
+        pytest.skip("the report stage is built")
+    assert code == 2 and not any(tmp_path.iterdir())
