@@ -1,0 +1,199 @@
+"""Decoding and preprocessing: every bad-input kind gets its status, every odd mode converts, and the
+uint8 crops reproduce open_clip's own transform (reference loader: Image.open(f).convert("RGB"))."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from negrefine_ray.clip import create_clip
+from negrefine_ray.config import ModelConfig
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.images import (
+    CropSpec,
+    DecodeOptions,
+    crop_spec,
+    decode_batch,
+    decode_crop,
+    normalise,
+    to_rgb,
+)
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def preprocess() -> Callable[[Image.Image], torch.Tensor]:
+    _, transform, _ = create_clip(ModelConfig(arch="nr-tiny-vit", pretrained="none"))
+    return transform  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def spec(preprocess: Callable[[Image.Image], torch.Tensor]) -> CropSpec:
+    return crop_spec(preprocess)
+
+
+def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def textured(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    """Smooth gradients plus noise, so resampling differences would show."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (w + h)], -1)
+    img = np.clip(base + RNG.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(img).convert(mode)
+
+
+def reference(data: bytes, preprocess: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    return preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def ours(data: bytes, spec: CropSpec, options: DecodeOptions | None = None) -> torch.Tensor:
+    crop, status, detail = decode_crop(data, spec, options or DecodeOptions())
+    assert status == "ok", detail
+    assert crop is not None and crop.dtype == np.uint8 and crop.shape == (*spec.out_size, 3)
+    return normalise(torch.from_numpy(crop.copy())[None], spec)[0]
+
+
+def gif_animated() -> bytes:
+    frames = [Image.new("P", (40, 30), i) for i in range(3)]
+    for f in frames:
+        f.putpalette(list(RNG.integers(0, 256, 768)))
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+def exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    return encode(textured(80, 40), "JPEG", quality=95, exif=exif)
+
+
+def odd_modes() -> dict[str, bytes]:
+    palette = textured(70, 50).convert("P", palette=Image.Palette.ADAPTIVE)
+    rgba = textured(60, 90, "RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((60, 90)))
+    return {
+        "rgb-jpeg": encode(textured(500, 375), "JPEG", quality=90),
+        "portrait-png": encode(textured(225, 301), "PNG"),
+        "cmyk-jpeg": encode(textured(64, 48, "CMYK"), "JPEG", quality=90),
+        "grey-png": encode(textured(50, 70, "L"), "PNG"),
+        "palette-png": encode(palette, "PNG"),
+        "rgba-png": encode(rgba, "PNG"),
+        "gif": gif_animated(),
+        "exif-jpeg": exif_rotated(),
+        "webp": encode(textured(90, 60), "WEBP", quality=90),
+        "bmp-small": encode(textured(30, 20), "BMP"),
+    }
+
+
+@pytest.mark.parametrize("name", list(odd_modes()))
+def test_crops_equal_open_clip_transform_on_reference_loader(
+    name: str, spec: CropSpec, preprocess: Callable[[Image.Image], torch.Tensor]
+) -> None:
+    data = odd_modes()[name]
+    expected, got = reference(data, preprocess), ours(data, spec)
+    # ToTensor divides the same uint8 values by 255, so the outputs agree to float rounding (here: 0).
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_failure_kinds_are_recorded(spec: CropSpec) -> None:
+    jpeg = encode(textured(90, 60), "JPEG", quality=90)
+    cases = {
+        "empty": b"",
+        "not-an-image": b"this is a text file named photo.jpg\n",
+        "corrupt": jpeg[: len(jpeg) // 2],  # truncated JPEG
+        "too-large": encode(textured(100, 100), "PNG"),
+    }
+    options = DecodeOptions(max_pixels=100 * 99)
+    for kind, data in cases.items():
+        crop, status, detail = decode_crop(data, spec, options)
+        assert (crop, status) == (None, kind), detail
+        assert detail
+    crops, statuses, _ = decode_batch([jpeg, None, b""], spec, DecodeOptions())
+    assert statuses == ["ok", "missing", "empty"]
+    assert crops.shape == (3, *spec.out_size, 3) and not crops[1:].any()
+
+
+def test_pillow_decompression_bomb_error_is_too_large(
+    spec: CropSpec, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow raises above twice this
+    _, status, _ = decode_crop(encode(textured(100, 100), "PNG"), spec, DecodeOptions())
+    assert status == "too-large"
+
+
+def test_alpha_drop_is_plain_convert_and_white_composites() -> None:
+    img = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert np.asarray(to_rgb(img, DecodeOptions()))[0, 0].tolist() == [10, 20, 30]
+    assert np.asarray(to_rgb(img, DecodeOptions(alpha="white")))[0, 0].tolist() == [255, 255, 255]
+    half = Image.new("LA", (2, 2), (0, 128))
+    assert np.asarray(to_rgb(half, DecodeOptions(alpha="white")))[0, 0].tolist() == [127, 127, 127]
+
+
+def test_sixteen_bit_grey_is_scaled_or_clipped_as_asked(spec: CropSpec) -> None:
+    values = np.array([[0, 257 * 100, 65535, 1000]], dtype=np.uint16).repeat(4, 0)
+    img = Image.open(io.BytesIO(encode(Image.fromarray(values), "PNG")))
+    assert img.mode.startswith("I;16")
+    assert np.asarray(to_rgb(img, DecodeOptions()))[0, :, 0].tolist() == [0, 100, 255, 4]
+    assert np.asarray(to_rgb(img, DecodeOptions(high_bit_depth="clip")))[0, :, 0].tolist() == [
+        0,
+        255,
+        255,
+        255,
+    ]
+    _, status, _ = decode_crop(encode(Image.fromarray(values), "PNG"), spec, DecodeOptions())
+    assert status == "ok"
+
+
+def test_exif_orientation_ignored_by_default_applied_on_request(spec: CropSpec) -> None:
+    data = exif_rotated()  # stored 80x40 (landscape), displayed 40x80
+    square = CropSpec(resize=(40, 40), crop=None, interpolation="bicubic", mean=spec.mean, std=spec.std)
+    stored, _, _ = decode_crop(data, square, DecodeOptions())
+    turned, _, _ = decode_crop(data, square, DecodeOptions(exif="transpose"))
+    plain = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((40, 40), Image.Resampling.BICUBIC))
+    assert stored is not None and turned is not None
+    np.testing.assert_array_equal(stored, plain)
+    np.testing.assert_array_equal(turned, np.rot90(plain, k=-1))
+
+
+def test_draft_only_when_twice_the_target_and_close(spec: CropSpec) -> None:
+    small = encode(textured(400, 300), "JPEG", quality=90)  # short side 300 < 2 x 224: no draft
+    big = encode(textured(1200, 900), "JPEG", quality=90)
+    draft = DecodeOptions(decode="pil-draft")
+    for data, same in ((small, True), (big, False)):
+        full, _, _ = decode_crop(data, spec, DecodeOptions())
+        fast, status, _ = decode_crop(data, spec, draft)
+        assert status == "ok" and full is not None and fast is not None
+        diff = np.abs(full.astype(int) - fast.astype(int)).mean()
+        assert (diff == 0) == same
+        assert diff < 5  # the same picture, resampled differently (noise is the worst case: ~2.5)
+    png = encode(textured(1200, 900), "PNG")  # not a JPEG: draft does nothing
+    np.testing.assert_array_equal(
+        decode_crop(png, spec, draft)[0], decode_crop(png, spec, DecodeOptions())[0]
+    )
+
+
+def test_crop_spec_reads_transforms_and_refuses_others(spec: CropSpec) -> None:
+    from open_clip import image_transform
+    from torchvision import transforms as T
+
+    assert spec.resize == (224,) and spec.crop == (224, 224) and spec.interpolation == "bicubic"
+    squash = crop_spec(image_transform(64, is_train=False, resize_mode="squash"))
+    assert squash.resize == (64, 64) and squash.crop is None and squash.out_size == (64, 64)
+    openood = crop_spec(
+        T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    )
+    assert openood.resize == (256,) and openood.interpolation == "bilinear"
+    assert CropSpec.from_dict(spec.describe()) == spec
+    with pytest.raises(NegRefineError, match="not supported"):
+        crop_spec(image_transform(64, is_train=False, resize_mode="longest"))
