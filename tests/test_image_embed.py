@@ -1,0 +1,222 @@
+"""The embed-images stage: embeddings equal open_clip's transform + encode_image on the same files,
+bad files keep their status, the cache makes a second run do no embedding work, and an actor that
+dies mid-stage loses and duplicates nothing. Ray tests share one session and few executions."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from negrefine_ray import image_embed
+from negrefine_ray.clip import create_clip
+from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
+from negrefine_ray.errors import StageError
+from negrefine_ray.image_embed import (
+    EmbedResult,
+    ImageEmbedder,
+    ImageEmbeddingCache,
+    embed_files_local,
+    embed_rows_ray,
+    plan_actors,
+    run_embed_images,
+)
+from negrefine_ray.images import DecodeOptions, crop_spec, crop_spec_for_model
+from negrefine_ray.stages import StageContext
+
+MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}
+TINY = ModelConfig(**MODEL)
+RNG = np.random.default_rng(1)
+
+
+def save(path: Path, img: Image.Image, fmt: str = "JPEG") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+
+
+def noise(w: int, h: int, mode: str = "RGB") -> Image.Image:
+    return Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+
+
+def make_data(root: Path) -> dict[str, Any]:
+    """An ID class folder, an OOD image list (with bad entries) and an OOD `files` folder."""
+    for i, cls in enumerate(["cat", "dog"]):
+        for j in range(3):
+            save(root / "id" / cls / f"{j}.jpg", noise(40 + 10 * j, 30 + 7 * i))
+    ood = root / "ood"
+    save(ood / "cmyk.jpg", noise(50, 40, "CMYK"))
+    save(ood / "grey.png", noise(30, 60, "L"), "PNG")
+    save(ood / "rgba.png", noise(45, 45, "RGBA"), "PNG")
+    save(ood / "pal.png", noise(33, 44).convert("P"), "PNG")
+    (ood / "empty.jpg").write_bytes(b"")
+    (ood / "text.jpg").write_text("not a jpeg")
+    good = io.BytesIO()
+    noise(60, 50).save(good, "JPEG")
+    (ood / "cut.jpg").write_bytes(good.getvalue()[:300])
+    names = ["cmyk.jpg", "grey.png", "rgba.png", "pal.png", "empty.jpg", "text.jpg", "cut.jpg", "gone.jpg"]
+    (root / "ood.txt").write_text("".join(f"{n} -1\n" for n in names))
+    for j in range(4):
+        save(root / "extra" / f"sub{j % 2}" / f"{j}.png", noise(20 + j, 25), "PNG")
+    odd = {"name": "odd", "role": "ood", "root": str(ood), "format": "imagelist"}
+    return {
+        "datasets": [
+            {"name": "id", "role": "id", "root": str(root / "id"), "format": "imagefolder", "expected": 6},
+            {**odd, "image_list": str(root / "ood.txt")},
+            {"name": "extra", "role": "ood", "root": str(root / "extra"), "format": "files", "expected": 5},
+        ],
+        "bad": {
+            "empty.jpg": "empty",
+            "text.jpg": "not-an-image",
+            "cut.jpg": "corrupt",
+            "gone.jpg": "missing",
+        },
+    }
+
+
+def job(tmp: Path, datasets: list[dict[str, Any]], **images: Any) -> JobConfig:
+    return build_config(
+        {
+            "run": {"name": "t", "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache")},
+            "model": {**MODEL, "precision": "fp16", "device": "auto"},
+            "images": {"batch_size": 4, "max_failed_fraction": 0.6, **images},
+            "datasets": datasets,
+        }
+    )
+
+
+def direct_embeddings(files: list[Path]) -> np.ndarray:
+    """What the reference pipeline does: open_clip's transform on convert("RGB"), encode_image, L2."""
+    model, preprocess, _ = create_clip(TINY)
+    x = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        feats = model.encode_image(x)  # type: ignore[operator]
+    return torch.nn.functional.normalize(feats, dim=-1).numpy()  # type: ignore[no-any-return]
+
+
+def test_crop_spec_without_weights_equals_the_models_transform() -> None:
+    _, preprocess, _ = create_clip(TINY)
+    assert crop_spec_for_model(TINY) == crop_spec(preprocess)
+
+
+def test_plan_actors() -> None:
+    cpu = plan_actors(ImagesConfig(), ModelConfig(device="auto"), 0)
+    assert (cpu.device, cpu.num_actors, cpu.gpus_per_actor) == ("cpu", 1, 0.0)
+    quarter = plan_actors(ImagesConfig(gpus_per_actor=0.25), ModelConfig(), 2)
+    assert (quarter.device, quarter.num_actors, quarter.describe()) == ("cuda", 8, "8 actors x 0.25 GPU")
+    assert plan_actors(ImagesConfig(), ModelConfig(device="cpu"), 8).device == "cpu"
+    with pytest.raises(StageError, match=r"has 0 GPUs"):
+        plan_actors(ImagesConfig(), ModelConfig(device="cuda"), 0)
+
+
+def test_cache_round_trip_keeps_failed_rows_null(tmp_path: Path) -> None:
+    cache = ImageEmbeddingCache(tmp_path)
+    emb = RNG.normal(size=(3, 4)).astype(np.float32)
+    emb[1] = 0
+    result = EmbedResult(np.array(["ok", "corrupt", "ok"]), np.array(["", "bad", ""]), emb)
+    cache.put("k", ["a", "b", "c"], result)
+    back = cache.get("k", ["a", "b", "c"])
+    assert back is not None and back.status.tolist() == ["ok", "corrupt", "ok"]
+    np.testing.assert_array_equal(back.embedding, emb)
+    assert pq.read_table(cache.path("k")).column("embedding").null_count == 1
+    assert cache.get("k", ["a", "b"]) is None and cache.get("other", ["a"]) is None
+
+
+def test_dataloader_path_equals_direct_open_clip(tmp_path: Path) -> None:
+    files = [tmp_path / f"{i}.jpg" for i in range(5)]
+    for i, f in enumerate(files):
+        save(f, noise(30 + 9 * i, 70 - 5 * i))
+    embedder = ImageEmbedder(MODEL, crop_spec_for_model(TINY).describe())
+    pairs = [(str(tmp_path), f.name) for f in files] + [(str(tmp_path), "gone.jpg")]
+    for workers in (0, 2):
+        out = embed_files_local(pairs, embedder, DecodeOptions(), workers=workers, batch_size=2)
+        assert out.status.tolist() == ["ok"] * 5 + ["missing"]
+        np.testing.assert_allclose(out.embedding[:5], direct_embeddings(files), atol=1e-5)
+        assert not out.embedding[5].any()
+
+
+def stage(config: JobConfig, tmp: Path) -> Any:
+    out = tmp / f"stage-{len(list(tmp.glob('stage-*')))}"
+    out.mkdir()
+    ctx = StageContext(config, "embed-images", out, config.run_dir)
+    return run_embed_images(ctx), out
+
+
+@pytest.mark.ray
+def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
+    ray_session: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_data(tmp_path / "data")
+    config = job(tmp_path, data["datasets"])
+    output, out = stage(config, tmp_path)
+    table = pq.read_table(out / "images.parquet")
+    assert table.column_names == ["dataset", "role", "path", "label", "status", "embedding"]
+    assert table.column("dataset").to_pylist() == ["id"] * 6 + ["odd"] * 8 + ["extra"] * 4
+    assert table.column("label").to_pylist()[:6] == [0, 0, 0, 1, 1, 1]
+    status = dict(zip(table.column("path").to_pylist(), table.column("status").to_pylist(), strict=True))
+    assert {p: status[p] for p in data["bad"]} == data["bad"]
+    ok = np.array(table.column("status").to_pylist()) == "ok"
+    assert ok.sum() == 14 and table.column("embedding").null_count == 4
+    roots = {d["name"]: Path(d["root"]) for d in data["datasets"]}
+    names, paths = table.column("dataset").to_pylist(), table.column("path").to_pylist()
+    files = [roots[d] / p for d, p, k in zip(names, paths, ok, strict=True) if k]
+    got = image_embed.embedding_matrix(table.column("embedding"))[ok]
+    np.testing.assert_allclose(got, direct_embeddings(files), atol=1e-5)
+    stats = output.stats
+    assert stats["embedded"] == 18 and stats["failures"] == {
+        "missing": 1, "empty": 1, "not-an-image": 1, "corrupt": 1,
+    }  # fmt: skip
+    assert stats["actors"] == "1 actor x CPU" and stats["precision"] == "fp32"
+    assert len(stats["expected_mismatches"]) == 1 and "'extra'" in stats["expected_mismatches"][0]
+    assert pq.read_table(out / "failures.parquet").num_rows == 4
+    assert output.summary.startswith("embed-images: 18 images in ") and "4 unreadable" in output.summary
+
+    def no_embedding(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second run must not embed anything")
+
+    monkeypatch.setattr(image_embed, "embed_rows_ray", no_embedding)
+    again, out2 = stage(config, tmp_path)
+    assert again.stats["embedded"] == 0 and again.stats["from_cache"] == 18
+    assert pq.read_table(out2 / "images.parquet").equals(table)
+    with pytest.raises(StageError, match=r"dataset 'odd': 4 of 8 images .*images\.max_failed_fraction"):
+        stage(job(tmp_path, data["datasets"], max_failed_fraction=0.2), tmp_path)  # from the cache
+    with pytest.raises(StageError, match=r"'odd': 1 of 8 listed files do not exist"):
+        stage(job(tmp_path, data["datasets"], max_failed_fraction=0.1), tmp_path)  # before any work
+
+
+@pytest.mark.ray
+def test_actor_killed_mid_stage_loses_and_duplicates_nothing(ray_session: None, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    marker = tmp_path / "crashed"
+
+    class CrashOnce(ImageEmbedder):
+        """Kills its own process on its first batch, once across restarts (Ray restarts the actor
+        and retries the task: Ray Data 2.60 sets max_restarts=-1, max_task_retries=-1 for pools)."""
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            if not marker.exists():
+                marker.write_text("x")
+                os._exit(1)
+            return super().__call__(batch)
+
+    for i in range(24):
+        save(tmp_path / "img" / f"{i:02d}.png", noise(20 + i, 30), "PNG")
+    paths = sorted(p.name for p in (tmp_path / "img").iterdir())
+    work = pa.table({"row": np.arange(24), "root": [str(tmp_path / "img")] * 24, "path": paths})
+    model = ModelConfig(**MODEL, device="cpu", precision="fp32")
+    plan = plan_actors(ImagesConfig(), model, 0)
+    spec = crop_spec_for_model(model)
+    out = embed_rows_ray(
+        work, model, plan, batch_size=4, options=DecodeOptions(), spec=spec, embedder_cls=CrashOnce
+    )
+    assert marker.exists() and out.status.tolist() == ["ok"] * 24
+    np.testing.assert_allclose(
+        out.embedding, direct_embeddings([tmp_path / "img" / p for p in paths]), atol=1e-5
+    )
