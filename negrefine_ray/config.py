@@ -89,6 +89,31 @@ class LabelsConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """How CLIP text embeddings are computed (the `embed-text` stage and every later text encoding).
+    None of these change the embeddings except through `model.precision` on GPU."""
+
+    batch_size: int = field(default=1024, metadata=_range(1))
+    num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
+    gpus_per_actor: float = field(default=1.0, metadata=_range(0.0, 1.0))
+    local_below: int = field(default=4096, metadata=_range(0))  # CPU only: fewer texts run in-process
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2)."""
+
+    methods: tuple[str, ...] = ("neglabel", "csp", "negrefine", "dnm")
+    top_fraction: float = field(default=0.15, metadata=_range(0.0, 1.0))  # NegLabel/CSP/NegRefine
+    negrefine_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))  # code: max; paper: 0.95
+    dnm_preset: str = ""  # DNM's hyper-parameters by backbone; "" = model.arch
+    dnm_distance: Literal["reference", "normalised"] = field(
+        default="reference", metadata=_choices("reference", "normalised")
+    )
+    n_nearest: int = field(default=10, metadata=_range(1))  # NegFilter's nearest ID labels
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     """One image dataset (a `[[datasets]]` table). `root` is a local path or a pyarrow/fsspec URI."""
 
@@ -165,6 +190,8 @@ class JobConfig:
     model: ModelConfig = ModelConfig()
     corpus: CorpusConfig = CorpusConfig()
     labels: LabelsConfig = LabelsConfig()
+    text: TextConfig = TextConfig()
+    mining: MiningConfig = MiningConfig()
     images: ImagesConfig = ImagesConfig()
     datasets: tuple[DatasetConfig, ...] = ()
     filter: FilterConfig = FilterConfig()

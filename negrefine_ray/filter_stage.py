@@ -212,25 +212,30 @@ def make_judge(cfg: JudgeConfig, config: JobConfig) -> Judge:
 
 
 def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
+    """NegRefine's mined negatives as NegFilter sees them: cleaned labels, each once per part of
+    speech (first occurrence), with their nearest ID labels cut to `n_id_labels`."""
     table = read_parquet(path)
-    needed = {"method", "label", "pos", "nearest_id_labels"}
+    needed = {"method", "clean_label", "filter_input", "pos", "nearest_id_labels"}
     if not needed <= set(table.column_names):
         raise StageError(
-            f"{path} lacks columns {sorted(needed - set(table.column_names))} (has {table.column_names}); "
-            f"rerun the mine stage with --force."
+            f"{path} lacks columns {sorted(needed - set(table.column_names))}; NegFilter needs NegRefine's "
+            f"negatives: add 'negrefine' to mining.methods and rerun the mine stage."
         )
-    table = table.filter(pc.equal(table.column("method"), "negrefine"))
+    table = table.filter(pc.and_(pc.equal(table.column("method"), "negrefine"), table.column("filter_input")))
     if table.num_rows == 0:
         raise StageError(f"{path} has no negatives of method 'negrefine'; NegFilter refines those.")
-    short = [ids for ids in table.column("nearest_id_labels").to_pylist() if len(ids) < n_id_labels]
-    if short:
+    nearest = table.column("nearest_id_labels").to_pylist()
+    if min(len(ids) for ids in nearest) < n_id_labels:
         raise NegRefineError(
-            f"filter.n_id_labels = {n_id_labels} but some negatives have only {len(short[0])} nearest ID "
-            f"labels; lower filter.n_id_labels or mine with more."
+            f"filter.n_id_labels = {n_id_labels} but the mine stage kept only {min(map(len, nearest))} "
+            f"nearest ID labels; lower filter.n_id_labels or raise mining.n_nearest."
         )
-    nearest = [ids[:n_id_labels] for ids in table.column("nearest_id_labels").to_pylist()]
-    return table.set_column(
-        table.schema.get_field_index("nearest_id_labels"), "nearest_id_labels", pa.array(nearest)
+    return pa.table(
+        {
+            "label": table.column("clean_label"),
+            "pos": table.column("pos"),
+            "nearest_id_labels": pa.array([ids[:n_id_labels] for ids in nearest], pa.list_(pa.string())),
+        }
     )
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
-from negrefine_ray.stages import Stage, StageContext, StageOutput, StageResult, run_folder_lock, run_stage
+from negrefine_ray.stages import Stage, StageResult, run_folder_lock, run_stage
 
 
 def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
@@ -22,16 +22,16 @@ def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
     return lambda cfg: {n: dataclasses.asdict(getattr(cfg, n)) for n in names}
 
 
-def _corpus(ctx: StageContext) -> StageOutput:
-    from negrefine_ray.corpus_stage import run_corpus
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """A stage function or settings function imported on first call (keeps the CLI start fast and
+    keeps heavy imports out of stages that do not need them, e.g. open_clip in `filter`)."""
 
-    return run_corpus(ctx)
+    def call(arg: Any) -> Any:
+        import importlib
 
+        return getattr(importlib.import_module(f"negrefine_ray.{module}"), name)(arg)
 
-def _corpus_settings(config: JobConfig) -> Mapping[str, Any]:
-    from negrefine_ray.corpus_stage import corpus_settings
-
-    return corpus_settings(config)
+    return call
 
 
 def _planned(name: str, summary: str, needs: tuple[str, ...], issue: str) -> Stage:
@@ -44,12 +44,33 @@ STAGES: tuple[Stage, ...] = (
         "WordNet candidate words per lexicographer file",
         (),
         1,
-        _corpus_settings,
-        _corpus,
+        _lazy("corpus_stage", "corpus_settings"),
+        _lazy("corpus_stage", "run_corpus"),
     ),
-    _planned("embed-text", "CLIP text embeddings of labels and candidates", ("corpus",), "issue #3"),
-    _planned("mine", "negative-label mining (NegLabel, CSP, NegRefine, DNM)", ("embed-text",), "issue #3"),
-    _planned("filter", "NegFilter: LLM filtering of negative labels", ("mine",), "issue #4"),
+    Stage(
+        "embed-text",
+        "CLIP text embeddings of ID labels and candidates",
+        ("corpus",),
+        1,
+        _lazy("embed_text_stage", "embed_text_settings"),
+        _lazy("embed_text_stage", "run_embed_text"),
+    ),
+    Stage(
+        "mine",
+        "negative-label mining (NegLabel, CSP, NegRefine, DNM)",
+        ("embed-text",),
+        1,
+        _lazy("mine_stage", "mine_settings"),
+        _lazy("mine_stage", "run_mine"),
+    ),
+    Stage(
+        "filter",
+        "NegFilter: LLM filtering of NegRefine's negative labels",
+        ("mine",),
+        1,
+        _lazy("filter_stage", "filter_settings"),
+        _lazy("filter_stage", "run_filter"),
+    ),
     _planned("embed-images", "CLIP image embeddings of ID and OOD datasets", (), "issue #5"),
     _planned("score", "OOD scores per image and method", ("filter", "embed-images"), "issue #6"),
     _planned("report", "metrics, tables and plots", ("score",), "issue #6"),

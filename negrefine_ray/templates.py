@@ -96,6 +96,7 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = _TemplateRegistry(
         "interneg-nice": ("The nice {}.",),
         "interneg-adj": ("This is a {} photo.",),
         "bare": ("{}",),
+        "mcm": ("a photo of a {}",),  # MCM's ID prompt (Appendix B)
         "interneg-simple": ("a photo of a {}.",),
         "interneg-tip": INTERNEG_TIP,
         "interneg-vanilla": ("{}.",),

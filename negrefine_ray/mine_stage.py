@@ -1,0 +1,161 @@
+"""The `mine` stage: each method's negative labels from its candidate pool (methods.md 1.4, 2.4,
+3.1, 4.2), plus what NegFilter needs for NegRefine's (3.2 steps 1-2).
+
+Output `mine/negatives.parquet`, one row per (method, negative) in the method's final order
+[nouns ascending | adjectives ascending]: method, rank, label (what the method embeds: the word, or
+CSP's suffix phrase for CSP/NegRefine adjectives), pos, source_word, lexname, statistic (the ranking
+value), embedding (L2-normalised, as the method scores with it), and for NegRefine rows clean_label
+(NegFilter's cleaning; null when cleaning empties it), filter_input (first occurrence of its
+cleaned label within its part of speech) and nearest_id_labels (the n most similar ID class names by
+bare-string embeddings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from negrefine_ray.artifacts import read_parquet, write_parquet
+from negrefine_ray.config import JobConfig
+from negrefine_ray.embed_text_stage import CSP_FAMILY, column_matrix, embedding_column, method_pools
+from negrefine_ray.errors import ConfigError
+from negrefine_ray.mining import (
+    DNM_PRESETS,
+    MiningResult,
+    clean_label,
+    mine_by_id_distance,
+    mine_dnm,
+    nearest_id_labels,
+)
+from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.text_service import TextEncoder
+
+METHODS = ("neglabel", "csp", "negrefine", "dnm")
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def mine_settings(config: JobConfig) -> dict[str, Any]:
+    return {"mining": dataclasses.asdict(config.mining), "arch": config.model.arch}
+
+
+def _dnm_preset(config: JobConfig) -> str:
+    preset = config.mining.dnm_preset or config.model.arch
+    if preset not in DNM_PRESETS:
+        raise ConfigError(
+            f"DNM has no hyper-parameters for '{preset}' (mining.dnm_preset, default model.arch); "
+            f"set mining.dnm_preset to one of {', '.join(DNM_PRESETS)}."
+        )
+    return preset
+
+
+def _keys(table: pa.Table) -> list[tuple[str, str]]:
+    return list(zip(table.column("word").to_pylist(), table.column("pos").to_pylist(), strict=True))
+
+
+def _select(
+    method: str, pool: pa.Table, cands: pa.Table, ids: pa.Table, config: JobConfig
+) -> tuple[MiningResult, np.ndarray]:
+    """The method's selection over its pool and the pool's embeddings as the method scores them."""
+    index = {key: i for i, key in enumerate(_keys(cands))}
+    rows = np.array([index[key] for key in _keys(pool)], dtype=np.int64)
+    pos = pool.column("pos").to_pylist()
+    mining = config.mining
+    if method in ("neglabel", "dnm"):
+        raw = column_matrix(cands, "single_raw")[rows]
+        if method == "dnm":
+            return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), _normalise(raw)
+        emb, id_emb = _normalise(raw), _normalise(column_matrix(ids, "the_nice_raw"))
+        return mine_by_id_distance(
+            emb, id_emb, pos, q=0.95, csp_guard=False, top_fraction=mining.top_fraction
+        ), emb
+    emb = column_matrix(cands.take(pa.array(rows)), "ensemble")
+    q = 0.95 if method == "csp" else mining.negrefine_quantile
+    result = mine_by_id_distance(
+        emb, column_matrix(ids, "csp_noun8"), pos, q=q, csp_guard=True, top_fraction=mining.top_fraction
+    )
+    return result, emb
+
+
+def _labels(method: str, pool: pa.Table, cands: pa.Table) -> list[str]:
+    """What the method embeds for each pool entry: CSP-family adjectives become their phrases."""
+    words, pos = pool.column("word").to_pylist(), pool.column("pos").to_pylist()
+    if method not in CSP_FAMILY:
+        return words
+    phrase = {
+        w: p
+        for w, p, q in zip(*(cands.column(c).to_pylist() for c in ("word", "phrase", "pos")), strict=True)
+        if q == "adj"
+    }
+    return [phrase[w] if p == "adj" else w for w, p in zip(words, pos, strict=True)]
+
+
+def _negrefine_extras(table: pa.Table, encoder: TextEncoder, ids: pa.Table, n: int) -> pa.Table:
+    """NegFilter's inputs (3.2 steps 1-2): cleaned labels, first occurrences, nearest ID names."""
+    cleaned = [clean_label(label) for label in table.column("label").to_pylist()]
+    seen: set[tuple[str, str]] = set()
+    first = []
+    for c, p in zip(cleaned, table.column("pos").to_pylist(), strict=True):
+        first.append(c is not None and (p, c) not in seen)
+        if c is not None:
+            seen.add((p, c))
+    names = ids.column("label").to_pylist()
+    asked = [c for c, f in zip(cleaned, first, strict=True) if f and c is not None]
+    nearest_of: dict[str, list[str]] = {}
+    if asked:
+        idx, _ = nearest_id_labels(encoder.embed(asked, ["{}"]), column_matrix(ids, "bare"), n)
+        nearest_of = {c: [names[j] for j in row] for c, row in zip(asked, idx.tolist(), strict=True)}
+    nearest = [nearest_of[c] if f and c is not None else [] for c, f in zip(cleaned, first, strict=True)]
+    return (
+        table.append_column("clean_label", pa.array(cleaned, pa.string()))
+        .append_column("filter_input", pa.array(first))
+        .append_column("nearest_id_labels", pa.array(nearest, pa.list_(pa.string())))
+    )
+
+
+def run_mine(ctx: StageContext) -> StageOutput:
+    config = ctx.config
+    corpus = read_parquet(ctx.input("corpus", "corpus.parquet"))
+    cands = read_parquet(ctx.input("embed-text", "candidates.parquet"))
+    ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
+    encoder = TextEncoder(config, ctx.ray)
+    tables, stats = [], {}
+    for method, pool in method_pools(config, corpus).items():
+        result, emb = _select(method, pool, cands, ids, config)
+        take = pa.array(result.indices)
+        labels = np.array(_labels(method, pool, cands), dtype=object)[result.indices].tolist()
+        table = pa.table(
+            {
+                "method": [method] * len(labels),
+                "rank": pa.array(np.arange(len(labels)), pa.int32()),
+                "label": labels,
+                "pos": pool.column("pos").take(take),
+                "source_word": pool.column("word").take(take),
+                "lexname": pool.column("lexname").take(take),
+                "statistic": pa.array(result.statistic[result.indices], pa.float64()),
+                "embedding": embedding_column(emb[result.indices]),
+            }
+        )
+        if method == "negrefine":
+            table = _negrefine_extras(table, encoder, ids, config.mining.n_nearest)
+        tables.append(table)
+        pos = pool.column("pos").to_pylist()
+        stats[method] = {
+            "pool_nouns": pos.count("noun"),
+            "pool_adjectives": pos.count("adj"),
+            "selected_nouns": result.counts.get("noun", 0),
+            "selected_adjectives": result.counts.get("adj", 0),
+        }
+    negatives = pa.concat_tables(tables, promote_options="default")
+    write_parquet(ctx.out_dir / "negatives.parquet", negatives)
+    summary = "; ".join(
+        f"{m}: {s['pool_nouns']:,}+{s['pool_adjectives']:,} candidates -> "
+        f"{s['selected_nouns']:,} nouns + {s['selected_adjectives']:,} adjectives"
+        for m, s in stats.items()
+    )
+    return StageOutput(("negatives.parquet",), summary, stats)
