@@ -102,7 +102,8 @@ def run_pipeline(
 ) -> list[StageResult]:
     """Run the stages in order (or just `only`), skipping those whose trusted output exists.
 
-    A forced stage invalidates its dependents through their input hashes, so they rerun too.
+    Stages hash their upstream artifacts' content: a forced stage whose output changed reruns its
+    dependents; one that wrote the same bytes leaves them up to date.
     Stops before the first stage that is not built yet.
     """
     forced = {get_stage(n).name for n in force}

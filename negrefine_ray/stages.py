@@ -105,7 +105,8 @@ def library_versions() -> dict[str, str]:
 
 
 def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
-    """Hash of the stage's code version, its settings and the hashes of its upstream outputs."""
+    """Hash of the stage's code version, its settings and the content (sha256) of its upstream
+    artifacts: a recomputed upstream stage that wrote the same bytes leaves this stage valid."""
     inputs = {}
     for up in stage.needs:
         manifest_path = run_dir / up / MANIFEST
@@ -114,7 +115,7 @@ def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
                 f"Stage '{stage.name}' needs the output of stage '{up}', which {run_dir} lacks; "
                 f"run `negrefine-ray {up} {run_dir}` (or `negrefine-ray run JOB.toml`) first."
             )
-        inputs[up] = read_json(manifest_path)["hash"]
+        inputs[up] = {name: a["sha256"] for name, a in read_json(manifest_path)["artifacts"].items()}
     return stable_hash(
         {"stage": stage.name, "version": stage.version, "settings": stage.settings(config), "inputs": inputs}
     )
@@ -185,7 +186,7 @@ def run_stage(
         "hash": expected,
         "version": stage.version,
         "settings": stage.settings(config),
-        "inputs": {up: read_json(run_dir / up / MANIFEST)["hash"] for up in stage.needs},
+        "inputs": list(stage.needs),
         "artifacts": {a: _describe_artifact(staging / a) for a in output.artifacts},
         "stats": dict(output.stats),
         "summary": output.summary,

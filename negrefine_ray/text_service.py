@@ -37,10 +37,13 @@ class TextEncoder:
 
     def _cluster_gpus(self) -> int:
         if self._gpus is None:
-            import ray
+            if not self.config.text.gpus_per_actor:
+                self._gpus = 0  # CPU by request: no need to ask (or start) Ray
+            else:
+                import ray
 
-            self.connect()
-            self._gpus = int(ray.cluster_resources().get("GPU", 0)) if self.config.text.gpus_per_actor else 0
+                self.connect()
+                self._gpus = int(ray.cluster_resources().get("GPU", 0))
         return self._gpus
 
     @property

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -33,12 +34,13 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def test_smoke_job_runs_then_resumes_without_work(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.ray
+def test_smoke_job_runs_then_resumes_without_work(ray_session: Any, tmp_path: Path, cache_dir: Path) -> None:
     sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
             "--set", "corpus.max_words_per_lexname=40"]  # fmt: skip
     code, out = _run("run", SMOKE, *sets)
     assert code == 0, out
-    assert "corpus: 1,0" in out and "not built yet, so not run" in out
+    assert "corpus: 1,0" in out and "mine: " in out and "filter: wordnet: " in out
     run_dir = tmp_path / "smoke"
     corpus = read_parquet(run_dir / "corpus" / "corpus.parquet")
     assert (
@@ -49,12 +51,14 @@ def test_smoke_job_runs_then_resumes_without_work(tmp_path: Path, cache_dir: Pat
 
     before = _snapshot(run_dir)
     code, out = _run("run", SMOKE, *sets)
-    assert code == 0 and "corpus: up to date, skipped" in out
+    assert code == 0 and out.count("up to date, skipped") >= 4
     assert _snapshot(run_dir) == before  # same bytes, same modification times
 
     code, out = _run("corpus", str(run_dir), "--force")  # a stage against the run folder
     assert code == 0 and "corpus: " in out and "skipped" not in out
     assert read_parquet(run_dir / "corpus" / "corpus.parquet").equals(corpus)
+    code, out = _run("mine", str(run_dir))  # same corpus content, so the same hash downstream
+    assert code == 0 and "mine: up to date, skipped" in out
 
 
 def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:

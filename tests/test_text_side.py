@@ -1,0 +1,105 @@
+"""The text side end to end on a tiny random CLIP: corpus -> embed-text -> mine, checked against the
+selection rules, the CSP phrase rule, NegRefine's ID-name exclusion and determinism."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from negrefine_ray.artifacts import read_json, read_parquet
+from negrefine_ray.config import JobConfig, load_config
+from negrefine_ray.embed_text_stage import column_matrix
+from negrefine_ray.labels import load_id_labels
+from negrefine_ray.pipeline import run_pipeline
+from negrefine_ray.templates import get_templates
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def text_run(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> JobConfig:
+    out = tmp_path_factory.mktemp("runs")
+    config = load_config(
+        REPO / "jobs" / "smoke.toml",
+        [f"run.output_dir={out}", f"run.cache_dir={out / 'cache'}", "corpus.max_words_per_lexname=60",
+         "text.gpus_per_actor=0"],
+    )  # fmt: skip
+    run_pipeline(config, only=["corpus", "embed-text", "mine"])
+    return config
+
+
+def _negatives(config: JobConfig, method: str) -> pa.Table:
+    table = read_parquet(config.run_dir / "mine" / "negatives.parquet")
+    return table.filter(pa.compute.equal(table.column("method"), method))
+
+
+@pytest.mark.parametrize("method", ["neglabel", "csp", "negrefine"])
+def test_fifteen_percent_per_part_of_speech_in_ascending_order(text_run: JobConfig, method: str) -> None:
+    stats = read_json(text_run.run_dir / "mine" / "manifest.json")["stats"][method]
+    assert stats["selected_nouns"] == math.floor(0.15 * stats["pool_nouns"])
+    assert stats["selected_adjectives"] == math.floor(0.15 * stats["pool_adjectives"])
+    neg = _negatives(text_run, method)
+    pos = neg.column("pos").to_pylist()
+    assert pos == sorted(pos, key=lambda p: p != "noun")  # [nouns | adjectives]
+    stat = neg.column("statistic").to_numpy()
+    for part in ("noun", "adj"):
+        values = stat[np.array(pos) == part]
+        assert np.all(np.diff(values) >= 0)
+
+
+def test_embeddings_are_normalised_and_match_the_methods_templates(text_run: JobConfig) -> None:
+    from negrefine_ray.text_service import TextEncoder
+
+    neg = _negatives(text_run, "csp")
+    emb = column_matrix(neg, "embedding")
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    encoder = TextEncoder(text_run, lambda: None)
+    nouns = neg.filter(pa.compute.equal(neg.column("pos"), "noun"))
+    expected = encoder.embed(nouns.column("label").to_pylist()[:5], get_templates("csp-noun8"))
+    np.testing.assert_allclose(column_matrix(nouns, "embedding")[:5], expected, atol=1e-6)
+
+
+def test_csp_adjectives_are_suffix_phrases(text_run: JobConfig) -> None:
+    neg = _negatives(text_run, "csp")
+    suffixes = {t.replace("{} ", "") for t in get_templates("csp-suffix14")}
+    for label, word, pos in zip(
+        *(neg.column(c).to_pylist() for c in ("label", "source_word", "pos")), strict=True
+    ):
+        if pos == "adj":
+            assert label.startswith(word + " ") and label[len(word) + 1 :] in suffixes
+        else:
+            assert label == word
+
+
+def test_negrefine_drops_id_class_names_from_nouns_and_prepares_negfilter(text_run: JobConfig) -> None:
+    neg = _negatives(text_run, "negrefine")
+    ids = set(load_id_labels("imagenet1k"))
+    nouns = [
+        w
+        for w, p in zip(neg.column("label").to_pylist(), neg.column("pos").to_pylist(), strict=True)
+        if p == "noun"
+    ]
+    assert not ids & set(nouns)
+    first = neg.filter(neg.column("filter_input"))
+    assert all(len(n) == 10 and set(n) <= ids for n in first.column("nearest_id_labels").to_pylist())
+    keys = list(zip(first.column("pos").to_pylist(), first.column("clean_label").to_pylist(), strict=True))
+    assert len(keys) == len(set(keys))
+
+
+def test_mine_is_independent_of_the_hash_seed(text_run: JobConfig) -> None:
+    path = text_run.run_dir / "mine" / "negatives.parquet"
+    before = path.read_bytes()
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    cmd = [sys.executable, "-m", "negrefine_ray", "mine", str(text_run.run_dir), "--force"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert path.read_bytes() == before
