@@ -36,6 +36,9 @@ class RunConfig:
     output_dir: str = "runs"
     cache_dir: str = "~/.cache/negrefine-ray"
     seed: int = field(default=0, metadata=_range(0))
+    # Seeds the score stage repeats its seed-dependent scores for (score.permutation_seed = "run");
+    # empty = (seed,). Upstream stages use `seed` only.
+    seeds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,32 @@ class JudgeConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """OOD scores per image (methods.md 0.6, 1.5, 2.5, 3.4, 4.3, App. B); defaults are the references'.
+
+    `permutation_seed`: "fixed" draws NegLabel's grouping with `group_seed` (the references always use
+    0); "run" draws it once per seed of run.seeds. `permutation_device` "cuda" reproduces the
+    references' CUDA randperm (needs a GPU in the driver process); "cpu" is machine-independent.
+    """
+
+    methods: tuple[str, ...] = ("mcm", "neglabel", "csp", "negrefine", "dnm")
+    ablations: bool = True  # NegRefine's NegFilter on/off x S_MM on/off columns
+    n_groups: int = field(default=100, metadata=_range(1))
+    logit_scale: float = field(default=100.0, metadata=_range(0.0))
+    mcm_temperature: float = field(default=1.0, metadata=_range(0.0))
+    alpha: float = 2.0  # NegRefine: S = S_NL + alpha * S_MM
+    k_pos: int = field(default=5, metadata=_range(1))
+    k_neg: int = field(default=5, metadata=_range(1))
+    permutation_device: Literal["cpu", "cuda"] = field(default="cpu", metadata=_choices("cpu", "cuda"))
+    permutation_seed: Literal["fixed", "run"] = field(default="fixed", metadata=_choices("fixed", "run"))
+    group_seed: int = field(default=0, metadata=_range(0))
+    dnm_temperature: float = field(default=0.01, metadata=_range(0.0))
+    dnm_tau: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    dnm_seed: int = field(default=50, metadata=_range(0))
+    chunk_size: int = field(default=1024, metadata=_range(1))  # images per scoring step
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: one field per `[section]` of the job file."""
 
@@ -196,6 +225,7 @@ class JobConfig:
     datasets: tuple[DatasetConfig, ...] = ()
     filter: FilterConfig = FilterConfig()
     judges: tuple[JudgeConfig, ...] = ()
+    score: ScoreConfig = ScoreConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""
