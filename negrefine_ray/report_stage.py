@@ -1,0 +1,302 @@
+"""The `report` stage: AUROC, AUPR-In, AUPR-Out, FPR95 (NegLabel convention) and FPR95 (OpenOOD) per
+OOD dataset and on average for every score row (methods.md 6), as metrics.json, a Markdown report in
+the papers' table layout with the run's models, judges, negative counts, failures and stage times,
+and PNG plots (ID-vs-OOD histograms of the main score, ROC curves of every row).
+
+Input: score/scores.parquet and score/columns.json, plus every upstream manifest. Output:
+report/report.md, report/metrics.json, report/plots/{hist,roc}_<dataset>.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from negrefine_ray.artifacts import read_json, read_parquet, write_json, write_text
+from negrefine_ray.config import JobConfig
+from negrefine_ray.errors import StageError
+from negrefine_ray.metrics import compute_metrics
+from negrefine_ray.stages import MANIFEST, StageContext, StageOutput
+
+METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
+RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
+_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "dnm": "DNM"}
+_HEADERS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95",
+            "fpr95_openood": "FPR95 (OpenOOD)"}  # fmt: skip
+
+
+def report_settings(config: JobConfig) -> dict[str, Any]:
+    return {"metrics": list(METRIC_NAMES), "pretrained": config.model.pretrained, "run": config.run.name}
+
+
+def row_label(column: Mapping[str, Any]) -> str:
+    """A score row as the papers name it, e.g. "NegRefine w/o S_MM (wordnet)"."""
+    if column["method"] != "negrefine":
+        return _NAMES.get(column["method"], column["method"])
+    parts = [] if column["judge"] is not None else ["w/o NegFilter"]
+    parts += [] if column["s_mm"] else ["w/o S_MM"]
+    judge = f" ({column['judge']})" if column["judge"] is not None else ""
+    return "NegRefine" + (" " + ", ".join(parts) if parts else "") + judge
+
+
+def _by_row(catalogue: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    rows: dict[str, list[Mapping[str, Any]]] = {}
+    for column in catalogue:
+        rows.setdefault(column["row"], []).append(column)
+    return rows
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _stats(per_seed: Mapping[Any, Mapping[str, Mapping[str, float]]], fn: Any) -> dict[str, dict[str, float]]:
+    keys = next(iter(per_seed.values()))
+    return {k: {m: float(fn([s[k][m] for s in per_seed.values()])) for m in keys[k]} for k in keys}
+
+
+def evaluate(
+    table: pa.Table, catalogue: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRIC_NAMES
+) -> dict[str, Any]:
+    """metrics.json: for each score row, metrics per OOD dataset and their mean over OOD datasets.
+
+    table = scores.parquet (N rows: dataset, role, status, score columns); catalogue = columns.json's
+    entries. ID = every ok row of role "id", pooled. A row with several seeds gets the mean over seeds
+    in "datasets"/"average", the population std (ddof 0) in "std" and each seed in "per_seed".
+    """
+    ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
+    role = table.column("role").to_numpy(zero_copy_only=False)
+    dataset = table.column("dataset").to_numpy(zero_copy_only=False)
+    is_id, ood = ok & (role == "id"), list(dict.fromkeys(dataset[ok & (role == "ood")].tolist()))
+    if not is_id.any() or not ood:
+        raise StageError("the report needs readable ID and OOD images; scores.parquet lacks one of them.")
+    rows: dict[str, Any] = {}
+    for row, columns in _by_row(catalogue).items():
+        per_seed: dict[Any, dict[str, dict[str, float]]] = {}
+        for d in ood:
+            for c in (c for c in columns if c["ood_dataset"] in (None, d)):
+                values = _column(table, c["name"])
+                per_seed.setdefault(c["seed"], {})[d] = compute_metrics(
+                    values[is_id], values[ok & (dataset == d)], metrics
+                )
+        for result in per_seed.values():
+            result["average"] = {m: float(np.mean([result[d][m] for d in ood])) for m in metrics}
+        mean = _stats(per_seed, np.mean)
+        entry = {"label": row_label(columns[0]), "method": columns[0]["method"], "judge": columns[0]["judge"]}
+        entry |= {"datasets": {d: mean[d] for d in ood}, "average": mean["average"], "seeds": list(per_seed)}
+        if len(per_seed) > 1:
+            std = _stats(per_seed, np.std)
+            entry["std"] = {"datasets": {d: std[d] for d in ood}, "average": std["average"]}
+            entry["per_seed"] = {str(seed): result for seed, result in per_seed.items()}
+        rows[row] = entry
+    n_ood = {d: int((ok & (dataset == d)).sum()) for d in ood}
+    return {
+        "metrics": list(metrics),
+        "ood_datasets": ood,
+        "n_id": int(is_id.sum()),
+        "n_ood": n_ood,
+        "rows": rows,
+    }
+
+
+def main_row(catalogue: Sequence[Mapping[str, Any]]) -> str:
+    """The score the histograms show: NegRefine with the first judge, else the first row."""
+    for want in (lambda c: c["s_mm"] and c["judge"] is not None, lambda c: c["s_mm"], lambda c: True):
+        for column in catalogue:
+            if want(column):
+                return str(column["row"])
+    raise StageError("columns.json lists no score columns; rerun the score stage.")
+
+
+def _cell(entry: Mapping[str, Any], key: str, metrics: Sequence[str] = ("auroc", "fpr95")) -> str:
+    values = entry["datasets"][key] if key in entry["datasets"] else entry["average"]
+    std = entry.get("std")
+    spread = (std["datasets"][key] if key in std["datasets"] else std["average"]) if std else None
+    return " / ".join(
+        f"{100 * values[m]:.2f}" + (f" ± {100 * spread[m]:.2f}" if spread else "") for m in metrics
+    )
+
+
+def markdown_tables(result: Mapping[str, Any]) -> list[str]:
+    """The papers' table (AUROC / FPR95 per OOD dataset and Average) and a per-dataset detail table."""
+    ood, rows = result["ood_datasets"], result["rows"]
+    lines = [
+        "AUROC ↑ / FPR95 ↓ in %; FPR95 is the NegLabel/CSP/NegRefine/DNM convention (ID positive, "
+        "methods.md 6.1). Mean ± std over seeds where several ran.",
+        "",
+        "| Method | " + " | ".join(ood) + " | Average |",
+        "|---|" + "---|" * (len(ood) + 1),
+    ]
+    lines += [
+        f"| {e['label']} | " + " | ".join(_cell(e, k) for k in [*ood, "average"]) + " |"
+        for e in rows.values()
+    ]
+    names = result["metrics"]
+    header = " | ".join(_HEADERS.get(m, m) for m in names)
+    lines += ["", "| Method | Dataset | " + header + " |", "|---|---|" + "---|" * len(names)]
+    for e in rows.values():
+        lines += [
+            f"| {e['label']} | {k} | " + " | ".join(_cell(e, k, [m]) for m in names) + " |" for k in ood
+        ]
+    return lines
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def write_plots(table: pa.Table, catalogue: Sequence[Mapping[str, Any]], out_dir: Path) -> list[str]:
+    """Per OOD dataset: hist_<d>.png (ID vs OOD, main score) and roc_<d>.png (every row, first
+    seed). Uses matplotlib's object API (Agg canvas), so no global backend is switched."""
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_curve
+
+    ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
+    role = table.column("role").to_numpy(zero_copy_only=False)
+    dataset = table.column("dataset").to_numpy(zero_copy_only=False)
+    is_id, main, written = ok & (role == "id"), main_row(catalogue), []
+    for d in dict.fromkeys(dataset[ok & (role == "ood")].tolist()):
+        is_d = ok & (dataset == d)
+        firsts: dict[str, Mapping[str, Any]] = {}
+        for c in catalogue:
+            if c["ood_dataset"] in (None, d):
+                firsts.setdefault(c["row"], c)
+        hist, roc = Figure(figsize=(6.4, 4.2)), Figure(figsize=(6.4, 5.2))
+        ax = hist.subplots()
+        values = _column(table, firsts[main]["name"])
+        bins = np.histogram_bin_edges(values[is_id | is_d], bins=80).tolist()
+        ax.hist(values[is_id], bins=bins, alpha=0.55, density=True, label=f"ID ({int(is_id.sum()):,})")
+        ax.hist(values[is_d], bins=bins, alpha=0.55, density=True, label=f"{d} ({int(is_d.sum()):,})")
+        ax.set(xlabel=f"{row_label(firsts[main])} score (higher = more ID)", ylabel="density", title=d)
+        ax.legend()
+        ax = roc.subplots()
+        labels = np.concatenate([np.ones(int(is_id.sum())), np.zeros(int(is_d.sum()))])
+        for c in firsts.values():
+            v = _column(table, c["name"])
+            fpr, tpr, _ = roc_curve(labels, np.concatenate([v[is_id], v[is_d]]))
+            ax.plot(fpr, tpr, label=row_label(c), linewidth=1.2)
+        ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
+        ax.set(xlabel="FPR (OOD accepted as ID)", ylabel="TPR (ID accepted)", title=f"ROC, ID vs {d}")
+        ax.legend(fontsize=7, loc="lower right")
+        for kind, fig in (("hist", hist), ("roc", roc)):
+            name = f"plots/{kind}_{_safe(d)}.png"
+            (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+            fig.savefig(out_dir / name, dpi=100, bbox_inches="tight")
+            written.append(name)
+    return written
+
+
+def _manifests(ctx: StageContext) -> dict[str, dict[str, Any]]:
+    from negrefine_ray.pipeline import STAGE_NAMES
+
+    return {
+        s: ctx.manifest(s) for s in STAGE_NAMES if (ctx.run_dir / s / MANIFEST).is_file() and s != ctx.stage
+    }
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + [
+        "| " + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in r) + " |" for r in rows
+    ]
+
+
+def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
+    """Mined pools and selections, each judge's NegFilter counts, and what each score used."""
+    mine = {k: v for k, v in stats.get("mine", {}).items() if isinstance(v, dict)}
+    keys: tuple[str, ...] = ("pool_nouns", "pool_adjectives", "selected_nouns", "selected_adjectives")
+    lines = _table(["Method", "Pool nouns", "Pool adjectives", "Selected nouns", "Selected adjectives"],
+                   [[k, *(v.get(c) for c in keys)] for k, v in mine.items()])  # fmt: skip
+    keys = ("total", "kept", "proper", "same", "subcategory")
+    judges = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("filter", {}).items()]
+    lines += ["", *_table(["Judge", "Labels", "Kept", "Proper", "Same", "Subcategory"], judges)]
+    keys = ("negatives", "kept", "dropped", "per_group")
+    used = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("score", {}).get("negatives", {}).items()]
+    lines += ["", *_table(["Score set", "M", "Used (M')", "Dropped", "Per group (Q)"], used)]
+    pairs = stats.get("score", {}).get("pairs")
+    if pairs:
+        lines += [
+            "",
+            f"S_MM pair texts: {pairs['all_sets']:,} distinct over all sets (per set {pairs['per_set']}) "
+            f"instead of {pairs['without_dedup']:,} per set; {pairs.get('texts_encoded', 0):,} templated "
+            "texts encoded.",
+        ]
+    return lines
+
+
+def run_sections(config: JobConfig, table: pa.Table, manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Models, judges, negative-label counts, images and failures, stage times, resolved config."""
+    stats = {s: m.get("stats", {}) for s, m in manifests.items()}
+    m, sc = config.model, config.score
+    lines = [
+        "## Run",
+        "",
+        f"- CLIP: `{m.arch}`, weights `{m.pretrained}`, precision {m.precision}",
+        f"- ID labels: `{config.labels.id_labels}`; score methods: {', '.join(sc.methods)}",
+        f"- Grouping: G = {sc.n_groups}, permutation on {sc.permutation_device}, seed policy "
+        f"`{sc.permutation_seed}`, seeds {stats.get('score', {}).get('seeds')}; alpha = {sc.alpha}",
+    ]
+    for j in manifests.get("filter", {}).get("settings", {}).get("judges", []):
+        lines.append(
+            f"- Judge `{j['name']}`: backend {j['backend']}, model `{j.get('model') or '-'}`, "
+            f"mode {j.get('mode')}, threshold {j.get('threshold')}"
+        )
+    lines += ["", "### Negative labels", "", *_negative_lines(stats)]
+    lines += ["", "### Images", "", *_image_rows(table, stats.get("embed-images", {}))]
+    times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
+    lines += ["", "### Stage times", "", *_table(["Stage", "Seconds", "Summary"], times)]
+    resolved = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    return [
+        *lines,
+        "",
+        "<details><summary>Resolved config</summary>",
+        "",
+        "```json",
+        resolved,
+        "```",
+        "</details>",
+    ]
+
+
+def _image_rows(table: pa.Table, embed_stats: Mapping[str, Any]) -> list[str]:
+    dataset = table.column("dataset").to_pylist()
+    status, role = table.column("status").to_pylist(), table.column("role").to_pylist()
+    out = []
+    for d in dict.fromkeys(dataset):
+        st = [s for s, x in zip(status, dataset, strict=True) if x == d]
+        bad = {k: st.count(k) for k in sorted(set(st) - {"ok"})}
+        fails = ", ".join(f"{k} {v:,}" for k, v in bad.items()) or "none"
+        out.append([d, role[dataset.index(d)], len(st), st.count("ok"), fails])
+    lines = _table(["Dataset", "Role", "Images", "Scored", "Excluded (failure kinds)"], out)
+    for mismatch in embed_stats.get("expected_mismatches", []):
+        lines.append(f"- {mismatch}")
+    return lines
+
+
+def run_report(ctx: StageContext) -> StageOutput:
+    config = ctx.config
+    table = read_parquet(ctx.input("score", "scores.parquet"))
+    catalogue = read_json(ctx.input("score", "columns.json"))["columns"]
+    result = evaluate(table, catalogue)
+    write_json(ctx.out_dir / "metrics.json", result)
+    plots = write_plots(table, catalogue, ctx.out_dir)
+    random = config.model.pretrained.lower() == "none"
+    lines = [f'{RANDOM_WARNING} (model.pretrained = "none")', ""] if random else []
+    lines += [f"# OOD detection report: {config.run.name}", "", *markdown_tables(result), ""]
+    lines += run_sections(config, table, _manifests(ctx))
+    lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
+    write_text(ctx.out_dir / "report.md", "\n".join(lines))
+    main = result["rows"][main_row(catalogue)]
+    summary = (
+        f"report: {len(result['rows'])} score rows x {len(result['ood_datasets'])} OOD datasets; "
+        f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
+        f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
+    )
+    stats = {"rows": len(result["rows"]), "ood_datasets": result["ood_datasets"], "plots": len(plots)}
+    return StageOutput(("report.md", "metrics.json", *plots), summary, stats)
