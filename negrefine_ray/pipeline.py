@@ -72,8 +72,22 @@ STAGES: tuple[Stage, ...] = (
         _lazy("filter_stage", "run_filter"),
     ),
     _planned("embed-images", "CLIP image embeddings of ID and OOD datasets", (), "issue #5"),
-    _planned("score", "OOD scores per image and method", ("filter", "embed-images"), "issue #6"),
-    _planned("report", "metrics, tables and plots", ("score",), "issue #6"),
+    Stage(
+        "score",
+        "OOD scores per image and method (MCM, NegLabel, CSP, NegRefine and its ablations, DNM)",
+        ("embed-text", "mine", "filter", "embed-images"),
+        1,
+        _lazy("score_stage", "score_settings"),
+        _lazy("score_stage", "run_score"),
+    ),
+    Stage(
+        "report",
+        "metrics, Markdown tables and plots",
+        ("score",),
+        1,
+        _lazy("report_stage", "report_settings"),
+        _lazy("report_stage", "run_report"),
+    ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 
