@@ -172,6 +172,7 @@ class JudgeConfig:
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     batch_size: int = field(default=64, metadata=_range(1))
     max_new_tokens: int = field(default=8, metadata=_range(1))  # generate mode
+    prefix_cache: bool = True  # transformers: run the prompts' shared prefix once (vLLM caches its own)
     max_model_len: int = field(default=1024, metadata=_range(64))
     gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1.0))
     tensor_parallel_size: int = field(default=1, metadata=_range(1))

@@ -240,7 +240,7 @@ def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
 
 
 # Judge keys that change how fast answers come, not what they are.
-_EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device"}
+_EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device", "prefix_cache"}
 
 
 def filter_settings(config: JobConfig) -> dict[str, Any]:

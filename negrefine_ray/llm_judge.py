@@ -93,6 +93,21 @@ def _torch_dtype(cfg: JudgeConfig, device: str) -> Any:
     return value
 
 
+MIN_SHARED_PREFIX = 8  # tokens; below this, reusing the prefix's cache saves too little
+
+
+def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens all prompts share at the start, leaving at least one token of each to run."""
+    if not ids:
+        return 0
+    limit = min(len(i) for i in ids) - 1
+    first = ids[0]
+    n = 0
+    while n < limit and all(i[n] == first[n] for i in ids):
+        n += 1
+    return n
+
+
 class TransformersBackend:
     """A transformers causal LM. Prompts are sorted by length and left-padded in batches, with
     position ids from the attention mask so a padded prompt scores exactly as it would alone."""
@@ -115,6 +130,7 @@ class TransformersBackend:
         self.model: Any = model.to(self.device)  # type: ignore[arg-type]
         self.model.eval()
         self.batch_size = cfg.batch_size
+        self.prefix_cache = cfg.prefix_cache
         self.yes_ids, self.no_ids = yes_no_token_ids(self.tokenizer)
 
     def _encode(self, chats: Sequence[list[dict[str, str]]]) -> list[list[int]]:
@@ -138,16 +154,57 @@ class TransformersBackend:
             yield idx, input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     def yes_probabilities(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:
+        ids = self._encode(chats)
+        prefix = common_prefix_length(ids) if self.prefix_cache else 0
+        if prefix >= MIN_SHARED_PREFIX:
+            return self._yes_with_prefix(ids, prefix)
         import torch
 
         out = [math.nan] * len(chats)
         with torch.inference_mode():
-            for idx, input_ids, mask, positions in self._batches(self._encode(chats)):
-                logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions).logits
-                logprobs = logits[:, -1].float().log_softmax(-1).cpu()
-                for row, i in enumerate(idx):
-                    lp = logprobs[row]
-                    out[i] = p_yes(lp[self.yes_ids].tolist(), lp[self.no_ids].tolist())
+            for idx, input_ids, mask, positions in self._batches(ids):
+                logits = self.model(
+                    input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                ).logits
+                self._collect(out, idx, logits[:, -1])
+        return out
+
+    def _collect(self, out: list[float], idx: Sequence[int], logits: Any) -> None:
+        logprobs = logits.float().log_softmax(-1).cpu()
+        for row, i in enumerate(idx):
+            out[i] = p_yes(logprobs[row, self.yes_ids].tolist(), logprobs[row, self.no_ids].tolist())
+
+    def _yes_with_prefix(self, ids: list[list[int]], prefix: int) -> list[float]:
+        """Run the prompts' shared prefix (system prompt, chat markup, question opening) once and
+        reuse its key/value cache for every batch; suffixes are right-padded and each prompt is read
+        at its own last token, so results equal the unshared computation."""
+        import copy
+
+        import torch
+
+        out = [math.nan] * len(ids)
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        with torch.inference_mode():
+            shared = self.model(input_ids=torch.tensor([ids[0][:prefix]], device=self.device), use_cache=True)
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                suffixes = [ids[i][prefix:] for i in idx]
+                width = max(map(len, suffixes))
+                input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in suffixes], device=self.device)
+                mask = torch.tensor([[1] * (prefix + len(s)) + [0] * (width - len(s)) for s in suffixes])
+                positions = (prefix + torch.arange(width)).expand(len(idx), width)
+                cache = copy.deepcopy(shared.past_key_values)
+                cache.batch_repeat_interleave(len(idx))
+                hidden = self.model.model(
+                    input_ids=input_ids,
+                    attention_mask=mask.to(self.device),
+                    position_ids=positions.to(self.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                ).last_hidden_state
+                last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
+                self._collect(out, idx, self.model.lm_head(hidden[torch.arange(len(idx)), last]))
         return out
 
     def generate(self, chats: Sequence[list[dict[str, str]]], max_new_tokens: int, seed: int) -> list[str]:

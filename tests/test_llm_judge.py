@@ -16,7 +16,7 @@ import pytest
 from negrefine_ray.config import JudgeConfig
 from negrefine_ray.filter_stage import AnswerStore
 from negrefine_ray.judge_pool import JudgeActor, ray_asker
-from negrefine_ray.llm_judge import TransformersBackend, answer_with, chat, p_yes
+from negrefine_ray.llm_judge import TransformersBackend, answer_with, chat, common_prefix_length, p_yes
 from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
 pytest.importorskip("transformers")
@@ -53,6 +53,25 @@ def test_padded_batches_score_as_single_prompts(backend: TransformersBackend) ->
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     assert all(0.0 < p < 1.0 for p in batched)
     assert len(set(np.round(batched, 6))) > 1  # the prompt matters
+
+
+def test_shared_prefix_cache_changes_nothing(backend: TransformersBackend) -> None:
+    chats = [chat(q, PROMPTS) for q in QUESTIONS]
+    assert backend.prefix_cache and common_prefix_length(backend._encode(chats)) >= 20
+    with_cache = backend.yes_probabilities(chats)
+    backend.prefix_cache = False
+    try:
+        without = backend.yes_probabilities(chats)
+    finally:
+        backend.prefix_cache = True
+    np.testing.assert_allclose(with_cache, without, atol=1e-5)
+
+
+def test_common_prefix_length_leaves_a_token_to_run() -> None:
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4]]) == 2
+    assert common_prefix_length([[1, 2], [1, 2, 3]]) == 1
+    assert common_prefix_length([[5, 6, 7]]) == 2
+    assert common_prefix_length([]) == 0
 
 
 def test_decisions_follow_the_threshold(backend: TransformersBackend) -> None:
