@@ -108,26 +108,36 @@ def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def _load(cfg: JudgeConfig, device: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model(cfg.model)
+    kwargs: dict[str, Any] = {}
+    if path.endswith(".gguf"):
+        kwargs["gguf_file"] = Path(path).name
+        path = str(Path(path).parent)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(cfg, device), **kwargs)
+    return model, tokenizer
+
+
 class TransformersBackend:
     """A transformers causal LM. Prompts are sorted by length and left-padded in batches, with
     position ids from the attention mask so a padded prompt scores exactly as it would alone."""
 
-    def __init__(self, cfg: JudgeConfig) -> None:
+    def __init__(self, cfg: JudgeConfig, *, model: Any = None, tokenizer: Any = None) -> None:
+        """Load `cfg.model`, or wrap an already built `model` and `tokenizer` (benchmarks do, to time
+        random weights of a large model's shape)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = resolve_model(cfg.model)
-        kwargs: dict[str, Any] = {}
-        if path.endswith(".gguf"):
-            kwargs["gguf_file"] = Path(path).name
-            path = str(Path(path).parent)
         self.device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if model is None:
+            model, tokenizer = _load(cfg, self.device)
+        self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(cfg, self.device), **kwargs)
-        self.model: Any = model.to(self.device)  # type: ignore[arg-type]
+        self.model: Any = model.to(self.device)
         self.model.eval()
         self.batch_size = cfg.batch_size
         self.prefix_cache = cfg.prefix_cache
