@@ -65,8 +65,9 @@ def embed_crops(model: torch.nn.Module, crops: torch.Tensor, spec: CropSpec, pre
 
 
 class ImageEmbedder:
-    """Actor: loads CLIP once; batch columns pixels (N, H, W, 3) uint8 + status -> embedding (N, D)
-    float32, zeros where status is not "ok". Other columns except pixels pass through."""
+    """Actor: loads CLIP once; batch columns pixels (N, H, W, 3) uint8 (numpy from Ray, a CPU tensor
+    from the DataLoader) + status (N,) -> embedding (N, D) float32, zeros where status is not "ok".
+    Other columns except pixels pass through."""
 
     def __init__(
         self, model: dict[str, Any], spec: dict[str, Any], *, device: str = "cpu", precision: str = "fp32"
@@ -84,15 +85,19 @@ class ImageEmbedder:
         probe = torch.zeros((1, h, w, 3), dtype=torch.uint8, device=self.device)
         self.dim = int(embed_crops(self.model, probe, self.spec, self.precision).shape[1])
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         missing = {"pixels", "status"} - set(batch)
         if missing:
             raise StageError(f"ImageEmbedder needs columns pixels and status; the batch has {sorted(batch)}.")
         ok = np.asarray(batch["status"]) == OK
         out = np.zeros((len(ok), self.dim), dtype=np.float32)
         if ok.any():
-            # Boolean indexing copies, so the tensor never aliases Ray's read-only batch.
-            crops = torch.from_numpy(np.asarray(batch["pixels"])[ok]).to(self.device)
+            pixels = batch["pixels"]
+            if isinstance(pixels, torch.Tensor):  # DataLoader: shared-memory, maybe pinned, tensor
+                crops = pixels if ok.all() else pixels[torch.from_numpy(ok)]
+            else:  # Ray: boolean indexing copies, so the tensor never aliases the read-only batch
+                crops = torch.from_numpy(np.asarray(pixels)[ok])
+            crops = crops.to(self.device, non_blocking=crops.is_pinned())
             out[ok] = embed_crops(self.model, crops, self.spec, self.precision).cpu().numpy()
         rest = {k: v for k, v in batch.items() if k != "pixels"}
         return {**rest, "embedding": out}
@@ -209,11 +214,12 @@ class _DecodeDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return i, crop if crop is not None else np.zeros((h, w, 3), np.uint8), status, detail
 
 
-def _collate(items: list[tuple[int, np.ndarray, str, str]]) -> dict[str, np.ndarray]:
+def _collate(items: list[tuple[int, np.ndarray, str, str]]) -> dict[str, Any]:
     rows, crops, status, detail = zip(*items, strict=True)
     return {
         "row": np.array(rows),
-        "pixels": np.stack(crops),
+        # A tensor travels from the worker through shared memory; a numpy array would be pickled.
+        "pixels": torch.from_numpy(np.stack(crops)),
         "status": np.array(status),
         "detail": np.array(detail),
     }
@@ -234,6 +240,7 @@ def embed_files_local(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
+        pin_memory=embedder.device.startswith("cuda"),
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
