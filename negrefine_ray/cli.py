@@ -121,6 +121,17 @@ for _stage in STAGES:
         _stage_command(_stage.name, f"{_stage.summary} (not built yet: {_stage.planned_in}).")
 
 
+@app.command("demo-images")
+def demo_images(
+    folder: Annotated[Path, typer.Argument(help="Where to write the images (replaced if present).")],
+    seed: Annotated[int, typer.Option(help="Random seed of the generated images.")] = 0,
+) -> None:
+    """Generate the smoke job's image datasets (textures, with one corrupt file)."""
+    from negrefine_ray.demo_data import make_demo_images
+
+    typer.echo(f"demo images: {make_demo_images(folder, seed=seed)}")
+
+
 @app.command()
 def doctor(
     job: Annotated[Path | None, typer.Argument(help="Job file whose settings to check.")] = None,

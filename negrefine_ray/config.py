@@ -138,6 +138,10 @@ class ImagesConfig:
     preset: str = ""  # a benchmark preset that fills [[datasets]] (see negrefine_ray.datasets)
     data_root: str = ""  # folder under which a preset's datasets live
     decode: Literal["pil", "pil-draft"] = field(default="pil", metadata=_choices("pil", "pil-draft"))
+    exif: Literal["ignore", "transpose"] = field(default="ignore", metadata=_choices("ignore", "transpose"))
+    alpha: Literal["drop", "white"] = field(default="drop", metadata=_choices("drop", "white"))
+    high_bit_depth: Literal["scale", "clip"] = field(default="scale", metadata=_choices("scale", "clip"))
+    max_pixels: int = field(default=0, metadata=_range(0))  # 0: twice Pillow's decompression-bomb limit
     batch_size: int = field(default=256, metadata=_range(1))
     num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
     gpus_per_actor: float = field(default=1.0, metadata=_range(0.0, 1.0))

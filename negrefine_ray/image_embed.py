@@ -492,7 +492,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         "datasets": {li.name: _dataset_stats(li, results[key], key, key not in todo) for key, li in pairs},
     }
     summary = (
-        f"embed-images: {n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {plan.describe()}, "
+        f"{n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {plan.describe()}, "
         f"{sum(failures.values()):,} unreadable"
         + (f", {n - embedded:,} from cache" if n > embedded else "")
         + (f", {len(mismatches)} count mismatch(es)" if mismatches else "")

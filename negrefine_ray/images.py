@@ -257,14 +257,13 @@ def crop_spec_for_model(cfg: ModelConfig) -> CropSpec:
 
 
 def decode_options(images: ImagesConfig) -> DecodeOptions:
-    """DecodeOptions from [images]; `exif`, `alpha` and `high_bit_depth` are read when the config has
-    them (not yet), otherwise the documented defaults apply."""
-    defaults = DecodeOptions()
+    """DecodeOptions from the [images] section."""
     return DecodeOptions(
         decode=images.decode,
-        exif=getattr(images, "exif", defaults.exif),
-        alpha=getattr(images, "alpha", defaults.alpha),
-        high_bit_depth=getattr(images, "high_bit_depth", defaults.high_bit_depth),
+        exif=images.exif,
+        alpha=images.alpha,
+        high_bit_depth=images.high_bit_depth,
+        max_pixels=images.max_pixels or DEFAULT_MAX_PIXELS,
     )
 
 

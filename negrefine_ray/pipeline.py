@@ -34,10 +34,6 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
-def _planned(name: str, summary: str, needs: tuple[str, ...], issue: str) -> Stage:
-    return Stage(name, summary, needs, 0, _sections(), None, planned_in=issue)
-
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         "corpus",
@@ -71,7 +67,14 @@ STAGES: tuple[Stage, ...] = (
         _lazy("filter_stage", "filter_settings"),
         _lazy("filter_stage", "run_filter"),
     ),
-    _planned("embed-images", "CLIP image embeddings of ID and OOD datasets", (), "issue #5"),
+    Stage(
+        "embed-images",
+        "CLIP image embeddings of ID and OOD datasets",
+        (),
+        1,
+        _lazy("image_embed", "embed_images_settings"),
+        _lazy("image_embed", "run_embed_images"),
+    ),
     Stage(
         "score",
         "OOD scores per image and method (MCM, NegLabel, CSP, NegRefine and its ablations, DNM)",

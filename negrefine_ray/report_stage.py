@@ -294,7 +294,7 @@ def run_report(ctx: StageContext) -> StageOutput:
     write_text(ctx.out_dir / "report.md", "\n".join(lines))
     main = result["rows"][main_row(catalogue)]
     summary = (
-        f"report: {len(result['rows'])} score rows x {len(result['ood_datasets'])} OOD datasets; "
+        f"{len(result['rows'])} score rows x {len(result['ood_datasets'])} OOD datasets; "
         f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
         f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
     )

@@ -31,6 +31,9 @@ METHODS = ("mcm", "neglabel", "csp", "negrefine", "dnm")
 MINED = ("neglabel", "csp", "negrefine", "dnm")  # methods whose negatives come from the mine stage
 IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status", "embedding")
 PairEmbedder = Callable[[list[str]], np.ndarray]
+# Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch
+# is its own cache entry, so an interrupted stage re-encodes only the batches it had not finished.
+PAIR_BATCH = 131_072
 
 
 @dataclass(frozen=True)
@@ -282,37 +285,47 @@ def _embed_refined(refined: RefinedNegatives, encoder: Any) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _pair_embedder(encoder: Any) -> PairEmbedder:
+    """NegRefine's pair-text embedding (3.4: the 8 noun templates, raw-mean), PAIR_BATCH at a time."""
+    from negrefine_ray.templates import get_templates
+
+    def embed(texts: list[str]) -> np.ndarray:
+        parts = [texts[i : i + PAIR_BATCH] for i in range(0, len(texts), PAIR_BATCH)]
+        return np.concatenate([encoder.embed(part, get_templates("csp-noun8")) for part in parts])
+
+    return embed
+
+
 def _score_negrefine(
     s: _Scorer, ctx: StageContext, id_table: pa.Table, negatives: pa.Table
 ) -> dict[str, Any]:
     """NegRefine per judge and its ablations (3.3-3.4); S_MM over every negative set from one pass
     of distinct pair texts. Without ablations only negrefine[J] (or, with no judge, _nofilter)."""
-    from negrefine_ray.templates import get_templates
     from negrefine_ray.text_service import TextEncoder
 
     judges = _judges(ctx.config)
     kept = {j: read_parquet(ctx.input("filter", f"{j}/kept.parquet")) for j in judges}
     refined = refined_negatives(negatives, kept)
     tags = {k: f"[{k}]" if k is not None else "_nofilter" for k in refined.sets}
-    sets = {tags[k]: v for k, v in refined.sets.items() if k is not None or s.sc.ablations or not judges}
+    use = [k for k in refined.sets if k is not None or s.sc.ablations or not judges]
+    sets = {f"negrefine{tags[k]}": refined.sets[k] for k in use}
     encoder = TextEncoder(ctx.config, ctx.ray)
     neg_text, id_text = _embed_refined(refined, encoder), column_matrix(id_table, "csp_noun8")
     before = encoder.encoded
     s_mm, pairs = multi_matching_scores(
         s.image, id_text, neg_text, sets=sets,
         names=(id_table.column("label").to_pylist(), refined.labels),
-        embed_pairs=lambda texts: encoder.embed(texts, get_templates("csp-noun8")),
+        embed_pairs=_pair_embedder(encoder),
         k_pos=s.sc.k_pos, k_neg=s.sc.k_neg, logit_scale=s.sc.logit_scale, chunk_size=s.sc.chunk_size,
     )  # fmt: skip
     pairs["texts_encoded"] = encoder.encoded - before
-    for judge, tag in tags.items():
-        if tag not in sets:
-            continue
-        s_nl = s.grouped(f"negrefine{tag}", id_text, neg_text[sets[tag]])
+    for judge in use:
+        row = f"negrefine{tags[judge]}"
+        s_nl = s.grouped(row, id_text, neg_text[sets[row]])
         if s.sc.ablations:
-            s.add_seeded(f"negrefine_nl{tag}", s_nl, method="negrefine", judge=judge)
-        final = {seed: scores.negrefine(v, s_mm[tag], alpha=s.sc.alpha) for seed, v in s_nl.items()}
-        s.add_seeded(f"negrefine{tag}", final, method="negrefine", judge=judge, s_mm=True)
+            s.add_seeded(f"negrefine_nl{tags[judge]}", s_nl, method="negrefine", judge=judge)
+        final = {seed: scores.negrefine(v, s_mm[row], alpha=s.sc.alpha) for seed, v in s_nl.items()}
+        s.add_seeded(row, final, method="negrefine", judge=judge, s_mm=True)
     return pairs
 
 
@@ -374,7 +387,7 @@ def run_score(ctx: StageContext) -> StageOutput:
         "pairs": pairs, "seconds": s.seconds,
     }  # fmt: skip
     summary = (
-        f"score: {int(ok.sum()):,} images ({n_bad:,} excluded) x {len(s.columns)} score columns "
+        f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(s.columns)} score columns "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     if pairs:
