@@ -26,6 +26,7 @@ from negrefine_ray.config import JobConfig, ScoreConfig
 from negrefine_ray.embed_text_stage import column_matrix
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.templates import get_templates
 
 METHODS = ("mcm", "neglabel", "csp", "negrefine", "dnm")
 MINED = ("neglabel", "csp", "negrefine", "dnm")  # methods whose negatives come from the mine stage
@@ -183,6 +184,8 @@ def multi_matching_scores(
     counts: distinct pairs per set and over all sets, and N * k_pos * k_neg (pairs without dedup).
     """
     keys, n = list(sets), image.shape[0]
+    if not keys:
+        raise StageError("multi_matching_scores needs at least one negative set; got none.")
     tops = []
     for key in keys:
         idx = np.asarray(sets[key], dtype=np.int64)
@@ -202,7 +205,8 @@ def multi_matching_scores(
             image, pair_emb, part, top[2], logit_scale=logit_scale, chunk_size=chunk_size
         )
         distinct[key] = int(np.unique(part).size)
-    counts = {"per_set": distinct, "all_sets": len(pairs), "without_dedup": n * tops[0][0].shape[1] * k_neg}
+    without = n * min(k_pos, id_text.shape[0]) * k_neg
+    counts = {"per_set": distinct, "all_sets": len(pairs), "without_dedup": without}
     return out, counts
 
 
@@ -275,8 +279,6 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def _embed_refined(refined: RefinedNegatives, encoder: Any) -> np.ndarray:
     """(M, D) final NegRefine embeddings (3.3): nouns x 8 noun templates, adjective phrases x 4
     adjective templates, raw-mean, in RefinedNegatives order (nouns first)."""
-    from negrefine_ray.templates import get_templates
-
     parts = []
     for is_noun, templates in ((True, "csp-noun8"), (False, "csp-adj4")):
         labels = [lab for lab, p in zip(refined.labels, refined.pos, strict=True) if (p == "noun") == is_noun]
@@ -287,7 +289,6 @@ def _embed_refined(refined: RefinedNegatives, encoder: Any) -> np.ndarray:
 
 def _pair_embedder(encoder: Any) -> PairEmbedder:
     """NegRefine's pair-text embedding (3.4: the 8 noun templates, raw-mean), PAIR_BATCH at a time."""
-    from negrefine_ray.templates import get_templates
 
     def embed(texts: list[str]) -> np.ndarray:
         parts = [texts[i : i + PAIR_BATCH] for i in range(0, len(texts), PAIR_BATCH)]

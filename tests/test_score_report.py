@@ -195,6 +195,7 @@ def test_pair_texts_are_embedded_once(run: tuple[JobConfig, pa.Table]) -> None:
     assert pairs["without_dedup"] == n_ok * 5 * 5
     assert pairs["all_sets"] <= K * 11 < pairs["without_dedup"]  # at most every (ID, negative) pair
     assert pairs["texts_encoded"] == 8 * pairs["all_sets"]  # each distinct text once, 8 templates
+    assert set(pairs["per_set"]) == {"negrefine[wordnet]", "negrefine_nofilter"}
     assert max(pairs["per_set"].values()) <= pairs["all_sets"] <= sum(pairs["per_set"].values())
 
 
