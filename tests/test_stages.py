@@ -161,3 +161,10 @@ def test_run_folder_lock_is_exclusive(tmp_path: Path) -> None:
             check=False,
         )
     assert probe.returncode == 3 and "in use by another negrefine-ray process" in probe.stdout
+
+
+def test_a_stage_without_code_never_pretends_to_run(tmp_path: Path) -> None:
+    planned = Stage("later", "toy", (), 0, lambda c: {}, None, planned_in="issue #9")
+    with pytest.raises(StageError, match=r"not implemented yet \(issue #9\)"):
+        run_stage(planned, _config(tmp_path))
+    assert not (tmp_path / "r" / "later").exists()
