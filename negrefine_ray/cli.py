@@ -73,11 +73,12 @@ def run(
         list[str] | None, typer.Option("--force", help="Recompute this stage even if up to date.")
     ] = None,
     address: AddressOpt = None,
+    until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
 ) -> None:
     """Run every stage of a job in order, skipping the stages whose outputs are up to date."""
     try:
         config = _load_target(job, set_)
-        run_pipeline(config, force=force or (), ray_address=address, on_result=_print_result)
+        run_pipeline(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
     except NegRefineError as exc:
         _fail(exc)
     pending = pending_stages()

@@ -115,15 +115,18 @@ def run_pipeline(
     force: Iterable[str] = (),
     ray_address: str | None = None,
     only: Sequence[str] | None = None,
+    until: str | None = None,
     on_result: Callable[[StageResult], None] | None = None,
 ) -> list[StageResult]:
-    """Run the stages in order (or just `only`), skipping those whose trusted output exists.
+    """Run the stages in order (just `only`, or up to and including `until`), skipping those whose
+    trusted output exists.
 
     Stages hash their upstream artifacts' content: a forced stage whose output changed reruns its
     dependents; one that wrote the same bytes leaves them up to date.
     Stops before the first stage that is not built yet.
     """
     forced = {get_stage(n).name for n in force}
+    last = get_stage(until).name if until is not None else None
     results: list[StageResult] = []
     with run_folder_lock(config.run_dir):
         save_resolved_config(config)
@@ -136,6 +139,8 @@ def run_pipeline(
             results.append(result)
             if on_result is not None:
                 on_result(result)
+            if stage.name == last:
+                break
     return results
 
 

@@ -210,3 +210,18 @@ def test_judge_comparison(tmp_path: Path) -> None:
     assert comparison["counts"]["a"]["kept"] + comparison["counts"]["a"]["proper"] <= 60
     same_again = compare_judges({"a": runs["a"], "a2": runs["a"]})["pairs"]["a vs a2"]
     assert same_again["proper"]["kappa"] == 1.0 and same_again["removed_only_by_first"]["count"] == 0
+
+
+def test_filter_stage_imports_neither_open_clip_nor_torchvision() -> None:
+    """vLLM's CPU build cannot live beside torchvision: the filter stage must run without them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, negrefine_ray.cli, negrefine_ray.filter_stage, negrefine_ray.judge_pool, "
+        "negrefine_ray.vllm_judge, negrefine_ray.llm_judge\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'torchvision', 'torch'))\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
