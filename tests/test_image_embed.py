@@ -175,7 +175,7 @@ def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
     assert stats["actors"] == "1 actor x CPU" and stats["precision"] == "fp32"
     assert len(stats["expected_mismatches"]) == 1 and "'extra'" in stats["expected_mismatches"][0]
     assert pq.read_table(out / "failures.parquet").num_rows == 4
-    assert output.summary.startswith("embed-images: 18 images in ") and "4 unreadable" in output.summary
+    assert output.summary.startswith("18 images in ") and "4 unreadable" in output.summary
 
     def no_embedding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the second run must not embed anything")
