@@ -15,18 +15,23 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.artifacts import read_parquet, stable_hash, write_parquet
+from negrefine_ray.artifacts import write_parquet
 from negrefine_ray.clip import create_clip, resolve_device, resolve_weights
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig
 from negrefine_ray.datasets import Listing, list_datasets, resolve_datasets
-from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.errors import StageError
+from negrefine_ray.image_cache import (
+    EmbedResult,
+    ImageEmbeddingCache,
+    image_cache_key,
+    masked_embedding_column,
+)
 from negrefine_ray.images import (
     FAILURE_KINDS,
     OK,
@@ -40,15 +45,10 @@ from negrefine_ray.images import (
     read_and_decode,
 )
 from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.text_embed import effective_precision
 
 log = logging.getLogger(__name__)
 DECODE_BATCH = 64  # rows per decode task: ~10 MB of 224x224 crops, small enough to stream
-_CACHE_VERSION = 1
-
-
-def effective_precision(device: str, precision: str) -> str:
-    """fp16/bf16 are autocast dtypes on CUDA; CPU inference runs in fp32 (part of the cache key)."""
-    return precision if device.startswith("cuda") else "fp32"
 
 
 def embed_crops(model: torch.nn.Module, crops: torch.Tensor, spec: CropSpec, precision: str) -> torch.Tensor:
@@ -101,15 +101,6 @@ class ImageEmbedder:
             out[ok] = embed_crops(self.model, crops, self.spec, self.precision).cpu().numpy()
         rest = {k: v for k, v in batch.items() if k != "pixels"}
         return {**rest, "embedding": out}
-
-
-@dataclass(frozen=True)
-class EmbedResult:
-    """Per row, in input order: status (N,) str, detail (N,) str, embedding (N, D) float32."""
-
-    status: np.ndarray
-    detail: np.ndarray
-    embedding: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -247,77 +238,6 @@ def embed_files_local(
     return _collect((embedder(batch) for batch in loader), len(files))
 
 
-def image_cache_key(weights: str, arch: str, precision: str, preprocess: dict[str, Any], listing: str) -> str:
-    """Everything that changes a dataset's embeddings: weights identity, architecture, the precision
-    that ran, the preprocessing (crop spec + decode options) and the listing's paths/sizes/mtimes."""
-    return stable_hash(
-        {
-            "kind": "clip-image-embeddings",
-            "version": _CACHE_VERSION,
-            "weights": weights,
-            "arch": arch,
-            "precision": precision,
-            "preprocess": preprocess,
-            "listing": listing,
-        }
-    )
-
-
-def _embedding_column(emb: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
-    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1], mask=pa.array(~ok))
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(N, D) float32 from a fixed_size_list<float32>[D] column; null rows (failed images) are zeros."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = arr.type.list_size
-    values = arr.values.to_numpy(zero_copy_only=False)[arr.offset * dim : (arr.offset + len(arr)) * dim]
-    return np.nan_to_num(values.astype(np.float32)).reshape(len(arr), dim)
-
-
-class ImageEmbeddingCache:
-    """Per-dataset embeddings that outlive runs: `<root>/<key>.parquet` with columns path, status,
-    detail, embedding (fixed_size_list<float32>[D], null unless ok). Written atomically."""
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.parquet"
-
-    def get(self, key: str, paths: Sequence[str]) -> EmbedResult | None:
-        """The cached rows for `key` if they exist and list exactly `paths`, else None."""
-        file = self.path(key)
-        if not file.is_file():
-            return None
-        try:
-            table = read_parquet(file)
-            if table.column("path").to_pylist() != list(paths):
-                return None
-            return EmbedResult(
-                np.array(table.column("status").to_pylist(), dtype=str),
-                np.array(table.column("detail").to_pylist(), dtype=str),
-                embedding_matrix(table.column("embedding")),
-            )
-        except (pa.ArrowException, KeyError, OSError) as exc:
-            raise NegRefineError(
-                f"Image-embedding cache file {file} is unreadable ({type(exc).__name__}: {exc}); delete "
-                f"it and the embeddings will be recomputed."
-            ) from exc
-
-    def put(self, key: str, paths: Sequence[str], result: EmbedResult) -> None:
-        table = pa.table(
-            {
-                "path": pa.array(list(paths), pa.string()),
-                "status": pa.array(result.status.tolist(), pa.string()),
-                "detail": pa.array(result.detail.tolist(), pa.string()),
-                "embedding": _embedding_column(result.embedding, result.status == OK),
-            }
-        ).replace_schema_metadata({"cache_key": key})
-        write_parquet(self.path(key), table)
-
-
 def embed_images_settings(config: JobConfig) -> dict[str, Any]:
     """Exactly what determines the stage's output: the model, the decode options, the resolved
     datasets and the seed of their `limit` samples. File contents enter through the cache key only."""
@@ -379,7 +299,7 @@ def _output_tables(listing: Listing, result: EmbedResult) -> tuple[pa.Table, pa.
             "path": t.column("path"),
             "label": t.column("label"),
             "status": pa.array(result.status.tolist(), pa.string()),
-            "embedding": _embedding_column(result.embedding, ok),
+            "embedding": masked_embedding_column(result.embedding, ok),
         }
     )
     bad = pa.array(np.flatnonzero(~ok))

@@ -19,10 +19,9 @@ from negrefine_ray import image_embed
 from negrefine_ray.clip import create_clip
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
 from negrefine_ray.errors import StageError
+from negrefine_ray.image_cache import EmbedResult, ImageEmbeddingCache, embedding_matrix
 from negrefine_ray.image_embed import (
-    EmbedResult,
     ImageEmbedder,
-    ImageEmbeddingCache,
     embed_files_local,
     embed_rows_ray,
     plan_actors,
@@ -166,7 +165,7 @@ def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
     roots = {d["name"]: Path(d["root"]) for d in data["datasets"]}
     names, paths = table.column("dataset").to_pylist(), table.column("path").to_pylist()
     files = [roots[d] / p for d, p, k in zip(names, paths, ok, strict=True) if k]
-    got = image_embed.embedding_matrix(table.column("embedding"))[ok]
+    got = embedding_matrix(table.column("embedding"))[ok]
     np.testing.assert_allclose(got, direct_embeddings(files), atol=1e-5)
     stats = output.stats
     assert stats["embedded"] == 18 and stats["failures"] == {
