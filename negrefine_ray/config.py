@@ -107,6 +107,11 @@ class MiningConfig:
     """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2)."""
 
     methods: tuple[str, ...] = ("neglabel", "csp", "negrefine", "dnm")
+    # The order the references' os.listdir walked word-list files in decides which file owns a word
+    # two files share: "negrefine" reproduces NegRefine's logged pools; "sorted" is alphabetical.
+    file_order: Literal["negrefine", "sorted"] = field(
+        default="negrefine", metadata=_choices("negrefine", "sorted")
+    )
     top_fraction: float = field(default=0.15, metadata=_range(0.0, 1.0))  # NegLabel/CSP/NegRefine
     negrefine_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))  # code: max; paper: 0.95
     dnm_preset: str = ""  # DNM's hyper-parameters by backbone; "" = model.arch

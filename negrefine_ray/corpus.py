@@ -59,6 +59,7 @@ NEGREFINE_FILE_ORDER: tuple[str, ...] = (
     "adj.pert", "noun.group", "noun.person", "noun.quantity",
 )  # fmt: skip
 SORTED_ORDER: tuple[str, ...] = tuple(sorted(PUBLISHED_LEXNAMES))
+FILE_ORDERS: dict[str, tuple[str, ...]] = {"negrefine": NEGREFINE_FILE_ORDER, "sorted": SORTED_ORDER}
 
 RULES: tuple[str, ...] = ("first-lemma", "all-lemmas")
 

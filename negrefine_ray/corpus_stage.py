@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from negrefine_ray.artifacts import file_sha256, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.corpus import (
+    FILE_ORDERS,
     POOL_RULES,
     PUBLISHED_COUNTS,
     PUBLISHED_LEXNAMES,
@@ -78,11 +79,12 @@ def load_entries(config: JobConfig) -> tuple[pa.Table, str]:
     return entries, f"word lists in {folder}"
 
 
-def pool_sizes(entries: pa.Table, id_labels: list[str]) -> dict[str, dict[str, int]]:
+def pool_sizes(entries: pa.Table, id_labels: list[str], order: str) -> dict[str, dict[str, int]]:
     """Nouns and adjectives in each method's candidate pool (after cross-file de-duplication)."""
     sizes = {}
     for name, rule in POOL_RULES.items():
-        pos = rule.pool(entries, id_labels).column("pos").to_pylist()
+        pool = dataclasses.replace(rule, order=FILE_ORDERS[order]).pool(entries, id_labels)
+        pos = pool.column("pos").to_pylist()
         sizes[name] = {"noun": pos.count("noun"), "adj": pos.count("adj")}
     return sizes
 
@@ -95,7 +97,7 @@ def run_corpus(ctx: StageContext) -> StageOutput:
     write_parquet(ctx.out_dir / "corpus.parquet", entries)
     lexnames = entries.column("lexname").to_pylist()
     per_file = {name: lexnames.count(name) for name in sorted(set(lexnames))}
-    pools = pool_sizes(entries, load_id_labels(config.labels.id_labels))
+    pools = pool_sizes(entries, load_id_labels(config.labels.id_labels), config.mining.file_order)
     stats = {
         "source": source,
         "words_per_lexname": per_file,

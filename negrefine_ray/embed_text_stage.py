@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from negrefine_ray.artifacts import read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
-from negrefine_ray.corpus import get_pool_rule
+from negrefine_ray.corpus import FILE_ORDERS, get_pool_rule
 from negrefine_ray.errors import StageError
 from negrefine_ray.labels import load_id_labels
 from negrefine_ray.stages import StageContext, StageOutput
@@ -48,8 +48,13 @@ def column_matrix(table: pa.Table, name: str) -> np.ndarray:
 
 
 def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:
+    """Each method's candidate pool, its files walked in `mining.file_order` (methods.md 0.5)."""
     id_labels = load_id_labels(config.labels.id_labels)
-    return {m: get_pool_rule(m).pool(corpus, id_labels) for m in config.mining.methods}
+    order = FILE_ORDERS[config.mining.file_order]
+    return {
+        m: dataclasses.replace(get_pool_rule(m), order=order).pool(corpus, id_labels)
+        for m in config.mining.methods
+    }
 
 
 def _distinct(pools: Sequence[pa.Table], pos: str) -> list[str]:
@@ -76,6 +81,7 @@ def embed_text_settings(config: JobConfig) -> dict[str, Any]:
         "model": model,
         "labels": config.labels.id_labels,
         "methods": list(config.mining.methods),
+        "file_order": config.mining.file_order,  # which file owns a shared word; CSP's draw order
         "seed": config.run.seed,  # CSP's suffix draws
     }
 
