@@ -14,7 +14,7 @@ import typer
 
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.errors import NegRefineError, StageError
-from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_pipeline
+from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_job, run_pipeline
 from negrefine_ray.stages import StageResult
 
 app = typer.Typer(
@@ -78,13 +78,15 @@ def run(
     """Run every stage of a job in order, skipping the stages whose outputs are up to date."""
     try:
         config = _load_target(job, set_)
-        run_pipeline(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
+        run_job(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
     except NegRefineError as exc:
         _fail(exc)
     pending = pending_stages()
     if pending:
         names = ", ".join(f"{s.name} ({s.planned_in})" for s in pending)
         typer.echo(f"not built yet, so not run: {names}")
+    if len(set(config.run.seeds)) > 1 and until is None:
+        typer.echo(f"mean ± std over seeds: {config.run_dir / 'report-seeds.md'}")
     typer.echo(f"results: {config.run_dir}")
 
 

@@ -146,3 +146,30 @@ def run_pipeline(
 
 def pending_stages() -> list[Stage]:
     return [s for s in STAGES if s.fn is None]
+
+
+def run_job(
+    config: JobConfig,
+    *,
+    force: Iterable[str] = (),
+    ray_address: str | None = None,
+    until: str | None = None,
+    on_result: Callable[[StageResult], None] | None = None,
+) -> list[StageResult]:
+    """A job: one pipeline run, or with several run.seeds one run per seed in `<run>/seed-<k>/`
+    (sharing the caches) followed by the mean and standard deviation over seeds."""
+    from negrefine_ray.seeds import job_seeds, seed_config, write_seed_summary
+
+    seeds = job_seeds(config)
+    if len(seeds) <= 1:
+        return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    save_resolved_config(config)
+    results: list[StageResult] = []
+    for seed in seeds:
+        results += run_pipeline(
+            seed_config(config, seed), force=force, ray_address=ray_address, until=until, on_result=on_result
+        )
+    if until is None:
+        write_seed_summary(config)
+    return results

@@ -23,7 +23,10 @@ def ensure_ray(cfg: RayConfig, override: str | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
+        # "local" starts a new single-node Ray even when a `ray start` cluster runs on this machine,
+        # which a bare ray.init() would join (ignoring num_cpus); clusters are chosen by address only.
         ray.init(
+            address="local",
             num_cpus=cfg.num_cpus or None,
             num_gpus=None if cfg.num_gpus < 0 else cfg.num_gpus,
             include_dashboard=False,

@@ -19,6 +19,7 @@ def ray_session() -> Iterator[None]:
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a `ray start` cluster that happens to run on this machine
             num_cpus=2,
             num_gpus=0,
             include_dashboard=False,

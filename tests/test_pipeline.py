@@ -78,3 +78,25 @@ def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:
     code, out = _run("run", SMOKE, "--set", f"run.output_dir={tmp_path}", "--set", "model.precision=fp64")
     assert code == 2 and "model.precision = 'fp64' is not one of" in out
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.ray
+def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(
+    ray_session: Any, tmp_path: Path, cache_dir: Path
+) -> None:
+    code, out = _run("demo-images", str(tmp_path / "images"))
+    sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
+            "--set", "corpus.max_words_per_lexname=40", "--set", "run.seeds=[0, 1]",
+            "--set", f"datasets.demo-id.root={tmp_path / 'images' / 'id'}",
+            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}"]  # fmt: skip
+    code, out = _run("run", SMOKE, *sets)
+    assert code == 0, out
+    job = tmp_path / "smoke"
+    assert "mean ± std over seeds" in out and (job / "report-seeds.md").is_file()
+    corpora = [read_parquet(job / f"seed-{s}" / "corpus" / "corpus.parquet") for s in (0, 1)]
+    assert corpora[0].equals(corpora[1])
+    phrases = [
+        read_parquet(job / f"seed-{s}" / "embed-text" / "candidates.parquet").column("phrase") for s in (0, 1)
+    ]
+    assert not phrases[0].equals(phrases[1])  # CSP's suffix draws follow the seed
+    assert "| NegLabel | " in (job / "report-seeds.md").read_text()

@@ -1,0 +1,44 @@
+"""Multi-seed jobs: the per-seed run folders and the mean ± std over seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from negrefine_ray.config import build_config
+from negrefine_ray.errors import StageError
+from negrefine_ray.seeds import aggregate, job_seeds, seed_config, seeds_markdown
+
+
+def _metrics(auroc: float, fpr: float) -> dict:
+    values = {"auroc": auroc, "fpr95": fpr}
+    return {
+        "ood_datasets": ["inat"],
+        "rows": {"neglabel": {"label": "NegLabel", "datasets": {"inat": values}, "average": values}},
+    }
+
+
+def test_mean_and_population_std_over_seeds() -> None:
+    summary = aggregate({0: _metrics(0.90, 0.30), 1: _metrics(0.94, 0.10), 2: _metrics(0.92, 0.20)})
+    auroc = summary["rows"]["neglabel"]["inat"]["auroc"]
+    assert auroc["mean"] == pytest.approx(0.92) and auroc["per_seed"] == [0.90, 0.94, 0.92]
+    # population std of (0.90, 0.94, 0.92): sqrt((0.0004 + 0.0004 + 0) / 3)
+    assert auroc["std"] == pytest.approx((0.0008 / 3) ** 0.5)
+    table = seeds_markdown(summary)
+    assert "| NegLabel | 92.00 ± 1.63 / 20.00 ± 8.16 | 92.00 ± 1.63 / 20.00 ± 8.16 |" in table
+
+
+def test_a_row_missing_from_one_seed_is_an_error() -> None:
+    broken = _metrics(0.9, 0.1)
+    broken["rows"] = {}
+    with pytest.raises(StageError, match="missing from seed 1"):
+        aggregate({0: _metrics(0.9, 0.1), 1: broken})
+
+
+def test_each_seed_runs_in_its_own_folder(tmp_path: Path) -> None:
+    config = build_config({"run": {"output_dir": str(tmp_path), "name": "job", "seeds": [3, 1, 3]}})
+    assert job_seeds(config) == [3, 1]
+    one = seed_config(config, 1)
+    assert one.run_dir == tmp_path / "job" / "seed-1"
+    assert (one.run.seed, one.run.seeds, one.cache_dir) == (1, (), config.cache_dir)
