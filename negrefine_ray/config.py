@@ -36,8 +36,7 @@ class RunConfig:
     output_dir: str = "runs"
     cache_dir: str = "~/.cache/negrefine-ray"
     seed: int = field(default=0, metadata=_range(0))
-    # Seeds the score stage repeats its seed-dependent scores for (score.permutation_seed = "run");
-    # empty = (seed,). Upstream stages use `seed` only.
+    # Several seeds: one run folder per seed, then mean and std over seeds (negrefine_ray.seeds).
     seeds: tuple[int, ...] = ()
 
 
@@ -199,7 +198,7 @@ class ScoreConfig:
     """OOD scores per image (methods.md 0.6, 1.5, 2.5, 3.4, 4.3, App. B); defaults are the references'.
 
     `permutation_seed`: "fixed" draws NegLabel's grouping with `group_seed` (the references always use
-    0); "run" draws it once per seed of run.seeds. `permutation_device` "cuda" reproduces the
+    0); "run" draws it with run.seed. `permutation_device` "cuda" reproduces the
     references' CUDA randperm (needs a GPU in the driver process); "cpu" is machine-independent.
     """
 

@@ -59,12 +59,11 @@ class ScoreColumn:
 
 
 def seed_plan(config: JobConfig) -> list[tuple[int, str]]:
-    """(grouping seed, column suffix) pairs: one unsuffixed seed unless permutation_seed = "run" and
-    run.seeds lists several. Only the grouping permutation depends on the seed in this stage."""
+    """(grouping seed, column suffix): the references' fixed group_seed, or with permutation_seed =
+    "run" this run's seed (a multi-seed job runs one run folder per seed, see seeds.py)."""
     if config.score.permutation_seed == "fixed":
         return [(config.score.group_seed, "")]
-    seeds = list(dict.fromkeys(config.run.seeds or (config.run.seed,)))
-    return [(seeds[0], "")] if len(seeds) == 1 else [(s, f"@seed{s}") for s in seeds]
+    return [(config.run.seed, "")]
 
 
 def check_methods(config: JobConfig) -> list[str]:
