@@ -43,8 +43,8 @@ class ScoreColumn:
 
     `row` is the report row: mcm, neglabel, csp, dnm, negrefine[J] (S_NL + alpha S_MM over judge J's
     kept negatives), negrefine_nl[J] (S_NL alone), negrefine_nofilter and negrefine_nl_nofilter (the
-    same over every cleaned, unfiltered NegRefine negative). `name` = row, plus `@seed<k>` for the
-    seed-dependent rows when several seeds ran, plus `@<ood dataset>` for DNM: DNM draws its grouping
+    same over every cleaned, unfiltered NegRefine negative). `name` = row, plus `@<ood dataset>` for
+    DNM: DNM draws its grouping
     once per OOD dataset, so its ID scores differ per OOD dataset; `dnm@<d>` holds the ID rows and
     dataset d's rows under d's grouping and is null elsewhere. alpha S_MM = negrefine - negrefine_nl.
     """
@@ -58,12 +58,10 @@ class ScoreColumn:
     ood_dataset: str | None = None  # DNM: the OOD dataset whose grouping made this column
 
 
-def seed_plan(config: JobConfig) -> list[tuple[int, str]]:
-    """(grouping seed, column suffix): the references' fixed group_seed, or with permutation_seed =
+def grouping_seed(config: JobConfig) -> int:
+    """The grouping permutation's seed: the references' fixed group_seed, or with permutation_seed =
     "run" this run's seed (a multi-seed job runs one run folder per seed, see seeds.py)."""
-    if config.score.permutation_seed == "fixed":
-        return [(config.score.group_seed, "")]
-    return [(config.run.seed, "")]
+    return config.score.group_seed if config.score.permutation_seed == "fixed" else config.run.seed
 
 
 def check_methods(config: JobConfig) -> list[str]:
@@ -93,7 +91,7 @@ def score_settings(config: JobConfig) -> dict[str, Any]:
     model = {k: getattr(config.model, k) for k in ("arch", "pretrained", "init_seed", "precision")}
     return {
         "score": score,
-        "seeds": [s for s, _ in seed_plan(config)],
+        "grouping_seed": grouping_seed(config),
         "judges": _judges(config),
         "model": model,
     }
@@ -212,13 +210,13 @@ def multi_matching_scores(
 class _Scorer:
     """Scores of the ok images, added column by column with their catalogue entries."""
 
-    def __init__(self, image: np.ndarray, sc: ScoreConfig, seeds: list[tuple[int, str]]) -> None:
+    def __init__(self, image: np.ndarray, sc: ScoreConfig, seed: int) -> None:
         if sc.permutation_device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "score.permutation_device = 'cuda' but the process running the score stage sees no GPU; "
                 "run it on a GPU machine or set score.permutation_device = 'cpu'."
             )
-        self.image, self.sc, self.seeds = image, sc, seeds
+        self.image, self.sc, self.seed = image, sc, seed
         self.columns: dict[str, np.ndarray] = {}
         self.catalogue: list[ScoreColumn] = []
         self.negatives: dict[str, dict[str, int]] = {}
@@ -237,23 +235,16 @@ class _Scorer:
         kept = scores.kept_negatives(m, g)
         self.negatives[what] = {"negatives": m, "kept": kept, "dropped": m - kept, "per_group": kept // g}
 
-    def grouped(self, what: str, id_text: np.ndarray, neg_text: np.ndarray) -> dict[int, np.ndarray]:
-        """NegLabel's grouped score (0.6) under each seed's permutation: {seed: (n_ok,) float64}."""
+    def grouped(self, what: str, id_text: np.ndarray, neg_text: np.ndarray) -> np.ndarray:
+        """NegLabel's grouped score (0.6) under the run's grouping permutation: (n_ok,) float64."""
         self.check_groups(neg_text.shape[0], what)
-        out = {}
-        for seed, _ in self.seeds:
-            perm = scores.grouping_permutation(
-                neg_text.shape[0], self.sc.n_groups, seed, self.sc.permutation_device
-            )
-            out[seed] = scores.neglabel(
-                self.image, id_text, neg_text, n_groups=self.sc.n_groups, logit_scale=self.sc.logit_scale,
-                permutation=perm, chunk_size=self.sc.chunk_size,
-            )  # fmt: skip
-        return out
-
-    def add_seeded(self, row: str, values: Mapping[int, np.ndarray], **entry: Any) -> None:
-        for seed, suffix in self.seeds:
-            self.add(ScoreColumn(row + suffix, row, seed=seed, **entry), values[seed])
+        perm = scores.grouping_permutation(
+            neg_text.shape[0], self.sc.n_groups, self.seed, self.sc.permutation_device
+        )
+        return scores.neglabel(
+            self.image, id_text, neg_text, n_groups=self.sc.n_groups, logit_scale=self.sc.logit_scale,
+            permutation=perm, chunk_size=self.sc.chunk_size,
+        )  # fmt: skip
 
     def dnm(self, id_text: np.ndarray, neg_text: np.ndarray, ood_of: np.ndarray, ood: list[str]) -> None:
         """DNM (4.3): one column per OOD dataset d, its ID and d rows under d's grouping, NaN elsewhere.
@@ -323,9 +314,10 @@ def _score_negrefine(
         row = f"negrefine{tags[judge]}"
         s_nl = s.grouped(row, id_text, neg_text[sets[row]])
         if s.sc.ablations:
-            s.add_seeded(f"negrefine_nl{tags[judge]}", s_nl, method="negrefine", judge=judge)
-        final = {seed: scores.negrefine(v, s_mm[row], alpha=s.sc.alpha) for seed, v in s_nl.items()}
-        s.add_seeded(row, final, method="negrefine", judge=judge, s_mm=True)
+            s.add(ScoreColumn(f"negrefine_nl{tags[judge]}", f"negrefine_nl{tags[judge]}", "negrefine", judge,
+                              seed=s.seed), s_nl)  # fmt: skip
+        final = scores.negrefine(s_nl, s_mm[row], alpha=s.sc.alpha)
+        s.add(ScoreColumn(row, row, "negrefine", judge, s_mm=True, seed=s.seed), final)
     return pairs
 
 
@@ -362,7 +354,7 @@ def run_score(ctx: StageContext) -> StageOutput:
     ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
     negatives = read_parquet(ctx.input("mine", "negatives.parquet"))
     sc = config.score
-    s, pairs = _Scorer(image, sc, seed_plan(config)), None
+    s, pairs = _Scorer(image, sc, grouping_seed(config)), None
     views = {"neglabel": _unit(column_matrix(ids, "the_nice_raw")), "csp": column_matrix(ids, "csp_noun8")}
     for method in methods:
         start = time.perf_counter()
@@ -371,7 +363,7 @@ def run_score(ctx: StageContext) -> StageOutput:
             s.add(ScoreColumn("mcm", "mcm", "mcm"), mcm)
         elif method in views:
             values = s.grouped(method, views[method], method_negatives(negatives, method))
-            s.add_seeded(method, values, method=method)
+            s.add(ScoreColumn(method, method, method, seed=s.seed), values)
         elif method == "dnm":
             s.dnm(column_matrix(ids, "the_nice_raw"), method_negatives(negatives, "dnm"), ood_of, ood)
         else:
@@ -383,7 +375,7 @@ def run_score(ctx: StageContext) -> StageOutput:
     n_bad = sum(sum(v.values()) for v in excluded.values())
     stats = {
         "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(s.columns),
-        "ood_datasets": ood, "seeds": [seed for seed, _ in s.seeds], "negatives": s.negatives,
+        "ood_datasets": ood, "seeds": [s.seed], "negatives": s.negatives,
         "pairs": pairs, "seconds": s.seconds,
     }  # fmt: skip
     summary = (
