@@ -24,7 +24,7 @@ import torch
 from negrefine_ray.artifacts import write_parquet
 from negrefine_ray.clip import create_clip, resolve_device, resolve_weights
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig
-from negrefine_ray.datasets import Listing, list_datasets, resolve_datasets
+from negrefine_ray.datasets import Listing, list_datasets
 from negrefine_ray.errors import StageError
 from negrefine_ray.image_cache import (
     EmbedResult,
@@ -44,6 +44,7 @@ from negrefine_ray.images import (
     normalise,
     read_and_decode,
 )
+from negrefine_ray.presets import resolve_datasets
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.text_embed import effective_precision
 

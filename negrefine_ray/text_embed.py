@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.artifacts import read_parquet, stable_hash, write_parquet
 from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs, resolve_device
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.errors import NegRefineError, StageError
@@ -28,7 +26,6 @@ EnsembleMode = Literal["raw-mean", "norm-mean"]
 # Texts are tokenised and length-sorted in windows of this many, bounding the int64 token memory
 # (77 x 8 bytes a text) while keeping batches of near-equal length.
 SORT_WINDOW = 65536
-_CACHE_VERSION = 1
 
 
 def _causal_tower(model: torch.nn.Module) -> tuple[Any, str, int] | None:
@@ -283,81 +280,3 @@ def embed_texts_ray(
     if not seen.all():
         raise StageError(f"embed_texts_ray got {int(seen.sum())} of {n} embeddings back from Ray.")
     return out
-
-
-def texts_hash(texts: Sequence[str]) -> str:
-    """Content hash of an ordered text list (labels or words before templating)."""
-    return stable_hash(list(texts))
-
-
-def text_cache_key(
-    weights_identity: str,
-    arch: str,
-    templates: Sequence[str],
-    mode: str,
-    texts_hash: str,
-    precision: str,
-) -> str:
-    """Cache key of a text-embedding table: everything that changes its content.
-
-    Pass the precision that actually ran (`effective_precision`): CPU runs are fp32 whatever asked.
-    """
-    return stable_hash(
-        {
-            "kind": "clip-text-embeddings",
-            "version": _CACHE_VERSION,
-            "weights": weights_identity,
-            "arch": arch,
-            "templates": list(templates),
-            "mode": mode,
-            "texts": texts_hash,
-            "precision": precision,
-        }
-    )
-
-
-class TextEmbeddingCache:
-    """Text embeddings that outlive runs: one Parquet file a key under `root`.
-
-    Columns: text (string), embedding (fixed_size_list<float32>[D]). Written atomically; never pickled.
-    """
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
-
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.parquet"
-
-    def get(self, key: str) -> tuple[list[str], np.ndarray] | None:
-        """(texts, (n, D) float32 embeddings) for `key`, or None when not cached."""
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            table = read_parquet(path)
-            column = table.column("embedding").combine_chunks()
-            dim = column.type.list_size
-            emb = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-            return table.column("text").to_pylist(), emb
-        except (pa.ArrowException, KeyError, AttributeError, OSError) as exc:
-            raise NegRefineError(
-                f"Text-embedding cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
-                f"delete it and the embeddings will be recomputed."
-            ) from exc
-
-    def put(self, key: str, texts: Sequence[str], embeddings: np.ndarray) -> Path:
-        """Store (n,) texts with their (n, D) embeddings under `key`; returns the file path."""
-        if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
-            raise NegRefineError(
-                f"cannot cache {len(texts)} texts with embeddings of shape {embeddings.shape}; "
-                f"expected ({len(texts)}, D)."
-            )
-        flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
-        table = pa.table(
-            {
-                "text": pa.array(list(texts), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]),
-            }
-        ).replace_schema_metadata({"cache_key": key})
-        write_parquet(self.path(key), table)
-        return self.path(key)

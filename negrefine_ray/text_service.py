@@ -14,14 +14,8 @@ import numpy as np
 from negrefine_ray.clip import resolve_weights
 from negrefine_ray.config import JobConfig, ModelConfig
 from negrefine_ray.templates import apply_templates
-from negrefine_ray.text_embed import (
-    EnsembleMode,
-    TextEmbeddingCache,
-    encode_texts,
-    ensemble,
-    text_cache_key,
-    texts_hash,
-)
+from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
+from negrefine_ray.text_embed import EnsembleMode, encode_texts, ensemble
 
 
 class TextEncoder:

@@ -10,15 +10,9 @@ import pytest
 from PIL import Image
 
 from negrefine_ray.config import DatasetConfig, build_config
-from negrefine_ray.datasets import (
-    MISSING,
-    PRESETS,
-    list_dataset,
-    parse_image_list,
-    resolve_datasets,
-    sample_indices,
-)
+from negrefine_ray.datasets import MISSING, list_dataset, parse_image_list, sample_indices
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.presets import PRESETS, resolve_datasets
 
 
 def touch_image(path: Path, fmt: str = "JPEG") -> None:

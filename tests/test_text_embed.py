@@ -14,8 +14,8 @@ from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_conf
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
+from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.text_embed import (
-    TextEmbeddingCache,
     _causal_tower,
     effective_precision,
     embed_labels,
@@ -23,8 +23,6 @@ from negrefine_ray.text_embed import (
     encode_texts,
     ensemble,
     plan_batches,
-    text_cache_key,
-    texts_hash,
 )
 
 TINY = "nr-tiny-vit-2l"
