@@ -56,19 +56,14 @@ def _column(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def _stats(per_seed: Mapping[Any, Mapping[str, Mapping[str, float]]], fn: Any) -> dict[str, dict[str, float]]:
-    keys = next(iter(per_seed.values()))
-    return {k: {m: float(fn([s[k][m] for s in per_seed.values()])) for m in keys[k]} for k in keys}
-
-
 def evaluate(
     table: pa.Table, catalogue: Sequence[Mapping[str, Any]], metrics: Sequence[str] = METRIC_NAMES
 ) -> dict[str, Any]:
     """metrics.json: for each score row, metrics per OOD dataset and their mean over OOD datasets.
 
     table = scores.parquet (N rows: dataset, role, status, score columns); catalogue = columns.json's
-    entries. ID = every ok row of role "id", pooled. A row with several seeds gets the mean over seeds
-    in "datasets"/"average", the population std (ddof 0) in "std" and each seed in "per_seed".
+    entries. ID = every ok row of role "id", pooled. DNM's rows have one column per OOD dataset
+    (`ood_dataset`), whose grouping was drawn for that dataset; other rows have one column.
     """
     ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
     role = table.column("role").to_numpy(zero_copy_only=False)
@@ -78,23 +73,18 @@ def evaluate(
         raise StageError("the report needs readable ID and OOD images; scores.parquet lacks one of them.")
     rows: dict[str, Any] = {}
     for row, columns in _by_row(catalogue).items():
-        per_seed: dict[Any, dict[str, dict[str, float]]] = {}
+        per_dataset = {}
         for d in ood:
-            for c in (c for c in columns if c["ood_dataset"] in (None, d)):
-                values = _column(table, c["name"])
-                per_seed.setdefault(c["seed"], {})[d] = compute_metrics(
-                    values[is_id], values[ok & (dataset == d)], metrics
-                )
-        for result in per_seed.values():
-            result["average"] = {m: float(np.mean([result[d][m] for d in ood])) for m in metrics}
-        mean = _stats(per_seed, np.mean)
-        entry = {"label": row_label(columns[0]), "method": columns[0]["method"], "judge": columns[0]["judge"]}
-        entry |= {"datasets": {d: mean[d] for d in ood}, "average": mean["average"], "seeds": list(per_seed)}
-        if len(per_seed) > 1:
-            std = _stats(per_seed, np.std)
-            entry["std"] = {"datasets": {d: std[d] for d in ood}, "average": std["average"]}
-            entry["per_seed"] = {str(seed): result for seed, result in per_seed.items()}
-        rows[row] = entry
+            column = next(c for c in columns if c["ood_dataset"] in (None, d))
+            values = _column(table, column["name"])
+            per_dataset[d] = compute_metrics(values[is_id], values[ok & (dataset == d)], metrics)
+        rows[row] = {
+            "label": row_label(columns[0]),
+            "method": columns[0]["method"],
+            "judge": columns[0]["judge"],
+            "datasets": per_dataset,
+            "average": {m: float(np.mean([per_dataset[d][m] for d in ood])) for m in metrics},
+        }
     n_ood = {d: int((ok & (dataset == d)).sum()) for d in ood}
     return {
         "metrics": list(metrics),
@@ -116,11 +106,7 @@ def main_row(catalogue: Sequence[Mapping[str, Any]]) -> str:
 
 def _cell(entry: Mapping[str, Any], key: str, metrics: Sequence[str] = ("auroc", "fpr95")) -> str:
     values = entry["datasets"][key] if key in entry["datasets"] else entry["average"]
-    std = entry.get("std")
-    spread = (std["datasets"][key] if key in std["datasets"] else std["average"]) if std else None
-    return " / ".join(
-        f"{100 * values[m]:.2f}" + (f" ± {100 * spread[m]:.2f}" if spread else "") for m in metrics
-    )
+    return " / ".join(f"{100 * values[m]:.2f}" for m in metrics)
 
 
 def markdown_tables(result: Mapping[str, Any]) -> list[str]:
@@ -128,7 +114,7 @@ def markdown_tables(result: Mapping[str, Any]) -> list[str]:
     ood, rows = result["ood_datasets"], result["rows"]
     lines = [
         "AUROC ↑ / FPR95 ↓ in %; FPR95 is the NegLabel/CSP/NegRefine/DNM convention (ID positive, "
-        "methods.md 6.1). Mean ± std over seeds where several ran.",
+        "methods.md 6.1). Several seeds: report-seeds.md in the job folder gives mean ± std.",
         "",
         "| Method | " + " | ".join(ood) + " | Average |",
         "|---|" + "---|" * (len(ood) + 1),
