@@ -16,8 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from negrefine_ray.errors import StageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -79,3 +82,33 @@ def stable_hash(data: Any) -> str:
     """sha256 of the canonical JSON form of `data` (sorted keys), independent of the hash seed."""
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def embedding_column(matrix: np.ndarray, valid: np.ndarray | None = None) -> pa.FixedSizeListArray:
+    """(n, D) float32 -> Arrow fixed_size_list<float32>[D]; rows where `valid` is False are null."""
+    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())
+    mask = None if valid is None else pa.array(~np.asarray(valid, dtype=bool))
+    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1], mask=mask)
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array, *, nulls_as_zero: bool = False) -> np.ndarray:
+    """Arrow fixed_size_list<float32>[D] -> (n, D) float32. Null rows are zeros with
+    `nulls_as_zero` (e.g. failed images), otherwise an error."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count and not nulls_as_zero:
+        raise StageError(f"{arr.null_count} empty embeddings where vectors are needed.")
+    dim = arr.type.list_size
+    # .values ignores the array's slice offset and keeps null rows' slots, so slice it by hand.
+    values = arr.values.to_numpy(zero_copy_only=False)[arr.offset * dim : (arr.offset + len(arr)) * dim]
+    matrix = values.astype(np.float32).reshape(len(arr), dim)
+    if arr.null_count:
+        matrix[~np.asarray(arr.is_valid())] = 0.0
+    return matrix
+
+
+def column_matrix(table: pa.Table, name: str) -> np.ndarray:
+    """The (n, D) float32 matrix of an embedding column that must have no empty rows."""
+    try:
+        return embedding_matrix(table.column(name))
+    except StageError as exc:
+        raise StageError(f"column '{name}': {exc}") from exc

@@ -19,32 +19,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import read_parquet, write_parquet
+from negrefine_ray.artifacts import embedding_column, read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.corpus import FILE_ORDERS, get_pool_rule
-from negrefine_ray.errors import StageError
 from negrefine_ray.labels import load_id_labels
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.templates import csp_phrases, get_templates
 from negrefine_ray.text_service import TextEncoder
 
 CSP_FAMILY = ("csp", "negrefine")  # methods that use CSP's templates and suffix phrases
-
-
-def embedding_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """(n, D) float32 -> Arrow fixed_size_list<float32>[D]."""
-    flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
-
-
-def column_matrix(table: pa.Table, name: str) -> np.ndarray:
-    """Arrow fixed_size_list<float32>[D] column -> (n, D) float32 (nulls not allowed)."""
-    column = table.column(name).combine_chunks()
-    if column.null_count:
-        raise StageError(
-            f"column '{name}' has {column.null_count} empty embeddings where vectors are needed."
-        )
-    return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), column.type.list_size)
 
 
 def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:

@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import read_parquet, stable_hash, write_parquet
+from negrefine_ray.artifacts import (
+    embedding_column,
+    embedding_matrix,
+    read_parquet,
+    stable_hash,
+    write_parquet,
+)
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.images import OK
 
@@ -44,20 +50,6 @@ def image_cache_key(weights: str, arch: str, precision: str, preprocess: dict[st
     )
 
 
-def masked_embedding_column(emb: np.ndarray, ok: np.ndarray) -> pa.FixedSizeListArray:
-    """(N, D) embeddings as fixed_size_list<float32>[D], null where `ok` is False."""
-    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).ravel())
-    return pa.FixedSizeListArray.from_arrays(flat, emb.shape[1], mask=pa.array(~ok))
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """(N, D) float32 from a fixed_size_list<float32>[D] column; null rows (failed images) are zeros."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    dim = arr.type.list_size
-    values = arr.values.to_numpy(zero_copy_only=False)[arr.offset * dim : (arr.offset + len(arr)) * dim]
-    return np.nan_to_num(values.astype(np.float32)).reshape(len(arr), dim)
-
-
 class ImageEmbeddingCache:
     """Per-dataset embeddings that outlive runs: `<root>/<key>.parquet` with columns path, status,
     detail, embedding (fixed_size_list<float32>[D], null unless ok). Written atomically."""
@@ -80,7 +72,7 @@ class ImageEmbeddingCache:
             return EmbedResult(
                 np.array(table.column("status").to_pylist(), dtype=str),
                 np.array(table.column("detail").to_pylist(), dtype=str),
-                embedding_matrix(table.column("embedding")),
+                embedding_matrix(table.column("embedding"), nulls_as_zero=True),
             )
         except (pa.ArrowException, KeyError, OSError) as exc:
             raise NegRefineError(
@@ -94,7 +86,7 @@ class ImageEmbeddingCache:
                 "path": pa.array(list(paths), pa.string()),
                 "status": pa.array(result.status.tolist(), pa.string()),
                 "detail": pa.array(result.detail.tolist(), pa.string()),
-                "embedding": masked_embedding_column(result.embedding, result.status == OK),
+                "embedding": embedding_column(result.embedding, result.status == OK),
             }
         ).replace_schema_metadata({"cache_key": key})
         write_parquet(self.path(key), table)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.artifacts import write_parquet
+from negrefine_ray.artifacts import embedding_column, write_parquet
 from negrefine_ray.clip import create_clip, resolve_device, resolve_weights
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig
 from negrefine_ray.datasets import Listing, list_datasets
@@ -30,7 +30,6 @@ from negrefine_ray.image_cache import (
     EmbedResult,
     ImageEmbeddingCache,
     image_cache_key,
-    masked_embedding_column,
 )
 from negrefine_ray.images import (
     FAILURE_KINDS,
@@ -300,7 +299,7 @@ def _output_tables(listing: Listing, result: EmbedResult) -> tuple[pa.Table, pa.
             "path": t.column("path"),
             "label": t.column("label"),
             "status": pa.array(result.status.tolist(), pa.string()),
-            "embedding": masked_embedding_column(result.embedding, ok),
+            "embedding": embedding_column(result.embedding, ok),
         }
     )
     bad = pa.array(np.flatnonzero(~ok))

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import read_parquet, write_parquet
+from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
-from negrefine_ray.embed_text_stage import CSP_FAMILY, column_matrix, embedding_column, method_pools
+from negrefine_ray.embed_text_stage import CSP_FAMILY, method_pools
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.mining import (
     DNM_PRESETS,
@@ -31,13 +31,10 @@ from negrefine_ray.mining import (
     nearest_id_labels,
 )
 from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.text_embed import l2_normalise
 from negrefine_ray.text_service import TextEncoder
 
 METHODS = ("neglabel", "csp", "negrefine", "dnm")
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
 def mine_settings(config: JobConfig) -> dict[str, Any]:
@@ -68,12 +65,14 @@ def _select(
     mining = config.mining
     if method in ("neglabel", "dnm"):
         raw = column_matrix(cands, "single_raw")[rows]
+        emb = l2_normalise(raw)
         if method == "dnm":
-            return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), _normalise(raw)
-        emb, id_emb = _normalise(raw), _normalise(column_matrix(ids, "the_nice_raw"))
-        return mine_by_id_distance(
+            return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), emb
+        id_emb = l2_normalise(column_matrix(ids, "the_nice_raw"))
+        result = mine_by_id_distance(
             emb, id_emb, pos, q=0.95, csp_guard=False, top_fraction=mining.top_fraction
-        ), emb
+        )
+        return result, emb
     emb = column_matrix(cands.take(pa.array(rows)), "ensemble")
     q = 0.95 if method == "csp" else mining.negrefine_quantile
     result = mine_by_id_distance(

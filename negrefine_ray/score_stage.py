@@ -21,12 +21,12 @@ import pyarrow.compute as pc
 import torch
 
 from negrefine_ray import scores
-from negrefine_ray.artifacts import read_parquet, write_json, write_parquet
+from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
 from negrefine_ray.config import JobConfig, ScoreConfig
-from negrefine_ray.embed_text_stage import column_matrix
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.templates import get_templates
+from negrefine_ray.text_embed import l2_normalise
 
 METHODS = ("mcm", "neglabel", "csp", "negrefine", "dnm")
 MINED = ("neglabel", "csp", "negrefine", "dnm")  # methods whose negatives come from the mine stage
@@ -262,10 +262,6 @@ class _Scorer:
             self.add(ScoreColumn(f"dnm@{name}", "dnm", "dnm", seed=sc.dnm_seed, ood_dataset=name), values)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def _embed_refined(refined: RefinedNegatives, encoder: Any) -> np.ndarray:
     """(M, D) final NegRefine embeddings (3.3): nouns x 8 noun templates, adjective phrases x 4
     adjective templates, raw-mean, in RefinedNegatives order (nouns first)."""
@@ -355,7 +351,10 @@ def run_score(ctx: StageContext) -> StageOutput:
     negatives = read_parquet(ctx.input("mine", "negatives.parquet"))
     sc = config.score
     s, pairs = _Scorer(image, sc, grouping_seed(config)), None
-    views = {"neglabel": _unit(column_matrix(ids, "the_nice_raw")), "csp": column_matrix(ids, "csp_noun8")}
+    views = {
+        "neglabel": l2_normalise(column_matrix(ids, "the_nice_raw")),
+        "csp": column_matrix(ids, "csp_noun8"),
+    }
     for method in methods:
         start = time.perf_counter()
         if method == "mcm":

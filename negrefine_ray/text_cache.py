@@ -11,8 +11,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import read_parquet, stable_hash, write_parquet
-from negrefine_ray.errors import NegRefineError
+from negrefine_ray.artifacts import (
+    embedding_column,
+    embedding_matrix,
+    read_parquet,
+    stable_hash,
+    write_parquet,
+)
+from negrefine_ray.errors import NegRefineError, StageError
 
 _CACHE_VERSION = 1
 
@@ -67,11 +73,8 @@ class TextEmbeddingCache:
             return None
         try:
             table = read_parquet(path)
-            column = table.column("embedding").combine_chunks()
-            dim = column.type.list_size
-            emb = column.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
-            return table.column("text").to_pylist(), emb
-        except (pa.ArrowException, KeyError, AttributeError, OSError) as exc:
+            return table.column("text").to_pylist(), embedding_matrix(table.column("embedding"))
+        except (pa.ArrowException, KeyError, AttributeError, OSError, StageError) as exc:
             raise NegRefineError(
                 f"Text-embedding cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
                 f"delete it and the embeddings will be recomputed."
@@ -84,11 +87,10 @@ class TextEmbeddingCache:
                 f"cannot cache {len(texts)} texts with embeddings of shape {embeddings.shape}; "
                 f"expected ({len(texts)}, D)."
             )
-        flat = pa.array(np.ascontiguousarray(embeddings, dtype=np.float32).ravel())
         table = pa.table(
             {
                 "text": pa.array(list(texts), pa.string()),
-                "embedding": pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]),
+                "embedding": embedding_column(embeddings),
             }
         ).replace_schema_metadata({"cache_key": key})
         write_parquet(self.path(key), table)

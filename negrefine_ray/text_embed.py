@@ -161,8 +161,8 @@ def _output_dim(model: torch.nn.Module) -> int:
     return int(getattr(model, "embed_dim", 0))
 
 
-def _l2_normalise(x: np.ndarray) -> np.ndarray:
-    # The same 1e-12 floor as torch.nn.functional.normalize.
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """Rows (last axis) scaled to unit length, in x's dtype; the same 1e-12 floor as torch's normalize."""
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
@@ -183,8 +183,8 @@ def ensemble(features: np.ndarray, n_templates: int, mode: EnsembleMode) -> np.n
         )
     grouped = features.astype(np.float64).reshape(-1, n_templates, features.shape[1])
     if mode == "norm-mean":
-        grouped = _l2_normalise(grouped)
-    return _l2_normalise(grouped.mean(axis=1)).astype(np.float32)
+        grouped = l2_normalise(grouped)
+    return l2_normalise(grouped.mean(axis=1)).astype(np.float32)
 
 
 def embed_labels(

@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from negrefine_ray import image_embed
+from negrefine_ray.artifacts import embedding_matrix
 from negrefine_ray.clip import create_clip
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
 from negrefine_ray.errors import StageError
-from negrefine_ray.image_cache import EmbedResult, ImageEmbeddingCache, embedding_matrix
+from negrefine_ray.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.image_embed import (
     ImageEmbedder,
     embed_files_local,
@@ -165,7 +166,7 @@ def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
     roots = {d["name"]: Path(d["root"]) for d in data["datasets"]}
     names, paths = table.column("dataset").to_pylist(), table.column("path").to_pylist()
     files = [roots[d] / p for d, p, k in zip(names, paths, ok, strict=True) if k]
-    got = embedding_matrix(table.column("embedding"))[ok]
+    got = embedding_matrix(table.column("embedding"), nulls_as_zero=True)[ok]
     np.testing.assert_allclose(got, direct_embeddings(files), atol=1e-5)
     stats = output.stats
     assert stats["embedded"] == 18 and stats["failures"] == {

@@ -17,9 +17,15 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray import scores
-from negrefine_ray.artifacts import read_json, read_parquet, write_json, write_parquet
+from negrefine_ray.artifacts import (
+    column_matrix,
+    embedding_column,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from negrefine_ray.config import JobConfig, build_config
-from negrefine_ray.embed_text_stage import column_matrix, embedding_column
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.metrics import compute_metrics
 from negrefine_ray.pipeline import get_stage

@@ -14,9 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.artifacts import read_json, read_parquet
+from negrefine_ray.artifacts import column_matrix, read_json, read_parquet
 from negrefine_ray.config import JobConfig, load_config
-from negrefine_ray.embed_text_stage import column_matrix
 from negrefine_ray.labels import load_id_labels
 from negrefine_ray.pipeline import run_pipeline
 from negrefine_ray.templates import get_templates
