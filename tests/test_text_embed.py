@@ -55,8 +55,13 @@ def test_shortest_form_equals_open_clip_encode_text(tiny: tuple[torch.nn.Module,
     got = encode_texts(model, tok, TEXTS, batch_size=3)
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 32)
     np.testing.assert_allclose(got, _reference(model, tok, TEXTS), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(
-        encode_texts(model, tok, TEXTS, batch_size=3, shortest=False), _reference(model, tok, TEXTS)
+    # Padded to 77 tokens the computation is open_clip's own, batched differently: matmul kernels
+    # may sum in another order per batch size (4.8e-7 seen on AMD EPYC), so equal within float32 noise.
+    np.testing.assert_allclose(
+        encode_texts(model, tok, TEXTS, batch_size=3, shortest=False),
+        _reference(model, tok, TEXTS),
+        rtol=0,
+        atol=5e-6,
     )
 
 
@@ -85,8 +90,8 @@ def test_bidirectional_tower_falls_back_to_encode_text(tiny: tuple[torch.nn.Modu
     bidirectional = copy.deepcopy(model)
     bidirectional.attn_mask = None  # type: ignore[assignment]
     assert _causal_tower(bidirectional) is None
-    np.testing.assert_array_equal(
-        encode_texts(bidirectional, tok, TEXTS), _reference(bidirectional, tok, TEXTS)
+    np.testing.assert_allclose(
+        encode_texts(bidirectional, tok, TEXTS), _reference(bidirectional, tok, TEXTS), rtol=0, atol=5e-6
     )
 
 
