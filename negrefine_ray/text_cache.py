@@ -1,6 +1,7 @@
 """CLIP text features that outlive runs: one Parquet file per key under the cache folder, keyed by
 everything that changes the features (weights identity, architecture, templates, ensembling mode,
-the exact texts, the precision that ran). Written atomically; never pickled.
+the exact texts, the precision that ran). Written atomically with a sha256 sidecar; an entry that
+fails verification (checksum, columns, non-finite values) is deleted and recomputed. Never pickled.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import (
-    embedding_column,
-    embedding_matrix,
-    read_parquet,
-    stable_hash,
-    write_parquet,
+from negrefine_ray.artifacts import embedding_column, stable_hash
+from negrefine_ray.cache_files import (
+    EMBEDDING,
+    check_columns,
+    check_no_nulls,
+    finite_embeddings,
+    read_entry,
+    write_entry,
 )
-from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.errors import NegRefineError
 
 _CACHE_VERSION = 1
 
@@ -67,18 +70,9 @@ class TextEmbeddingCache:
         return self.root / f"{key}.parquet"
 
     def get(self, key: str) -> tuple[list[str], np.ndarray] | None:
-        """(texts, (n, D) float32 embeddings) for `key`, or None when not cached."""
-        path = self.path(key)
-        if not path.is_file():
-            return None
-        try:
-            table = read_parquet(path)
-            return table.column("text").to_pylist(), embedding_matrix(table.column("embedding"))
-        except (pa.ArrowException, KeyError, AttributeError, OSError, StageError) as exc:
-            raise NegRefineError(
-                f"Text-embedding cache file {path} is unreadable ({type(exc).__name__}: {exc}); "
-                f"delete it and the embeddings will be recomputed."
-            ) from exc
+        """(texts, (n, D) float32 embeddings) for `key`, or None when not cached or the entry is bad
+        (then it is deleted with a warning)."""
+        return read_entry(self.path(key), _parse_entry)
 
     def put(self, key: str, texts: Sequence[str], embeddings: np.ndarray) -> Path:
         """Store (n,) texts with their (n, D) embeddings under `key`; returns the file path."""
@@ -93,5 +87,12 @@ class TextEmbeddingCache:
                 "embedding": embedding_column(embeddings),
             }
         ).replace_schema_metadata({"cache_key": key})
-        write_parquet(self.path(key), table)
+        write_entry(self.path(key), table)
         return self.path(key)
+
+
+def _parse_entry(table: pa.Table) -> tuple[list[str], np.ndarray]:
+    """BadEntry unless the columns are text and embedding, with no empty rows and finite values."""
+    check_columns(table, {"text": pa.string(), "embedding": EMBEDDING})
+    check_no_nulls(table, ("text",))
+    return table.column("text").to_pylist(), finite_embeddings(table.column("embedding"))
