@@ -8,5 +8,8 @@ shift
 export RAY_ADDRESS=${RAY_ADDRESS:-http://127.0.0.1:8265}
 # Ray 2.60 heads started with `ray start` use token authentication; the client reads the same token.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
-exec ray job submit --runtime-env cluster/runtime_env.yaml --entrypoint-num-cpus 1 \
+# The driver reserves no CPU and no GPU: its own work (listing, mining, scoring) runs between the
+# stages' Ray pools, and a CPU it held for the whole run would be missing from every pool (each stage
+# then sizes its pool down, or stops with the numbers when even that does not fit).
+exec ray job submit --runtime-env cluster/runtime_env.yaml --entrypoint-num-cpus 0 \
   -- python -m negrefine_ray run "$job" "$@"

@@ -14,6 +14,7 @@ import numpy as np
 from negrefine_ray.config import JudgeConfig
 from negrefine_ray.judges import Answer
 from negrefine_ray.negfilter import PromptSet, Question
+from negrefine_ray.resources import Pool, fit_pool_on_cluster
 
 QUESTION_COLUMNS = ("qid", "kind", "label", "id_label", "rank")
 
@@ -84,15 +85,24 @@ def ray_asker(
         if not todo:
             return
         actors, gpus = pool_size(cfg, int(ray.cluster_resources().get("GPU", 0)))
+        pool = Pool(
+            f"judge '{cfg.name}'",
+            actors,
+            1.0,
+            float(gpus),
+            count_key=f"num_actors of [[judges]] '{cfg.name}'",
+            count_fixed=cfg.num_actors > 0,
+        )
+        fit = fit_pool_on_cluster(pool).pool
         rows = [{c: getattr(q, c) for c in QUESTION_COLUMNS} for q in todo]
         ds = ray.data.from_items(rows).map_batches(
             actor_cls,
             fn_constructor_kwargs={"judge": cfg, "prompts": prompts, "seed": seed},
             batch_size=cfg.batch_size,
             batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus,
-            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=fit.actors),
+            num_gpus=fit.actor_gpus,
+            num_cpus=fit.actor_cpus,
         )  # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1)
         for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
             store.add(_answers(batch))

@@ -13,6 +13,7 @@ import numpy as np
 
 from negrefine_ray.clip import resolve_weights
 from negrefine_ray.config import JobConfig, ModelConfig
+from negrefine_ray.resources import Pool, fit_pool_on_cluster
 from negrefine_ray.templates import apply_templates
 from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.text_embed import EnsembleMode, encode_texts, ensemble
@@ -66,6 +67,16 @@ class TextEncoder:
         if not gpus and len(texts) < cfg.local_below:
             return self._encode_here(texts)
         actors = cfg.num_actors or (max(int(gpus / cfg.gpus_per_actor), 1) if gpus else 1)
+        pool = Pool(
+            "text embedding",
+            actors,
+            1.0,
+            cfg.gpus_per_actor if gpus else 0.0,
+            count_key="text.num_actors",
+            count_fixed=cfg.num_actors > 0,
+        )
+        self.connect()  # text.gpus_per_actor = 0 skips connecting in _cluster_gpus
+        fit = fit_pool_on_cluster(pool).pool
         model = ModelConfig(
             arch=self.config.model.arch,
             pretrained=self.config.model.pretrained,
@@ -73,8 +84,8 @@ class TextEncoder:
             init_seed=self.config.model.init_seed,
         )
         return embed_texts_ray(
-            texts, model, num_actors=actors, num_gpus_per_actor=cfg.gpus_per_actor if gpus else 0.0,
-            batch_size=cfg.batch_size,
+            texts, model, num_actors=fit.actors, num_gpus_per_actor=fit.actor_gpus,
+            num_cpus_per_actor=fit.actor_cpus, batch_size=cfg.batch_size,
         )  # fmt: skip
 
     def _encode_here(self, texts: Sequence[str]) -> np.ndarray:
