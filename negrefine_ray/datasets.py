@@ -1,9 +1,9 @@
-"""Dataset listings: every image of a dataset as (dataset, role, path, label, size, mtime_ns) rows in a
-fixed order, read through pyarrow.fs so a root is a local path or a URI (s3://, gs://, hdfs://).
+"""Dataset listings: every image of a dataset as (dataset, role, path, label, size, mtime_ns, status)
+rows in a fixed order; a root is a local path or a URI (s3://, gs://, hdfs://) read through pyarrow.fs.
 
-Follows torchvision's ImageFolder (classes sorted, files sorted by folder then name, IMG_EXTENSIONS),
-OpenOOD's image lists (`<path> <label>`, split at the first space) and the ImageNet devkit
-(methods.md 1.6, 3.5, 5.7, 7). The papers' benchmark sets are data in presets.py.
+Follows torchvision's ImageFolder (classes = every sub-folder, sorted; files sorted by folder then
+name, IMG_EXTENSIONS; a class without files refused), OpenOOD's image lists (image_lists.py) and the
+ImageNet devkit (methods.md 1.6, 3.5, 5.7, 7). The papers' benchmark sets are data in presets.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,8 @@ import pyarrow.fs as pafs
 from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.config import DatasetConfig
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.file_walk import LISTED_MISSING, class_folders, confinement, files_under, stat_listed
+from negrefine_ray.image_lists import decode_list, parse_ground_truth, parse_image_list, unique_entries
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ FILES_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
 IMAGENET_GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 IMAGENET_META = "meta.mat"
 OOD_LABEL = -1
-MISSING = -1  # size and mtime_ns of a listed file that does not exist
+Row = tuple[str, int, int, int, str]  # (path, label, size, mtime_ns, status)
 
 LISTING_SCHEMA = pa.schema(
     [
@@ -39,20 +42,24 @@ LISTING_SCHEMA = pa.schema(
         ("role", pa.string()),
         ("path", pa.string()),  # POSIX path relative to the dataset root
         ("label", pa.int64()),  # class index for ID datasets, -1 for OOD
-        ("size", pa.int64()),  # bytes, -1 when missing
-        ("mtime_ns", pa.int64()),  # -1 when missing or unknown
+        ("size", pa.int64()),  # bytes, -1 when missing or not to be read
+        ("mtime_ns", pa.int64()),  # -1 when missing, not to be read or unknown
+        # "" = to be read; else the failure kind found while listing ("missing", "outside-root")
+        ("status", pa.string()),
     ]
 )
 
 
 @dataclass(frozen=True)
 class Listing:
-    """One dataset's rows (LISTING_SCHEMA), its resolved root, and the count before `limit`."""
+    """One dataset's rows (LISTING_SCHEMA), its resolved root, the count before `limit`, and the
+    number of image-list lines left out because they repeat an earlier line's path."""
 
     config: DatasetConfig
     root: str
     table: pa.Table
     total: int
+    duplicates: int = 0
 
     @property
     def name(self) -> str:
@@ -60,7 +67,9 @@ class Listing:
 
     @property
     def missing(self) -> int:
-        return int(np.count_nonzero(self.table.column("size").to_numpy() == MISSING))
+        return int(
+            np.count_nonzero(self.table.column("status").to_numpy(zero_copy_only=False) == LISTED_MISSING)
+        )
 
     def expected_mismatch(self) -> str | None:
         """A message when `expected` is set and differs from the listed count (before `limit`)."""
@@ -73,11 +82,15 @@ class Listing:
         return None
 
     def fingerprint(self) -> str:
-        """Content identity of the listing: paths, sizes and mtimes in order (not the root or labels)."""
+        """Content identity of the listing: paths, sizes, mtimes and statuses in order (not the root or
+        labels). Statuses enter only when one is not "" or "missing" (which a size of -1 already
+        says), so listings without such rows keep the fingerprint they had before statuses existed."""
         t = self.table
-        return stable_hash(
-            [t.column("path").to_pylist(), t.column("size").to_pylist(), t.column("mtime_ns").to_pylist()]
-        )
+        parts = [t.column("path").to_pylist(), t.column("size").to_pylist(), t.column("mtime_ns").to_pylist()]
+        status = t.column("status").to_pylist()
+        if set(status) - {"", LISTED_MISSING}:
+            parts.append(status)
+        return stable_hash(parts)
 
 
 def open_root(root: str) -> tuple[pafs.FileSystem, str]:
@@ -110,17 +123,6 @@ def _cached_root(root: str) -> tuple[pafs.FileSystem, str]:
     return _ROOTS[root]
 
 
-def safe_relative(path: str, where: str) -> str:
-    """`path` normalised, refusing absolute paths and paths that climb out of the root."""
-    norm = posixpath.normpath(path)
-    if not path or path.startswith("/") or "://" in path or "\\" in path or norm.split("/")[0] == "..":
-        raise NegRefineError(
-            f"{where}: path {path!r} escapes the dataset root (absolute, '..' or a URI); image lists "
-            f"must give paths relative to the root. Fix the list or the dataset's root."
-        )
-    return norm
-
-
 def _require_dir(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> None:
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise NegRefineError(
@@ -129,84 +131,56 @@ def _require_dir(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> None:
         )
 
 
-def _files_under(fs: pafs.FileSystem, base: str, extensions: tuple[str, ...]) -> list[pafs.FileInfo]:
-    """Image files under `base`, recursively, in sorted(os.walk()) order: by folder path, then name."""
-    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    files = [i for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(extensions)]
-    return sorted(files, key=lambda i: (posixpath.dirname(i.path), i.base_name))
-
-
-def _rel(base: str, path: str) -> str:
-    return posixpath.relpath(path, base)
-
-
-def _stat(info: pafs.FileInfo) -> tuple[int, int]:
-    return int(info.size), MISSING if info.mtime_ns is None else int(info.mtime_ns)
-
-
-def _list_imagefolder(fs: pafs.FileSystem, base: str) -> list[tuple[str, int, int, int]]:
-    """(path, label, size, mtime) in ImageFolder order; label = index of the sorted class folder."""
-    top = fs.get_file_info(pafs.FileSelector(base))
-    classes = sorted(i.base_name for i in top if i.type == pafs.FileType.Directory)
-    rows = []
-    for label, cls in enumerate(classes):
-        for info in _files_under(fs, posixpath.join(base, cls), IMG_EXTENSIONS):
-            rows.append((_rel(base, info.path), label, *_stat(info)))
+def _list_imagefolder(fs: pafs.FileSystem, base: str, within: str | None) -> list[Row]:
+    """(path, label, size, mtime, status) in ImageFolder order; label = index of the sorted class
+    folder. As torchvision's make_dataset, a class folder without an image file is refused: a stray
+    folder (.ipynb_checkpoints, an emptied class) would otherwise take an index and shift the rest."""
+    rows: list[Row] = []
+    empty: list[str] = []
+    for label, cls in enumerate(class_folders(fs, base)):
+        found = files_under(fs, base, cls, extensions=IMG_EXTENSIONS, within=within)
+        rows.extend((path, label, size, mtime, status) for path, size, mtime, status in found)
+        if not found:
+            empty.append(cls)
+    if empty:
+        raise NegRefineError(
+            f"{base}: class folder(s) {', '.join(map(repr, empty))} hold no image file "
+            f"({', '.join(IMG_EXTENSIONS)}), which torchvision's ImageFolder refuses; remove the folder(s) "
+            f"(hidden ones such as .ipynb_checkpoints count as classes too) or add their images."
+        )
     return rows
 
 
-def _list_files(fs: pafs.FileSystem, base: str) -> list[tuple[str, int, int, int]]:
-    return [(_rel(base, i.path), OOD_LABEL, *_stat(i)) for i in _files_under(fs, base, FILES_EXTENSIONS)]
+def _list_files(fs: pafs.FileSystem, base: str, within: str | None) -> list[Row]:
+    found = files_under(fs, base, "", extensions=FILES_EXTENSIONS, within=within)
+    return [(path, OOD_LABEL, size, mtime, status) for path, size, mtime, status in found]
 
 
-def _stat_listed(fs: pafs.FileSystem, base: str, paths: Sequence[str]) -> list[tuple[int, int]]:
-    """(size, mtime) of each listed path, MISSING for absent ones: one listing per parent folder
-    (a few calls, even on S3) rather than one stat per file."""
-    found: dict[str, tuple[int, int]] = {}
-    for folder in sorted({posixpath.dirname(p) for p in paths}):
-        selector = pafs.FileSelector(posixpath.join(base, folder), allow_not_found=True)
-        for info in fs.get_file_info(selector):
-            if info.type == pafs.FileType.File:
-                found[_rel(base, info.path)] = _stat(info)
-    return [found.get(p, (MISSING, MISSING)) for p in paths]
-
-
-def _read_text(location: str, what: str) -> str:
+def _read_list(location: str, what: str) -> str:
+    """UTF-8 text of a list file given by local path or URI."""
     fs, path = open_root(location)
-    try:
-        with fs.open_input_stream(path) as fh:
-            return fh.read().decode("utf-8")  # type: ignore[no-any-return]
-    except FileNotFoundError as exc:
-        raise NegRefineError(f"{what} {location!r} does not exist; set it to an existing file.") from exc
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise NegRefineError(f"{what} {location!r} does not exist; set it to an existing file.")
+    if kind != pafs.FileType.File:
+        raise NegRefineError(f"{what} {location!r} is a folder, not a list file; set it to the list file.")
+    with fs.open_input_stream(path) as fh:
+        return decode_list(fh.read(), location)
 
 
-def parse_image_list(text: str, source: str) -> list[tuple[str, int]]:
-    """OpenOOD list lines `<relative path> <label>`, split at the first space; blank lines skipped."""
-    entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        path, _, label = line.rstrip("\r\n").partition(" ")
-        where = f"{source} line {number}"
-        try:
-            value = int(label.strip())
-        except ValueError as exc:
-            raise NegRefineError(
-                f"{where}: {line!r} is not '<relative path> <integer label>' (use -1 for OOD images)."
-            ) from exc
-        entries.append((safe_relative(path, where), value))
-    return entries
-
-
-def _list_imagelist(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> list[tuple[str, int, int, int]]:
+def _list_imagelist(
+    fs: pafs.FileSystem, base: str, ds: DatasetConfig, within: str | None
+) -> tuple[list[Row], int]:
+    """Rows of the image list's unique paths, in first-line order, and the number of repeated lines."""
     if not ds.image_list:
         raise NegRefineError(
             f"dataset '{ds.name}' has format 'imagelist' but no image_list; set datasets.{ds.name}."
             f"image_list to its list file (e.g. benchmark_imglist/imagenet/test_ninco.txt)."
         )
-    entries = parse_image_list(_read_text(ds.image_list, f"datasets.{ds.name}.image_list"), ds.image_list)
-    stats = _stat_listed(fs, base, [p for p, _ in entries])
-    return [(p, label, *st) for (p, label), st in zip(entries, stats, strict=True)]
+    text = _read_list(ds.image_list, f"datasets.{ds.name}.image_list")
+    entries, duplicates = unique_entries(parse_image_list(text, ds.image_list), ds.image_list)
+    stats = stat_listed(fs, base, [p for p, _ in entries], within)
+    return [(p, label, *st) for (p, label), st in zip(entries, stats, strict=True)], duplicates
 
 
 def imagenet_id_to_index(meta_mat: bytes) -> dict[int, int]:
@@ -220,11 +194,11 @@ def imagenet_id_to_index(meta_mat: bytes) -> dict[int, int]:
     return {int(s["ILSVRC2012_ID"]): order[str(s["WNID"])] for s in leaves}
 
 
-def _list_imagenet_val(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> list[tuple[str, int, int, int]]:
+def _list_imagenet_val(fs: pafs.FileSystem, base: str, ds: DatasetConfig, within: str | None) -> list[Row]:
     """Class-folder layout (no image_list: val/<wnid>/*.JPEG, as ImageFolder) or the raw flat layout
     (image_list = the devkit's ILSVRC2012_validation_ground_truth.txt with meta.mat beside it)."""
     if not ds.image_list:
-        return _list_imagefolder(fs, base)
+        return _list_imagefolder(fs, base, within)
     gt_location = ds.image_list
     meta_location = posixpath.join(posixpath.dirname(gt_location), IMAGENET_META)
     meta_fs, meta_path = open_root(meta_location)
@@ -236,7 +210,7 @@ def _list_imagenet_val(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> lis
             f"dataset '{ds.name}': the devkit's {IMAGENET_META} is not beside {gt_location} (looked for "
             f"{meta_location}); keep the devkit's data/ folder intact or use the class-folder layout."
         ) from exc
-    ids = [int(x) for x in _read_text(gt_location, f"datasets.{ds.name}.image_list").split()]
+    ids = parse_ground_truth(_read_list(gt_location, f"datasets.{ds.name}.image_list"), gt_location)
     unknown = sorted(set(ids) - set(id_to_index))
     if unknown:
         raise NegRefineError(
@@ -244,7 +218,7 @@ def _list_imagenet_val(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> lis
             f"use the ground truth and meta.mat of the same ILSVRC2012 devkit."
         )
     paths = [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, len(ids) + 1)]
-    stats = _stat_listed(fs, base, paths)
+    stats = stat_listed(fs, base, paths, within)
     return [(p, id_to_index[i], *st) for p, i, st in zip(paths, ids, stats, strict=True)]
 
 
@@ -260,18 +234,31 @@ def sample_indices(n: int, limit: int, seed: int, name: str) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def list_dataset(ds: DatasetConfig, seed: int = 0) -> Listing:
-    """List one dataset (any format) into LISTING_SCHEMA rows, then apply its seeded `limit` sample."""
+Symlinks = Literal["follow", "within-root"]
+
+
+def list_dataset(ds: DatasetConfig, seed: int = 0, *, symlinks: Symlinks = "follow") -> Listing:
+    """List one dataset (any format) into LISTING_SCHEMA rows, then apply its seeded `limit` sample.
+
+    Bad input is refused with a NegRefineError naming the file (and line) and the fix: a file or
+    folder name that is not UTF-8 (Arrow cannot hold it, so it is not a recorded failure), a list that
+    is not UTF-8, a folder as list, a bad line, a path listed with two labels, an empty class folder.
+    What is known bad per file is a row with a status instead: "missing" (a broken link, a listed path
+    that does not exist) and, with symlinks = "within-root", "outside-root" (a link that resolves
+    outside the real root, never read; "follow" reads it, as torchvision does). Links exist only
+    under local roots.
+    """
     fs, base = open_root(ds.root)
     _require_dir(fs, base, ds)
+    within, duplicates = confinement(fs, base, symlinks), 0
     if ds.format == "imagefolder":
-        rows = _list_imagefolder(fs, base)
+        rows = _list_imagefolder(fs, base, within)
     elif ds.format == "imagelist":
-        rows = _list_imagelist(fs, base, ds)
+        rows, duplicates = _list_imagelist(fs, base, ds, within)
     elif ds.format == "imagenet-val":
-        rows = _list_imagenet_val(fs, base, ds)
+        rows = _list_imagenet_val(fs, base, ds, within)
     elif ds.format == "files":
-        rows = _list_files(fs, base)
+        rows = _list_files(fs, base, within)
     else:
         raise NegRefineError(
             f"datasets.{ds.name}.format = {ds.format!r} is unknown; use imagefolder, imagelist, "
@@ -289,14 +276,17 @@ def list_dataset(ds: DatasetConfig, seed: int = 0) -> Listing:
             pa.array(label, pa.int64()),
             pa.array([r[2] for r in kept], pa.int64()),
             pa.array([r[3] for r in kept], pa.int64()),
+            pa.array([r[4] for r in kept], pa.string()),
         ],
         schema=LISTING_SCHEMA,
     )
-    listing = Listing(ds, ds.root if "://" in ds.root else base, table, len(rows))
+    listing = Listing(ds, ds.root if "://" in ds.root else base, table, len(rows), duplicates)
     if message := listing.expected_mismatch():
         log.warning(message)
     return listing
 
 
-def list_datasets(datasets: Sequence[DatasetConfig], seed: int = 0) -> list[Listing]:
-    return [list_dataset(ds, seed) for ds in datasets]
+def list_datasets(
+    datasets: Sequence[DatasetConfig], seed: int = 0, *, symlinks: Symlinks = "follow"
+) -> list[Listing]:
+    return [list_dataset(ds, seed, symlinks=symlinks) for ds in datasets]

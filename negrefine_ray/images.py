@@ -9,6 +9,7 @@ accelerator, so `normalise(crop)` equals open_clip's output (ToTensor divides th
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -23,9 +24,15 @@ from negrefine_ray.config import ImagesConfig, ModelConfig
 from negrefine_ray.datasets import read_file
 from negrefine_ray.errors import NegRefineError
 
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 # Status of each image; every value but "ok" is a failure kind counted in the stage stats.
 OK = "ok"
-FAILURE_KINDS = ("missing", "unreadable", "empty", "not-an-image", "too-large", "corrupt")
+FAILURE_KINDS = ("missing", "unreadable", "empty", "not-an-image", "too-large", "corrupt", "outside-root")
+# Detail of the failures a listing records (its status column) and decoding passes on without a read.
+LISTED_DETAILS = {
+    "missing": "file not found",
+    "outside-root": "symbolic link resolves outside the dataset root (images.symlinks = 'within-root')",
+}
 # Pillow refuses images above twice MAX_IMAGE_PIXELS (and only warns between 1x and 2x), so the
 # default limit keeps every image the reference loaders would decode.
 DEFAULT_MAX_PIXELS = 2 * int(Image.MAX_IMAGE_PIXELS or 89_478_485)
@@ -205,12 +212,19 @@ def decode_crop(data: bytes, spec: CropSpec, options: DecodeOptions) -> tuple[np
             if options.exif == "transpose":
                 img = ImageOps.exif_transpose(img)
             return resize_crop(to_rgb(img, options), spec), OK, ""
-    except UnidentifiedImageError as exc:
-        return None, "not-an-image", str(exc)
+    except UnidentifiedImageError:
+        # Pillow's message names the BytesIO object by memory address; artifacts must not vary by run.
+        return None, "not-an-image", "cannot identify image file: no image format matches its bytes"
     except Image.DecompressionBombError as exc:
-        return None, "too-large", str(exc)
+        return None, "too-large", _stable(str(exc))
     except Exception as exc:  # Pillow's decoders raise many types on malformed data; each is recorded
-        return None, "corrupt", f"{type(exc).__name__}: {exc}"
+        return None, "corrupt", _stable(f"{type(exc).__name__}: {exc}")
+
+
+def _stable(detail: str) -> str:
+    """An error text without object addresses (`<... at 0x7f...>`), so failure records are
+    byte-identical across runs."""
+    return _ADDRESS.sub("", detail)
 
 
 def decode_batch(
@@ -275,18 +289,24 @@ def read_and_decode(
         data = read_file(root, path)
     except FileNotFoundError:
         return None, "missing", "file not found"
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, e.g. a NUL in the path
         return None, "unreadable", f"{type(exc).__name__}: {exc}"
     return decode_crop(data, spec, options)
 
 
 def decode_rows(rows: dict[str, np.ndarray], spec: CropSpec, options: DecodeOptions) -> dict[str, Any]:
-    """Ray task: columns row, root, path -> row, status, detail, pixels (N, H, W, 3) uint8."""
+    """Ray task: columns row, root, path (and optionally the listing's status) -> row, status, detail,
+    pixels (N, H, W, 3) uint8. A row whose listing status is a failure kind is passed on, not read."""
     h, w = spec.out_size
-    pixels = np.zeros((len(rows["path"]), h, w, 3), dtype=np.uint8)
+    n = len(rows["path"])
+    pixels = np.zeros((n, h, w, 3), dtype=np.uint8)
+    listed = rows["status"] if "status" in rows else np.full(n, "")
     statuses, details = [], []
-    for i, (root, path) in enumerate(zip(rows["root"], rows["path"], strict=True)):
-        crop, status, detail = read_and_decode(str(root), str(path), spec, options)
+    for i, (root, path, known) in enumerate(zip(rows["root"], rows["path"], listed, strict=True)):
+        if known:
+            crop, status, detail = None, str(known), LISTED_DETAILS.get(str(known), "found while listing")
+        else:
+            crop, status, detail = read_and_decode(str(root), str(path), spec, options)
         if crop is not None:
             pixels[i] = crop
         statuses.append(status)

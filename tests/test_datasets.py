@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from negrefine_ray.config import DatasetConfig, build_config
-from negrefine_ray.datasets import MISSING, list_dataset, parse_image_list, sample_indices
+from negrefine_ray.datasets import list_dataset, parse_image_list, sample_indices
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.file_walk import MISSING
 from negrefine_ray.presets import PRESETS, resolve_datasets
 
 
@@ -88,9 +89,10 @@ def test_imagelist_split_at_first_space_and_missing_recorded(tmp_path: Path) -> 
     touch_image(root / "ninco/a.jpg")
     touch_image(root / "ninco/b c.jpg")
     lst = tmp_path / "test_ninco.txt"
-    lst.write_text("ninco/a.jpg -1\n\nninco/gone.jpg -1\r\nninco/a.jpg 3\n")
+    touch_image(root / "ninco/c.jpg")
+    lst.write_text("ninco/a.jpg -1\n\nninco/gone.jpg -1\r\nninco/c.jpg 3\n")
     listing = list_dataset(ds("ninco", root, "imagelist", image_list=str(lst)))
-    assert rows(listing) == [("ninco/a.jpg", -1), ("ninco/gone.jpg", -1), ("ninco/a.jpg", 3)]
+    assert rows(listing) == [("ninco/a.jpg", -1), ("ninco/gone.jpg", -1), ("ninco/c.jpg", 3)]
     assert listing.table.column("size").to_pylist()[1] == MISSING and listing.missing == 1
     with pytest.raises(NegRefineError, match="line 1"):  # split at the FIRST space: label "c.jpg 5"
         parse_image_list("ninco/b c.jpg 5", "x")
@@ -106,7 +108,7 @@ def test_imagelist_without_list_or_with_bad_label(tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(NegRefineError, match="image_list"):
         list_dataset(ds("x", tmp_path / "d", "imagelist"))
-    with pytest.raises(NegRefineError, match="integer label"):
+    with pytest.raises(NegRefineError, match=r"list\.txt line 1: label 'cat' is not an integer"):
         parse_image_list("a.jpg cat\n", "list.txt")
 
 
