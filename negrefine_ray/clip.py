@@ -8,6 +8,7 @@ open_clip's own registry; it adds no registry of its own.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -80,12 +81,48 @@ def resolve_device(device: str) -> str:
     return device
 
 
+_SAFETENSORS_MAX_HEADER = 100 * 1024**2  # safetensors' own limit on the JSON header
+
+
+def check_checkpoint(path: Path) -> None:
+    """Read a checkpoint's header, not its tensors, and raise a NegRefineError naming the file and the
+    fix when it is not a readable .safetensors, torch zip or legacy torch pickle file."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        problem = ""
+        if path.suffix == ".safetensors":
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 0 < n <= min(size - 8, _SAFETENSORS_MAX_HEADER):
+                problem = f"its header length field ({n}) does not fit a {size:,}-byte file"
+            else:
+                try:
+                    header = json.loads(fh.read(n))
+                    problem = "" if isinstance(header, dict) else "its header is not a JSON object"
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    problem = f"its header is not JSON ({exc})"
+        elif head[:4] == b"PK\x03\x04":
+            try:
+                zipfile.ZipFile(path).close()  # reads the central directory at the end of the file
+            except zipfile.BadZipFile as exc:
+                problem = f"it is a truncated or damaged torch zip file ({exc})"
+        elif head[:1] != b"\x80":  # legacy torch.save: a pickle stream
+            problem = "it is neither a .safetensors file nor a torch.save file"
+    if problem:
+        raise NegRefineError(
+            f"Checkpoint {path} (model.pretrained) is unreadable: {problem}. Re-download or re-save it "
+            f"(torch.save or safetensors), or set model.pretrained to an open_clip tag or 'none'."
+        )
+
+
 def _load_file(model: torch.nn.Module, arch: str, path: str) -> None:
     import open_clip
+    from safetensors import SafetensorError
 
+    check_checkpoint(Path(path))
     try:
         open_clip.load_checkpoint(model, path, strict=True)  # type: ignore[arg-type]
-    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as exc:
+    except (EOFError, pickle.UnpicklingError, zipfile.BadZipFile, SafetensorError) as exc:
         raise NegRefineError(
             f"Checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); it is truncated or not "
             f"a torch/safetensors state dict. Re-download or re-save it."

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -28,11 +30,20 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
     return {"range": (lo, hi)}
 
 
+# Names that become folder or file names (run, datasets, judges): one plain path part each.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME: dict[str, Any] = {"plain_name": True}
+
+# The methods each stage knows. Mining covers the methods that select negatives; MCM needs none.
+MINING_METHODS = ("neglabel", "csp", "negrefine", "dnm")
+SCORE_METHODS = ("mcm", *MINING_METHODS)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Where results go and the run-wide seed."""
 
-    name: str = "run"
+    name: str = field(default="run", metadata=_NAME)
     output_dir: str = "runs"
     cache_dir: str = "~/.cache/negrefine-ray"
     seed: int = field(default=0, metadata=_range(0))
@@ -105,7 +116,7 @@ class TextConfig:
 class MiningConfig:
     """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2)."""
 
-    methods: tuple[str, ...] = ("neglabel", "csp", "negrefine", "dnm")
+    methods: tuple[str, ...] = field(default=MINING_METHODS, metadata=_choices(*MINING_METHODS))
     # The order the references' os.listdir walked word-list files in decides which file owns a word
     # two files share: "negrefine" reproduces NegRefine's logged pools; "sorted" is alphabetical.
     file_order: Literal["negrefine", "sorted"] = field(
@@ -124,7 +135,7 @@ class MiningConfig:
 class DatasetConfig:
     """One image dataset (a `[[datasets]]` table). `root` is a local path or a pyarrow/fsspec URI."""
 
-    name: str
+    name: str = field(metadata=_NAME)
     role: Literal["id", "ood"] = field(metadata=_choices("id", "ood"))
     root: str
     format: Literal["imagefolder", "imagelist", "imagenet-val", "files"] = field(
@@ -150,6 +161,12 @@ class ImagesConfig:
     num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
     gpus_per_actor: float = field(default=1.0, metadata=_range(0.0, 1.0))
     max_failed_fraction: float = field(default=0.01, metadata=_range(0.0, 1.0))
+    # Symbolic links inside a dataset root: "follow" (torchvision's ImageFolder and the references
+    # follow them wherever they point) or "within-root" (a link resolving outside the root is not read
+    # and is recorded as a failure of kind "outside-root").
+    symlinks: Literal["follow", "within-root"] = field(
+        default="follow", metadata=_choices("follow", "within-root")
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +186,7 @@ class FilterConfig:
 class JudgeConfig:
     """One judge (a `[[judges]]` table). `backend`: vllm | transformers | wordnet | replay."""
 
-    name: str
+    name: str = field(metadata=_NAME)
     backend: Literal["vllm", "transformers", "wordnet", "replay"] = field(
         metadata=_choices("vllm", "transformers", "wordnet", "replay")
     )
@@ -202,7 +219,7 @@ class ScoreConfig:
     references' CUDA randperm (needs a GPU in the driver process); "cpu" is machine-independent.
     """
 
-    methods: tuple[str, ...] = ("mcm", "neglabel", "csp", "negrefine", "dnm")
+    methods: tuple[str, ...] = field(default=SCORE_METHODS, metadata=_choices(*SCORE_METHODS))
     ablations: bool = True  # NegRefine's NegFilter on/off x S_MM on/off columns
     n_groups: int = field(default=100, metadata=_range(1))
     logit_scale: float = field(default=100.0, metadata=_range(0.0))
@@ -295,11 +312,22 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ConfigError:
                 continue
     elif tp in _SCALAR_CHECKS and _SCALAR_CHECKS[tp](value):
+        if tp is float and not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} is not a finite number; set it to a finite number.")
         return float(value) if tp is float else value
     raise ConfigError(f"{key} = {value!r} is not {_describe(tp)}; set it to {_describe(tp)}.")
 
 
 def _check_metadata(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    if isinstance(value, tuple):  # list keys: each element obeys the field's rules
+        for i, item in enumerate(value):
+            _check_metadata(f"{key}[{i}]", item, meta)
+        return
+    if meta.get("plain_name") and (not _PLAIN_NAME.fullmatch(value) or value in (".", "..")):
+        raise ConfigError(
+            f"{key} = {value!r} is not a plain name; it becomes a folder or file name, so use letters, "
+            f"digits, '.', '_' and '-' only, starting with a letter or digit (e.g. 'ninco')."
+        )
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(repr(c) for c in meta["choices"])
         raise ConfigError(
@@ -415,12 +443,42 @@ def build_config(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> JobC
     for text in overrides:
         _apply_override(merged, text)
     empty: dict[str, Any] = {}
-    return JobConfig(
+    job = JobConfig(
         **{
             name: _build_section(name, merged.get(name, [] if _table_list_type(name) else empty))
             for name in section_names()
         }
     )
+    check_references(job)
+    return job
+
+
+def check_references(job: JobConfig) -> None:
+    """Checks across sections, by name only (no file system, no heavy import): score methods need
+    their negatives mined, filter.judges name [[judges]] entries (or the built-in "wordnet"), and
+    images.preset names a preset."""
+    for i, method in enumerate(job.score.methods):
+        if method in MINING_METHODS and method not in job.mining.methods:
+            raise ConfigError(
+                f"score.methods[{i}] = {method!r} needs negatives, but mining.methods = "
+                f"{list(job.mining.methods)} lacks it; add it to mining.methods or remove it from "
+                f"score.methods."
+            )
+    judges = {"wordnet", *(j.name for j in job.judges)}
+    for i, name in enumerate(job.filter.judges):
+        if name not in judges:
+            raise ConfigError(
+                f"filter.judges[{i}] = {name!r} is not a judge of this job.{did_you_mean(name, judges)} "
+                f"Known: {', '.join(sorted(judges))}; add a [[judges]] entry named {name!r} or fix the name."
+            )
+    if job.images.preset:
+        from negrefine_ray.presets import PRESETS
+
+        if job.images.preset not in PRESETS:
+            raise ConfigError(
+                f"images.preset = {job.images.preset!r} is unknown.{did_you_mean(job.images.preset, PRESETS)}"
+                f" Known: {', '.join(sorted(PRESETS))}; or leave it empty and list [[datasets]]."
+            )
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negrefine_ray.artifacts import read_parquet, stable_hash, write_json, write_parquet, write_text
+from negrefine_ray.cache_files import check_columns, check_no_nulls, check_values, read_entry, write_entry
 from negrefine_ray.config import JobConfig, JudgeConfig
 from negrefine_ray.errors import NegRefineError, StageError, unknown_name
 from negrefine_ray.judges import Answer, Judge, ReplayJudge, WordNetJudge
@@ -45,13 +46,16 @@ Asker = Callable[[Sequence[Question]], None]
 
 class AnswerStore:
     """Answers of one judge under one prompt set, as Parquet shards written atomically one chunk at
-    a time; a shard is either complete or absent, so a crash loses at most the chunk in flight."""
+    a time; a shard is either complete or absent, so a crash loses at most the chunk in flight. A
+    shard that fails verification (cache_files) is deleted and its questions count as unanswered."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.answers: dict[str, Answer] = {}
+        self._next = 0  # above every shard number seen, deleted ones included
         for part in sorted(root.glob("part-*.parquet")):
-            for row in read_parquet(part).to_pylist():
+            self._next = max(self._next, _shard_number(part) + 1)
+            for row in read_entry(part, _parse_shard) or []:
                 yes = {1: True, 0: False}.get(row["yes"])
                 self.answers[row["qid"]] = Answer(row["qid"], yes, row["p_yes"], row["raw"], row["latency_s"])
 
@@ -77,8 +81,23 @@ class AnswerStore:
             },
             schema=ANSWER_SCHEMA,
         )
-        write_parquet(self.root / f"part-{len(list(self.root.glob('part-*.parquet'))):06d}.parquet", table)
+        # Past every shard on disk (another store may share the folder) and every one ever seen here.
+        self._next = max([self._next, *(_shard_number(p) + 1 for p in self.root.glob("part-*.parquet"))])
+        write_entry(self.root / f"part-{self._next:06d}.parquet", table)
+        self._next += 1
         self.answers.update({a.qid: a for a in answers})
+
+
+def _shard_number(part: Path) -> int:
+    digits = part.stem.removeprefix("part-")
+    return int(digits) if digits.isdigit() else -1
+
+
+def _parse_shard(table: pa.Table) -> list[dict[str, Any]]:
+    check_columns(table, {f.name: f.type for f in ANSWER_SCHEMA})
+    check_no_nulls(table, ("qid", "yes"))
+    check_values(table.column("yes"), "yes", _YES_CODE.values())
+    return table.to_pylist()
 
 
 def in_process_asker(judge: Judge, prompts: PromptSet, store: AnswerStore, chunk_size: int) -> Asker:
@@ -97,6 +116,7 @@ class JudgeRun:
     decisions: pa.Table  # one row per question asked
     labels: pa.Table  # one row per label
     counts: dict[str, int]
+    answer_seconds: float = 0.0  # the judge's time answering the questions asked (their latencies)
 
 
 def _resolve(answer: Answer, invalid_policy: str) -> bool:
@@ -148,9 +168,8 @@ def _decision_table(
             "raw": [a.raw for a in answers],
             "decision_yes": [yes[q.qid] for q in asked],
             "needed_by_sequential_rule": [q.qid in needed for q in asked],
-            "latency_s": [a.latency_s for a in answers],
         }
-    )
+    )  # no latency here: timings vary by run, and this table must not (they go to the manifest)
 
 
 def run_judge(
@@ -180,7 +199,8 @@ def run_judge(
         questions_sequential_rule=len(needed),
         invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
     )
-    return JudgeRun(table, label_table, counts)
+    seconds = sum(store.answers[q.qid].latency_s for q in asked)
+    return JudgeRun(table, label_table, counts, round(seconds, 3))
 
 
 def answer_store_root(config: JobConfig, identity: dict[str, Any], prompts: PromptSet) -> Path:
@@ -303,4 +323,5 @@ def run_filter(ctx: StageContext) -> StageOutput:
         f"{r.counts['questions_asked']:,} questions, {r.counts['invalid_answers']:,} invalid)"
         for n, r in runs.items()
     )
-    return StageOutput(tuple(artifacts), summary, {n: r.counts for n, r in runs.items()})
+    stats = {n: {**r.counts, "answer_seconds": r.answer_seconds} for n, r in runs.items()}
+    return StageOutput(tuple(artifacts), summary, stats)

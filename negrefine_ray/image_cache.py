@@ -1,6 +1,7 @@
 """The image-embedding cache: per-dataset embeddings that outlive runs, keyed by everything that
 changes them (weights identity, architecture, the precision that ran, preprocessing and decode
-options, the dataset listing's paths, sizes and mtimes). Parquet files written atomically."""
+options, the dataset listing's paths, sizes and mtimes). Parquet files written atomically with a
+sha256 sidecar; an entry that fails verification is deleted and recomputed (cache_files)."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import (
-    embedding_column,
-    embedding_matrix,
-    read_parquet,
-    stable_hash,
-    write_parquet,
+from negrefine_ray.artifacts import embedding_column, stable_hash
+from negrefine_ray.cache_files import (
+    EMBEDDING,
+    BadEntry,
+    check_columns,
+    check_no_nulls,
+    check_values,
+    finite_embeddings,
+    read_entry,
+    write_entry,
 )
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.images import OK
+from negrefine_ray.images import FAILURE_KINDS, OK
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: entries per base folder, with each file's size and mtime
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,9 @@ class EmbedResult:
     embedding: np.ndarray
 
 
-def image_cache_key(weights: str, arch: str, precision: str, preprocess: dict[str, Any], listing: str) -> str:
-    """Everything that changes a dataset's embeddings: weights identity, architecture, the precision
-    that ran, the preprocessing (crop spec + decode options) and the listing's paths/sizes/mtimes."""
+def image_cache_base(weights: str, arch: str, precision: str, preprocess: dict[str, Any], root: str) -> str:
+    """What makes embeddings of the same file comparable: weights identity, architecture, the
+    precision that ran, the preprocessing (crop spec + decode options) and the dataset root."""
     return stable_hash(
         {
             "kind": "clip-image-embeddings",
@@ -45,48 +49,115 @@ def image_cache_key(weights: str, arch: str, precision: str, preprocess: dict[st
             "arch": arch,
             "precision": precision,
             "preprocess": preprocess,
-            "listing": listing,
+            "root": root,
         }
     )
 
 
+def image_cache_key(base: str, listing: str) -> str:
+    """One dataset listing's entry under `base`: plus the listing's paths, sizes and mtimes in order."""
+    return stable_hash({"base": base, "listing": listing})
+
+
+ROW_COLUMNS = ("path", "size", "mtime_ns")  # a file's identity in a listing (datasets.LISTING_SCHEMA)
+
+
 class ImageEmbeddingCache:
-    """Per-dataset embeddings that outlive runs: `<root>/<key>.parquet` with columns path, status,
-    detail, embedding (fixed_size_list<float32>[D], null unless ok). Written atomically."""
+    """Per-dataset embeddings that outlive runs: `<root>/<base[:32]>/<key>.parquet` with columns path,
+    size, mtime_ns, status, detail, embedding (fixed_size_list<float32>[D], null unless ok), written
+    atomically with a checksum (cache_files).
+
+    A listing that changed since its last run (an image added, replaced or touched) misses its exact
+    entry; `reusable` then takes every unchanged file's row (same path, size and mtime) from the
+    newest entries of the same base, so only new or changed files go through CLIP again.
+    """
+
+    MAX_DONORS = 4  # entries of a base searched for unchanged rows, newest first
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser()
 
-    def path(self, key: str) -> Path:
-        return self.root / f"{key}.parquet"
+    def path(self, base: str, key: str) -> Path:
+        return self.root / base[:32] / f"{key}.parquet"
 
-    def get(self, key: str, paths: Sequence[str]) -> EmbedResult | None:
-        """The cached rows for `key` if they exist and list exactly `paths`, else None."""
-        file = self.path(key)
-        if not file.is_file():
+    def get(self, base: str, key: str, paths: Sequence[str]) -> EmbedResult | None:
+        """The cached rows for `key` if they exist, pass verification and list exactly `paths`, else
+        None. A bad entry (checksum, columns, status values, non-finite ok rows) is deleted first."""
+        entry = read_entry(self.path(base, key), _parse_entry)
+        if entry is None or entry[0].column("path").to_pylist() != list(paths):
             return None
-        try:
-            table = read_parquet(file)
-            if table.column("path").to_pylist() != list(paths):
-                return None
-            return EmbedResult(
-                np.array(table.column("status").to_pylist(), dtype=str),
-                np.array(table.column("detail").to_pylist(), dtype=str),
-                embedding_matrix(table.column("embedding"), nulls_as_zero=True),
-            )
-        except (pa.ArrowException, KeyError, OSError) as exc:
-            raise NegRefineError(
-                f"Image-embedding cache file {file} is unreadable ({type(exc).__name__}: {exc}); delete "
-                f"it and the embeddings will be recomputed."
-            ) from exc
+        return entry[1]
 
-    def put(self, key: str, paths: Sequence[str], result: EmbedResult) -> None:
+    def reusable(self, base: str, rows: pa.Table) -> tuple[EmbedResult | None, np.ndarray]:
+        """Rows of earlier entries of `base` for the files of `rows` (columns ROW_COLUMNS) that are
+        unchanged: (their results, in `rows` order with zeros elsewhere, or None; (N,) bool mask of
+        the rows found). Files of unknown size or mtime are never taken."""
+        n = rows.num_rows
+        found = np.zeros(n, dtype=bool)
+        files = [p for p in (self.root / base[:32]).glob("*.parquet") if p.is_file()]
+        donors = sorted(files, key=lambda p: (-p.stat().st_mtime_ns, p.name))[: self.MAX_DONORS]
+        wanted = {
+            ident: i
+            for i, ident in enumerate(zip(*(rows.column(c).to_pylist() for c in ROW_COLUMNS), strict=True))
+            if ident[1] >= 0 and ident[2] >= 0
+        }
+        status, detail, emb = np.empty(n, dtype=object), np.empty(n, dtype=object), None
+        for donor in donors:
+            entry = read_entry(donor, _parse_entry)
+            if entry is None:
+                continue
+            table, result = entry
+            if emb is None:
+                emb = np.zeros((n, result.embedding.shape[1]), dtype=np.float32)
+            idents = zip(*(table.column(c).to_pylist() for c in ROW_COLUMNS), strict=True)
+            for j, ident in enumerate(idents):
+                i = wanted.get(ident)
+                if i is not None and not found[i] and emb.shape[1] == result.embedding.shape[1]:
+                    status[i], detail[i], emb[i], found[i] = (
+                        result.status[j],
+                        result.detail[j],
+                        result.embedding[j],
+                        True,
+                    )
+        if emb is None or not found.any():
+            return None, found
+        status[~found], detail[~found] = "", ""
+        return EmbedResult(status.astype(str), detail.astype(str), emb), found
+
+    def put(self, base: str, key: str, rows: pa.Table, result: EmbedResult) -> None:
+        """Store `result` for the files of `rows` (columns ROW_COLUMNS, in order)."""
         table = pa.table(
             {
-                "path": pa.array(list(paths), pa.string()),
+                "path": rows.column("path"),
+                "size": rows.column("size"),
+                "mtime_ns": rows.column("mtime_ns"),
                 "status": pa.array(result.status.tolist(), pa.string()),
                 "detail": pa.array(result.detail.tolist(), pa.string()),
                 "embedding": embedding_column(result.embedding, result.status == OK),
             }
-        ).replace_schema_metadata({"cache_key": key})
-        write_parquet(self.path(key), table)
+        ).replace_schema_metadata({"cache_key": key, "base": base})
+        write_entry(self.path(base, key), table)
+
+
+def _parse_entry(table: pa.Table) -> tuple[pa.Table, EmbedResult]:
+    """(identity columns, rows) of a verified entry; BadEntry unless the columns, the status values
+    and the embeddings (present and finite on ok rows, empty on failed ones) are what `put` writes."""
+    check_columns(
+        table,
+        {
+            "path": pa.string(),
+            "size": pa.int64(),
+            "mtime_ns": pa.int64(),
+            "status": pa.string(),
+            "detail": pa.string(),
+            "embedding": EMBEDDING,
+        },
+    )
+    check_no_nulls(table, ("path", "size", "mtime_ns", "status", "detail"))
+    check_values(table.column("status"), "status", (OK, *FAILURE_KINDS))
+    status = np.array(table.column("status").to_pylist(), dtype=str)
+    if (np.asarray(table.column("embedding").is_valid()) != (status == OK)).any():
+        raise BadEntry("embeddings present on failed rows or missing on ok rows")
+    detail = np.array(table.column("detail").to_pylist(), dtype=str)
+    embedding = finite_embeddings(table.column("embedding"), status == OK)
+    return table.select(list(ROW_COLUMNS)), EmbedResult(status, detail, embedding)

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.artifacts import embedding_column, write_parquet
+from negrefine_ray.artifacts import embedding_column, stable_hash, write_parquet
 from negrefine_ray.clip import create_clip, resolve_device, resolve_weights
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig
 from negrefine_ray.datasets import Listing, list_datasets
@@ -29,6 +29,7 @@ from negrefine_ray.errors import StageError
 from negrefine_ray.image_cache import (
     EmbedResult,
     ImageEmbeddingCache,
+    image_cache_base,
     image_cache_key,
 )
 from negrefine_ray.images import (
@@ -44,6 +45,7 @@ from negrefine_ray.images import (
     read_and_decode,
 )
 from negrefine_ray.presets import resolve_datasets
+from negrefine_ray.resources import Pool, fit_pool_on_cluster
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.text_embed import effective_precision
 
@@ -109,6 +111,7 @@ class ActorPlan:
     num_actors: int
     gpus_per_actor: float
     cpus_per_actor: float
+    decode_cpus: float = 1.0  # per decode task; below 1 only where the cluster is short of CPUs
 
     def describe(self) -> str:
         unit = f"{self.gpus_per_actor:g} GPU" if self.device == "cuda" else "CPU"
@@ -129,6 +132,25 @@ def plan_actors(images: ImagesConfig, model: ModelConfig, cluster_gpus: float) -
         n = images.num_actors or max(1, int(cluster_gpus / images.gpus_per_actor + 1e-9))
         return ActorPlan("cuda", n, images.gpus_per_actor, 1.0)
     return ActorPlan("cpu", images.num_actors or 1, 0.0, 0.5)
+
+
+def fit_to_cluster(plan: ActorPlan, images: ImagesConfig) -> ActorPlan:
+    """`plan` sized to what the connected Ray has free next to the driver (resources.fit_pool): fewer
+    automatic GPU actors, or smaller CPU shares for actors and decode tasks alike (their ratio keeps
+    the two operators unfused); a StageError with the numbers when even that does not fit."""
+    pool = Pool(
+        "embed-images",
+        plan.num_actors,
+        plan.cpus_per_actor,
+        plan.gpus_per_actor,
+        task_cpus=plan.decode_cpus,
+        count_key="images.num_actors",
+        count_fixed=images.num_actors > 0,
+    )
+    fit = fit_pool_on_cluster(pool).pool
+    return dataclasses.replace(
+        plan, num_actors=fit.actors, cpus_per_actor=fit.actor_cpus, decode_cpus=fit.task_cpus
+    )
 
 
 def _collect(batches: Any, n: int) -> EmbedResult:
@@ -167,7 +189,7 @@ def embed_rows_ray(
         cast(Any, decode_rows),
         fn_kwargs={"spec": spec, "options": options},
         batch_size=DECODE_BATCH,
-        num_cpus=1,
+        num_cpus=plan.decode_cpus,
         batch_format="numpy",
         udf_modifying_row_count=False,
     )
@@ -251,8 +273,19 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
             "device": m.device,
         },
         "decode": decode_options(config.images).describe(),
+        "symlinks": config.images.symlinks,
         "datasets": [dataclasses.asdict(d) for d in resolve_datasets(config)],
         "seed": config.run.seed,
+    }
+
+
+def embed_images_sources(config: JobConfig) -> dict[str, str]:
+    """The identity of every dataset's files as listed now (paths, sizes, mtimes and labels), so an
+    added, removed, replaced or touched image makes the stage out of date. Unchanged images still
+    come from the embedding cache when the stage reruns."""
+    return {
+        li.name: stable_hash([li.fingerprint(), li.table.column("label").to_pylist()])
+        for li in list_datasets(resolve_datasets(config), config.run.seed, symlinks=config.images.symlinks)
     }
 
 
@@ -314,11 +347,11 @@ def _output_tables(listing: Listing, result: EmbedResult) -> tuple[pa.Table, pa.
     return images, failures
 
 
-def _embed_uncached(
-    listings: dict[str, Listing], cache: ImageEmbeddingCache, embed: Callable[[pa.Table], EmbedResult]
+def _embed_listings(
+    listings: dict[str, Listing], embed: Callable[[pa.Table], EmbedResult]
 ) -> dict[str, EmbedResult]:
-    """Embed the datasets (one per cache key) in one pass of `embed(work table)`, store each in the
-    cache and return them by key."""
+    """Embed the listings' rows (one listing per cache key) in one pass of `embed(work table)` and
+    return them by key."""
     parts = list(listings.values())
     sizes = [li.table.num_rows for li in parts]
     roots = [li.root for li, k in zip(parts, sizes, strict=True) for _ in range(k)]
@@ -327,26 +360,61 @@ def _embed_uncached(
             "row": pa.array(np.arange(sum(sizes), dtype=np.int64)),
             "root": pa.array(roots, pa.string()),
             "path": pa.concat_arrays([li.table.column("path").combine_chunks() for li in parts]),
+            # failures the listing found ("missing", "outside-root") are passed on without a read
+            "status": pa.concat_arrays([li.table.column("status").combine_chunks() for li in parts]),
         }
     )
     out = embed(work)
     results, bounds = {}, np.cumsum([0, *sizes])
-    for (key, li), a, b in zip(listings.items(), bounds[:-1], bounds[1:], strict=True):
+    for key, a, b in zip(listings, bounds[:-1], bounds[1:], strict=True):
         results[key] = EmbedResult(out.status[a:b], out.detail[a:b], out.embedding[a:b])
-        cache.put(key, li.table.column("path").to_pylist(), results[key])
     return results
 
 
-def _dataset_stats(listing: Listing, result: EmbedResult, key: str, cached: bool) -> dict[str, Any]:
+def _merge(reused: EmbedResult | None, fresh: EmbedResult | None, found: np.ndarray) -> EmbedResult:
+    """One dataset's rows: `reused` where `found`, `fresh` (in order) elsewhere."""
+    if reused is None or fresh is None:
+        result = reused if fresh is None else fresh
+        assert result is not None  # a listing has rows, so one of the two holds them
+        return result
+    status, detail, emb = reused.status.astype(object), reused.detail.astype(object), reused.embedding.copy()
+    status[~found], detail[~found], emb[~found] = fresh.status, fresh.detail, fresh.embedding
+    return EmbedResult(status.astype(str), detail.astype(str), emb)
+
+
+def _embed_with_cache(
+    listings: dict[str, tuple[str, Listing]],
+    cache: ImageEmbeddingCache,
+    embed: Callable[[pa.Table], EmbedResult],
+) -> tuple[dict[str, EmbedResult], dict[str, int]]:
+    """The datasets that missed their exact cache entry (key -> (base, listing)): unchanged files'
+    rows from earlier entries of their base, the rest through `embed` in one pass; each stored under
+    its key. Returns the results and, per key, how many rows went through `embed`."""
+    reused, work = {}, {}
+    for key, (base, li) in listings.items():
+        reused[key] = cache.reusable(base, li.table)
+        work[key] = dataclasses.replace(li, table=li.table.filter(pa.array(~reused[key][1])))
+    work = {key: li for key, li in work.items() if li.table.num_rows}
+    fresh = _embed_listings(work, embed) if work else {}
+    results = {}
+    for key, (base, li) in listings.items():
+        results[key] = _merge(reused[key][0], fresh.get(key), reused[key][1])
+        cache.put(base, key, li.table, results[key])
+    return results, {key: li.table.num_rows for key, li in work.items()}
+
+
+def _dataset_stats(listing: Listing, result: EmbedResult, key: str, embedded: int) -> dict[str, Any]:
     return {
         "rows": listing.table.num_rows,
+        "embedded": embedded,
         "listed": listing.total,
         "expected": listing.config.expected,
         "ok": int(np.count_nonzero(result.status == OK)),
         "failures": _failure_counts(result.status),
-        "cached": cached,
+        "cached": embedded == 0,
         "cache_key": key,
         "root": listing.root,
+        "duplicates": listing.duplicates,
     }
 
 
@@ -356,7 +424,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     datasets = resolve_datasets(cfg)
     if not datasets:
         raise StageError("embed-images has no datasets; set images.preset and images.data_root, or add them.")
-    listings = list_datasets(datasets, cfg.run.seed)
+    listings = list_datasets(datasets, cfg.run.seed, symlinks=cfg.images.symlinks)
     for li in listings:
         check_listing(li, cfg.images.max_failed_fraction)
     ctx.ray()
@@ -366,25 +434,30 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     spec, options = crop_spec_for_model(cfg.model), decode_options(cfg.images)
     precision, weights = effective_precision(plan.device, cfg.model.precision), resolve_weights(cfg.model)
     preprocess = {"crop": spec.describe(), "decode": options.describe()}
-    keys = [
-        image_cache_key(weights.identity, cfg.model.arch, precision, preprocess, li.fingerprint())
-        for li in listings
+    bases = [
+        image_cache_base(weights.identity, cfg.model.arch, precision, preprocess, li.root) for li in listings
     ]
+    keys = [image_cache_key(base, li.fingerprint()) for base, li in zip(bases, listings, strict=True)]
     pairs = list(zip(keys, listings, strict=True))
     cache = ImageEmbeddingCache(cfg.cache_dir / "image-embeddings")
     results: dict[str, EmbedResult] = {}
-    for key, li in pairs:
-        if (hit := cache.get(key, li.table.column("path").to_pylist())) is not None:
+    for base, (key, li) in zip(bases, pairs, strict=True):
+        if (hit := cache.get(base, key, li.table.column("path").to_pylist())) is not None:
             results[key] = hit
-    todo = {key: li for key, li in pairs if key not in results}  # a key shared by two datasets runs once
+    # a key shared by two datasets runs once
+    todo = {key: (base, li) for base, (key, li) in zip(bases, pairs, strict=True) if key not in results}
+    embedded_rows: dict[str, int] = {}
     if todo:
 
         def embed(work: pa.Table) -> EmbedResult:
+            nonlocal plan  # checked only when there is work: a cached run needs no free resources
+            plan = fit_to_cluster(plan, cfg.images)
             return embed_rows_ray(
                 work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options, spec=spec
             )
 
-        results.update(_embed_uncached(todo, cache, embed))
+        fresh, embedded_rows = _embed_with_cache(todo, cache, embed)
+        results.update(fresh)
     for key, li in pairs:
         check_failed_fraction(li, results[key], cfg.images.max_failed_fraction)
     tables = [_output_tables(li, results[key]) for key, li in pairs]
@@ -392,7 +465,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     write_parquet(ctx.out_dir / "failures.parquet", pa.concat_tables([t[1] for t in tables]))
 
     status = np.concatenate([results[key].status for key in keys])
-    n, embedded = len(status), sum(li.table.num_rows for li in todo.values())
+    n, embedded = len(status), sum(embedded_rows.values())
     seconds = time.perf_counter() - t0
     failures = _failure_counts(status)
     mismatches = [m for li in listings if (m := li.expected_mismatch())]
@@ -409,7 +482,9 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         "preprocess": preprocess,
         "failures": failures,
         "expected_mismatches": mismatches,
-        "datasets": {li.name: _dataset_stats(li, results[key], key, key not in todo) for key, li in pairs},
+        "datasets": {
+            li.name: _dataset_stats(li, results[key], key, embedded_rows.get(key, 0)) for key, li in pairs
+        },
     }
     summary = (
         f"{n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {plan.describe()}, "

@@ -54,7 +54,14 @@ def read_label_file(path: Path) -> list[str]:
             f"Label file {path} does not exist; set labels.id_labels to a label file or one of "
             f"{', '.join(NAMED_LABEL_SETS)}."
         )
-    labels = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise NegRefineError(
+            f"Label file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class name "
+            f"per line."
+        ) from exc
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
     if not labels:
         raise NegRefineError(f"Label file {path} has no labels; write one class name per line.")
     return labels

@@ -14,6 +14,7 @@ from typing import Any
 from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
+from negrefine_ray.preflight import preflight
 from negrefine_ray.stages import Stage, StageResult, run_folder_lock, run_stage
 
 
@@ -74,6 +75,7 @@ STAGES: tuple[Stage, ...] = (
         1,
         _lazy("image_embed", "embed_images_settings"),
         _lazy("image_embed", "run_embed_images"),
+        sources=_lazy("image_embed", "embed_images_sources"),
     ),
     Stage(
         "score",
@@ -126,22 +128,31 @@ def run_pipeline(
     Stops before the first stage that is not built yet.
     """
     forced = {get_stage(n).name for n in force}
-    last = get_stage(until).name if until is not None else None
+    planned = planned_stages(only, until)
+    preflight(config, [s.name for s in planned])
     results: list[StageResult] = []
     with run_folder_lock(config.run_dir):
         save_resolved_config(config)
-        for stage in STAGES:
-            if only is not None and stage.name not in only:
-                continue
-            if stage.fn is None:
-                break
+        for stage in planned:
             result = run_stage(stage, config, force=stage.name in forced, ray_address=ray_address)
             results.append(result)
             if on_result is not None:
                 on_result(result)
-            if stage.name == last:
-                break
     return results
+
+
+def planned_stages(only: Sequence[str] | None = None, until: str | None = None) -> list[Stage]:
+    """The built stages an invocation runs, in order: just `only`, or up to and including `until`."""
+    last = get_stage(until).name if until is not None else None
+    planned = []
+    for stage in STAGES:
+        if stage.fn is None:
+            break
+        if only is None or stage.name in only:
+            planned.append(stage)
+        if stage.name == last:
+            break
+    return planned
 
 
 def pending_stages() -> list[Stage]:
@@ -162,8 +173,10 @@ def run_job(
 
     seeds = job_seeds(config)
     if len(seeds) <= 1:
+        if seeds:  # run.seeds = [k]: one run, with seed k, in the job's own folder
+            config = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seeds[0], seeds=()))
         return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
-    config.run_dir.mkdir(parents=True, exist_ok=True)
+    preflight(config, [s.name for s in planned_stages(until=until)])
     save_resolved_config(config)
     results: list[StageResult] = []
     for seed in seeds:

@@ -63,14 +63,21 @@ def evaluate(
 
     table = scores.parquet (N rows: dataset, role, status, score columns); catalogue = columns.json's
     entries. ID = every ok row of role "id", pooled. DNM's rows have one column per OOD dataset
-    (`ood_dataset`), whose grouping was drawn for that dataset; other rows have one column.
+    (`ood_dataset`), whose grouping was drawn for that dataset; other rows have one column. An OOD
+    dataset without one readable image has no metrics: it is listed in `failed_ood_datasets` (with
+    its image count) and the average is over `ood_datasets`, the sets that were scored.
     """
     ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
     role = table.column("role").to_numpy(zero_copy_only=False)
     dataset = table.column("dataset").to_numpy(zero_copy_only=False)
-    is_id, ood = ok & (role == "id"), list(dict.fromkeys(dataset[ok & (role == "ood")].tolist()))
+    every_ood = list(dict.fromkeys(dataset[role == "ood"].tolist()))
+    is_id, ood = ok & (role == "id"), [d for d in every_ood if (ok & (dataset == d)).any()]
+    failed = {d: int((dataset == d).sum()) for d in every_ood if d not in ood}
     if not is_id.any() or not ood:
-        raise StageError("the report needs readable ID and OOD images; scores.parquet lacks one of them.")
+        lost = f" (no readable image in {', '.join(failed)})" if failed else ""
+        raise StageError(
+            f"the report needs readable ID and OOD images; scores.parquet lacks one of them{lost}."
+        )
     rows: dict[str, Any] = {}
     for row, columns in _by_row(catalogue).items():
         per_dataset = {}
@@ -89,6 +96,7 @@ def evaluate(
     return {
         "metrics": list(metrics),
         "ood_datasets": ood,
+        "failed_ood_datasets": failed,
         "n_id": int(is_id.sum()),
         "n_ood": n_ood,
         "rows": rows,
@@ -111,18 +119,28 @@ def _cell(entry: Mapping[str, Any], key: str, metrics: Sequence[str] = ("auroc",
 
 def markdown_tables(result: Mapping[str, Any]) -> list[str]:
     """The papers' table (AUROC / FPR95 per OOD dataset and Average) and a per-dataset detail table."""
-    ood, rows = result["ood_datasets"], result["rows"]
+    ood, rows, failed = result["ood_datasets"], result["rows"], result.get("failed_ood_datasets", {})
+    average = f"Average of {len(ood)}" if failed else "Average"
     lines = [
         "AUROC ↑ / FPR95 ↓ in %; FPR95 is the NegLabel/CSP/NegRefine/DNM convention (ID positive, "
         "methods.md 6.1). Several seeds: report-seeds.md in the job folder gives mean ± std.",
         "",
-        "| Method | " + " | ".join(ood) + " | Average |",
-        "|---|" + "---|" * (len(ood) + 1),
+        "| Method | " + " | ".join([*ood, *failed]) + f" | {average} |",
+        "|---|" + "---|" * (len(ood) + len(failed) + 1),
     ]
     lines += [
-        f"| {e['label']} | " + " | ".join(_cell(e, k) for k in [*ood, "average"]) + " |"
+        f"| {e['label']} | "
+        + " | ".join([*(_cell(e, k) for k in ood), *(["failed"] * len(failed)), _cell(e, "average")])
+        + " |"
         for e in rows.values()
     ]
+    if failed:
+        lines += [
+            "",
+            "**Failed OOD datasets** (no readable image, so no metrics): "
+            + ", ".join(f"{d} (0 of {n:,} images scored)" for d, n in failed.items())
+            + f". The average covers {', '.join(ood)} only.",
+        ]
     names = result["metrics"]
     header = " | ".join(_HEADERS.get(m, m) for m in names)
     lines += ["", "| Method | Dataset | " + header + " |", "|---|---|" + "---|" * len(names)]
@@ -279,8 +297,11 @@ def run_report(ctx: StageContext) -> StageOutput:
     lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
     write_text(ctx.out_dir / "report.md", "\n".join(lines))
     main = result["rows"][main_row(catalogue)]
+    failed = result["failed_ood_datasets"]
     summary = (
-        f"{len(result['rows'])} score rows x {len(result['ood_datasets'])} OOD datasets; "
+        f"{len(result['rows'])} score rows x {len(result['ood_datasets'])} OOD datasets"
+        + (f" ({len(failed)} failed, without images: {', '.join(failed)})" if failed else "")
+        + "; "
         f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
         f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
     )

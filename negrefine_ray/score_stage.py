@@ -22,14 +22,14 @@ import torch
 
 from negrefine_ray import scores
 from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
-from negrefine_ray.config import JobConfig, ScoreConfig
+from negrefine_ray.config import MINING_METHODS, SCORE_METHODS, JobConfig, ScoreConfig
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.templates import get_templates
 from negrefine_ray.text_embed import l2_normalise
 
-METHODS = ("mcm", "neglabel", "csp", "negrefine", "dnm")
-MINED = ("neglabel", "csp", "negrefine", "dnm")  # methods whose negatives come from the mine stage
+METHODS = SCORE_METHODS
+MINED = MINING_METHODS  # methods whose negatives come from the mine stage
 IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status", "embedding")
 PairEmbedder = Callable[[list[str]], np.ndarray]
 # Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch

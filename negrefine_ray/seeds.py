@@ -55,7 +55,13 @@ def aggregate(metrics: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
                 for m, v in values.items()
             }
         rows[key] = out
-    return {"seeds": seeds, "ood_datasets": first["ood_datasets"], "rows": rows}
+    failed = first.get("failed_ood_datasets", {})
+    return {
+        "seeds": seeds,
+        "ood_datasets": first["ood_datasets"],
+        "failed_ood_datasets": failed,
+        "rows": rows,
+    }
 
 
 def _pm(stat: Mapping[str, float]) -> str:

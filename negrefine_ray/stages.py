@@ -75,7 +75,10 @@ StageFn = Callable[[StageContext], StageOutput]
 @dataclass(frozen=True)
 class Stage:
     """One pipeline stage. `settings` returns exactly the config values that determine its output;
-    `fn` is None for stages that are planned but not built yet (they never pretend to run)."""
+    `sources`, for stages that read files outside the run folder (the image datasets), returns the
+    identity of those files (paths, sizes, mtimes), so that a changed file makes the stage, and
+    everything downstream of what it then writes, out of date. `fn` is None for stages that are
+    planned but not built yet (they never pretend to run)."""
 
     name: str
     summary: str
@@ -84,6 +87,7 @@ class Stage:
     settings: Callable[[JobConfig], Mapping[str, Any]]
     fn: StageFn | None
     planned_in: str = ""
+    sources: Callable[[JobConfig], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,14 @@ def library_versions() -> dict[str, str]:
 
 
 def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
-    """Hash of the stage's code version, its settings and the content (sha256) of its upstream
-    artifacts: a recomputed upstream stage that wrote the same bytes leaves this stage valid."""
+    """The hash a trusted output of `stage` must carry in its manifest (see `stage_key`)."""
+    return stable_hash(stage_key(stage, config, run_dir))
+
+
+def stage_key(stage: Stage, config: JobConfig, run_dir: Path) -> dict[str, Any]:
+    """Hash of the stage's code version, its settings, the identity of the files it reads outside the
+    run folder (`Stage.sources`) and the content (sha256) of its upstream artifacts: a recomputed
+    upstream stage that wrote the same bytes leaves this stage valid."""
     inputs = {}
     for up in stage.needs:
         manifest_path = run_dir / up / MANIFEST
@@ -116,9 +126,15 @@ def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
                 f"run `negrefine-ray {up} {run_dir}` (or `negrefine-ray run JOB.toml`) first."
             )
         inputs[up] = {name: a["sha256"] for name, a in read_json(manifest_path)["artifacts"].items()}
-    return stable_hash(
-        {"stage": stage.name, "version": stage.version, "settings": stage.settings(config), "inputs": inputs}
-    )
+    key = {
+        "stage": stage.name,
+        "version": stage.version,
+        "settings": stage.settings(config),
+        "inputs": inputs,
+    }
+    if stage.sources is not None:
+        key["sources"] = stage.sources(config)
+    return key
 
 
 def is_trusted(stage_dir: Path, expected_hash: str) -> bool:
@@ -166,7 +182,8 @@ def run_stage(
     if stage.fn is None:
         raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
     run_dir = config.run_dir
-    expected = stage_hash(stage, config, run_dir)
+    key = stage_key(stage, config, run_dir)
+    expected = stable_hash(key)
     final = run_dir / stage.name
     if not force and is_trusted(final, expected):
         manifest = read_json(final / MANIFEST)
@@ -185,7 +202,8 @@ def run_stage(
         "stage": stage.name,
         "hash": expected,
         "version": stage.version,
-        "settings": stage.settings(config),
+        "settings": key["settings"],
+        "sources": key.get("sources"),
         "inputs": list(stage.needs),
         "artifacts": {a: _describe_artifact(staging / a) for a in output.artifacts},
         "stats": dict(output.stats),
@@ -202,8 +220,15 @@ def run_stage(
 @contextmanager
 def run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder and clear staging debris of killed runs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "w") as lock:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / ".lock", "w")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise StageError(
+            f"Cannot create the run folder {run_dir} ({exc.strerror or exc}); set run.output_dir to a "
+            f"folder you can write to."
+        ) from exc
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -120,12 +121,13 @@ def test_cache_round_trip_keeps_failed_rows_null(tmp_path: Path) -> None:
     emb = RNG.normal(size=(3, 4)).astype(np.float32)
     emb[1] = 0
     result = EmbedResult(np.array(["ok", "corrupt", "ok"]), np.array(["", "bad", ""]), emb)
-    cache.put("k", ["a", "b", "c"], result)
-    back = cache.get("k", ["a", "b", "c"])
+    rows = pa.table({"path": ["a", "b", "c"], "size": [1, 2, 3], "mtime_ns": [4, 5, 6]})
+    cache.put("b", "k", rows, result)
+    back = cache.get("b", "k", ["a", "b", "c"])
     assert back is not None and back.status.tolist() == ["ok", "corrupt", "ok"]
     np.testing.assert_array_equal(back.embedding, emb)
-    assert pq.read_table(cache.path("k")).column("embedding").null_count == 1
-    assert cache.get("k", ["a", "b"]) is None and cache.get("other", ["a"]) is None
+    assert pq.read_table(cache.path("b", "k")).column("embedding").null_count == 1
+    assert cache.get("b", "k", ["a", "b"]) is None and cache.get("b", "other", ["a"]) is None
 
 
 def test_dataloader_path_equals_direct_open_clip(tmp_path: Path) -> None:

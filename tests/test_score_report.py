@@ -277,9 +277,11 @@ def test_grouping_follows_the_run_seed_only_when_asked(tmp_path: Path) -> None:
     [({"methods": ["neglable"]}, "Did you mean 'neglabel'?"), ({"n_groups": 50}, "set score.n_groups <= ")],
 )
 def test_config_errors_name_the_fix(tmp_path: Path, score: dict[str, Any], message: str) -> None:
-    config = _config(tmp_path, **score)
-    _upstream(config)
+    """An unknown method is refused by the config itself; a value that needs the mined negatives'
+    count (n_groups above it) by the score stage, before it scores anything."""
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
+        config = _config(tmp_path, **score)
+        _upstream(config)
         run_stage(get_stage("score"), config)
 
 

@@ -1,0 +1,95 @@
+"""Checks run before the first stage of a job: everything that can go wrong without heavy work.
+
+`load_config` already checked types, ranges, choices and names across sections. This adds what needs
+the file system or a registry, for the stages about to run only: the run and cache folders can be
+written, the CLIP architecture exists in open_clip's registry and a checkpoint file's header is
+readable, the ID label set resolves, and every dataset root and image list exists. A typo thus stops
+the job at once, not after an hour of mining and filtering.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Collection
+from pathlib import Path
+
+from negrefine_ray.config import JobConfig
+from negrefine_ray.errors import ConfigError, NegRefineError
+
+# Stages that load the CLIP model, and those that read the ID labels or the image datasets.
+CLIP_STAGES = frozenset({"embed-text", "embed-images", "score"})
+LABEL_STAGES = frozenset({"corpus", "embed-text"})
+IMAGE_STAGES = frozenset({"embed-images"})
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create `folder` if needed and write a probe file in it, or raise naming the key and the fix."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
+            pass
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+        hint = " (a read-only file system)" if exc.errno == errno.EROFS else ""
+        raise ConfigError(
+            f"{key}: cannot write in {folder}: {reason}{hint}; set {key} to a folder you can write to."
+        ) from exc
+
+
+def check_model(config: JobConfig) -> None:
+    """The architecture is in open_clip's registry and a checkpoint file's header is readable."""
+    from negrefine_ray.clip import check_checkpoint, resolve_weights
+
+    weights = resolve_weights(config.model)
+    if weights.kind == "file":
+        check_checkpoint(Path(weights.value))
+
+
+def check_datasets(config: JobConfig) -> None:
+    """Every dataset (preset expanded) has an existing root folder and, where it has one, image list."""
+    from negrefine_ray.datasets import open_root
+    from negrefine_ray.presets import resolve_datasets
+
+    datasets = resolve_datasets(config)
+    if not datasets:
+        raise ConfigError(
+            "The job has no image datasets; set images.preset and images.data_root, or add [[datasets]]."
+        )
+    import pyarrow.fs as pafs
+
+    for ds in datasets:
+        fs, base = open_root(ds.root)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            raise ConfigError(
+                f"datasets.{ds.name}.root = {ds.root!r} is not an existing folder; set it (or "
+                f"images.data_root for a preset) to the folder that holds the dataset's images."
+            )
+        if ds.image_list:
+            list_fs, list_path = open_root(ds.image_list)
+            if list_fs.get_file_info(list_path).type != pafs.FileType.File:
+                raise ConfigError(
+                    f"datasets.{ds.name}.image_list = {ds.image_list!r} is not an existing file; set it "
+                    f"to the dataset's list file."
+                )
+
+
+def preflight(config: JobConfig, stages: Collection[str]) -> None:
+    """Check what `stages` (the stages of this invocation) need before any of them runs. The folders
+    are created last, so a job stopped by a bad value leaves nothing behind."""
+    try:
+        if CLIP_STAGES & set(stages):
+            check_model(config)
+        if LABEL_STAGES & set(stages):
+            from negrefine_ray.labels import load_id_labels
+
+            load_id_labels(config.labels.id_labels)
+        if IMAGE_STAGES & set(stages):
+            check_datasets(config)
+    except ConfigError:
+        raise
+    except NegRefineError as exc:  # the same message, classified as a configuration error
+        raise ConfigError(str(exc)) from exc
+    check_writable(config.run_dir, "run.output_dir")
+    check_writable(config.cache_dir, "run.cache_dir")

@@ -1,0 +1,254 @@
+"""Reproductions of the adversarial run's findings (issue 9): changed images must not give stale
+results, config errors stop the job before any work, names never escape the run folder, a set whose
+every image failed stays visible in the report, and a fresh rerun writes the same bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from typer.testing import CliRunner
+
+from negrefine_ray import pipeline
+from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
+from negrefine_ray.cli import app
+from negrefine_ray.clip import check_checkpoint
+from negrefine_ray.config import load_config
+from negrefine_ray.demo_data import make_demo_images
+from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.report_stage import evaluate, markdown_tables
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = str(REPO / "jobs" / "smoke.toml")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def _sets(tmp: Path, images: Path, cache: Path | None = None) -> list[str]:
+    pairs = {
+        "run.output_dir": tmp / "runs",
+        "run.cache_dir": cache or tmp / "cache",
+        "corpus.max_words_per_lexname": 40,
+        "datasets.demo-id.root": images / "id",
+        "datasets.demo-ood.root": images / "ood",
+    }
+    return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
+
+
+# 1. Changed images -------------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: Any, tmp_path: Path) -> None:
+    images = make_demo_images(tmp_path / "x", per_class=3, n_ood=10)
+    config = load_config(SMOKE, [s for s in _sets(tmp_path, images) if s != "--set"])
+    images_parquet = config.run_dir / "embed-images" / "images.parquet"
+
+    def embed() -> str:
+        [result] = pipeline.run_pipeline(config, only=["embed-images"])
+        return result.status
+
+    assert embed() == "ran" and read_parquet(images_parquet).num_rows == 20
+    assert embed() == "skipped"
+    before = read_parquet(images_parquet)
+
+    shutil.copy(images / "ood" / "ood_001.jpg", images / "ood" / "ood_new.jpg")  # added
+    shutil.copy(images / "id" / "tench" / "tench_001.jpg", images / "id" / "tench" / "tench_000.jpg")
+    assert embed() == "ran"
+    after = read_parquet(images_parquet)
+    assert after.num_rows == 21 and "ood_new.jpg" in after.column("path").to_pylist()
+    emb = {p: e for p, e in zip(after["path"].to_pylist(), after["embedding"].to_pylist(), strict=True)}
+    # The replaced image now has tench_001's content (equal up to batch-dependent float rounding).
+    np.testing.assert_allclose(emb["tench/tench_000.jpg"], emb["tench/tench_001.jpg"], atol=1e-5)
+    old = {p: e for p, e in zip(before["path"].to_pylist(), before["embedding"].to_pylist(), strict=True)}
+    assert not np.allclose(emb["tench/tench_000.jpg"], old["tench/tench_000.jpg"], atol=1e-3)
+    manifest = read_json(config.run_dir / "embed-images" / "manifest.json")
+    assert manifest["stats"]["embedded"] == 2  # only the new and the replaced image went through CLIP
+
+    (images / "id" / "goldfish" / "goldfish_000.jpg").touch()  # same bytes, new mtime
+    assert embed() == "ran"
+    assert read_json(config.run_dir / "embed-images" / "manifest.json")["stats"]["embedded"] == 1
+    touched = read_parquet(images_parquet)
+    assert touched.drop_columns(["embedding"]).equals(after.drop_columns(["embedding"]))
+    np.testing.assert_allclose(
+        embedding_matrix(touched["embedding"], nulls_as_zero=True),
+        embedding_matrix(after["embedding"], nulls_as_zero=True),
+        atol=1e-5,
+    )
+
+
+# 3. Config errors before any work ----------------------------------------------------------------
+
+
+def _garbage_checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\xff" * 8 + b"not a header")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "datasets.demo-ood.root={tmp}/nowhere",
+            "datasets.demo-ood.root = '{tmp}/nowhere' is not an existing",
+        ),
+        ("images.preset=imagenet_negrefin", "Did you mean 'imagenet_negrefine'?"),
+        ('score.methods=["mcm", "neglable"]', "score.methods[1] = 'neglable' is not allowed. Did you mean"),
+        (
+            'mining.methods=["neglabel", "cps"]',
+            "mining.methods[1] = 'cps' is not allowed. Did you mean 'csp'",
+        ),
+        ('mining.methods=["neglabel"]', "score.methods[2] = 'csp' needs negatives, but mining.methods"),
+        (
+            "model.arch=ViT-B-61",
+            "Unknown CLIP architecture (model.arch) 'ViT-B-61'. Did you mean 'ViT-B-16'?",
+        ),
+        ("model.pretrained={tmp}/model.safetensors", "model.safetensors (model.pretrained) is unreadable"),
+        ("images.max_failed_fraction=nan", "images.max_failed_fraction = nan is not a finite number"),
+        ("mining.top_fraction=nan", "mining.top_fraction = nan is not a finite number"),
+        ("score.alpha=inf", "score.alpha = inf is not a finite number"),
+        ('filter.judges=["wordnte"]', "filter.judges[0] = 'wordnte' is not a judge of this job"),
+        ("run.name=../escape", "run.name = '../escape' is not a plain name"),
+        ("run.output_dir=/proc/negrefine-test", "run.output_dir: cannot write in /proc/negrefine-test"),
+    ],
+)
+def test_config_errors_stop_the_job_before_any_stage(tmp_path: Path, override: str, message: str) -> None:
+    images = make_demo_images(tmp_path / "x", per_class=1, n_ood=1)
+    _garbage_checkpoint(tmp_path)
+    code, out = _run("run", SMOKE, *_sets(tmp_path, images), "--set", override.format(tmp=tmp_path))
+    assert code == 2, out
+    assert message.format(tmp=tmp_path) in " ".join(out.split()), out
+    assert not (tmp_path / "runs").exists()  # not even the run folder
+
+
+def test_judge_and_dataset_names_cannot_leave_the_run_folder(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[filter]\njudges = ["../../../x"]\n[[judges]]\nname = "../../../x"\nbackend = "wordnet"\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"judges\.\.\./\.\./\.\./x\.name = '\.\./\.\./\.\./x' is not a plain"
+    ):
+        load_config(job)
+    job.write_text('[[datasets]]\nname = "a/b"\nrole = "ood"\nroot = "."\nformat = "files"\n')
+    with pytest.raises(ConfigError, match="is not a plain name"):
+        load_config(job)
+
+
+def test_a_one_element_seed_list_runs_that_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = []
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, **kw: seen.append(config) or [])
+    config = load_config(SMOKE, [f"run.output_dir={tmp_path}", "run.seeds=[5]"])
+    pipeline.run_job(config)
+    [ran] = seen
+    assert ran.run.seed == 5 and ran.run.seeds == () and ran.run_dir == config.run_dir
+
+
+def test_garbage_checkpoints_give_a_message_naming_the_file(tmp_path: Path) -> None:
+    for name, data in [
+        ("a.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}"),
+        ("b.safetensors", b"\xff" * 20),
+        ("c.pt", b"PK\x03\x04truncated zip"),
+        ("d.bin", b"hello, not a checkpoint"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(
+            NegRefineError, match=re.escape(f"Checkpoint {tmp_path / name} (model.pretrained)")
+        ):
+            check_checkpoint(tmp_path / name)
+
+
+def test_real_checkpoints_pass_the_header_check(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "m.safetensors"))
+    torch.save({"w": torch.zeros(3)}, tmp_path / "m.pt")
+    torch.save({"w": torch.zeros(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    for name in ("m.safetensors", "m.pt", "old.pt"):
+        check_checkpoint(tmp_path / name)
+
+
+def test_an_unwritable_output_dir_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    from negrefine_ray.stages import run_folder_lock
+
+    lock = run_folder_lock(Path("/proc/negrefine-x"))
+    with pytest.raises(NegRefineError, match="Cannot create the run folder /proc/negrefine-x"), lock:
+        pass
+
+
+# 5. A dataset whose every image failed -------------------------------------------------------------
+
+
+def test_an_ood_set_without_a_readable_image_is_reported_as_failed() -> None:
+    rng = np.random.default_rng(0)
+    dataset = ["id"] * 6 + ["good"] * 4 + ["broken"] * 3
+    status = ["ok"] * 10 + ["corrupt"] * 3
+    values = rng.normal(size=13)
+    values[10:] = np.nan
+    table = pa.table(
+        {
+            "dataset": dataset,
+            "role": ["id"] * 6 + ["ood"] * 7,
+            "status": status,
+            "neglabel": values,
+        }
+    )
+    catalogue = [{"name": "neglabel", "row": "neglabel", "method": "neglabel", "judge": None,
+                  "s_mm": False, "ood_dataset": None}]  # fmt: skip
+    result = evaluate(table, catalogue)
+    assert result["ood_datasets"] == ["good"] and result["failed_ood_datasets"] == {"broken": 3}
+    assert result["rows"]["neglabel"]["average"] == result["rows"]["neglabel"]["datasets"]["good"]
+    text = "\n".join(markdown_tables(result))
+    assert "| Method | good | broken | Average of 1 |" in text
+    assert "| failed |" in text and "broken (0 of 3 images scored)" in text
+    assert "The average covers good only." in text
+
+
+# 7. Byte-identical reruns ---------------------------------------------------------------------------
+
+
+def _artifacts(run_dir: Path) -> dict[str, bytes]:
+    """Every file of the run folder, timings aside: manifests (times, summaries) are left out and the
+    report's stage-time table is blanked."""
+    out = {}
+    for path in sorted(run_dir.rglob("*")):
+        if not path.is_file() or path.name in ("manifest.json", ".lock"):
+            continue
+        data = path.read_bytes()
+        if path.name == "report.md":
+            data = re.sub(rb"### Stage times.*?<details>", b"", data, flags=re.S)
+        out[str(path.relative_to(run_dir))] = data
+    return out
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_smoke_job_rerun_from_scratch_writes_the_same_bytes(ray_session: Any, tmp_path: Path) -> None:
+    images = make_demo_images(tmp_path / "x")
+    (images / "ood" / "notes.jpg").write_text("not an image")  # Pillow's error names an address
+    (images / "ood" / "empty.png").write_bytes(b"")
+    folder, runs = tmp_path / "work", []
+    sets = [*_sets(folder, images, cache=folder / "cache"), "--set", "images.max_failed_fraction=0.2"]
+    for attempt in ("a", "b"):  # the same paths each time, from scratch (no run folder, no cache)
+        code, out = _run("run", SMOKE, *sets)
+        assert code == 0, out
+        runs.append(_artifacts(folder / "runs" / "smoke"))
+        folder.rename(tmp_path / attempt)
+    assert runs[0].keys() == runs[1].keys()
+    assert [k for k in runs[0] if runs[0][k] != runs[1][k]] == []
+    failures = read_parquet(tmp_path / "a" / "runs" / "smoke" / "embed-images" / "failures.parquet")
+    assert sorted(failures.column("status").to_pylist()) == ["corrupt", "empty", "not-an-image"]
+    assert not any(" at 0x" in d for d in failures.column("detail").to_pylist())
+    metrics = json.loads(runs[0]["report/metrics.json"])
+    assert metrics["failed_ood_datasets"] == {}
