@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from negrefine_ray.config import build_config
 from negrefine_ray.doctor import check_clip, check_llm_backends, check_wordnet
 
@@ -21,8 +23,8 @@ def test_wordnet_check_reports_the_fix_when_nothing_is_there(tmp_path: Path, mon
     monkeypatch.setenv("NEGREFINE_WORDNET_DICT", str(tmp_path / "no-dict"))
     monkeypatch.setenv("NLTK_DATA", str(tmp_path / "no-nltk"))
     check = check_wordnet(build_config({"run": {"cache_dir": str(tmp_path / "cache")}}))
-    if check.ok:  # nltk found a corpus of its own elsewhere on this machine
-        return
+    if check.ok:
+        pytest.skip("nltk found a WordNet corpus of its own elsewhere on this machine")
     assert "apt-get install wordnet-base" in check.fix and "nltk.downloader" in check.fix
     assert check_wordnet(build_config({"corpus": {"source": str(tmp_path)}})).ok
 

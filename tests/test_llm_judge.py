@@ -16,6 +16,7 @@ import pytest
 from negrefine_ray.config import JudgeConfig
 from negrefine_ray.filter_stage import AnswerStore
 from negrefine_ray.judge_pool import JudgeActor, ray_asker
+from negrefine_ray.judges import parse_yes_no
 from negrefine_ray.llm_judge import TransformersBackend, answer_with, chat, common_prefix_length, p_yes
 from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
@@ -46,6 +47,7 @@ def test_p_yes_by_hand() -> None:
     assert math.isnan(p_yes([-math.inf], [-math.inf]))
 
 
+@pytest.mark.slow  # the module's SmolLM2 fixture loads in ~30 s on 2 cores
 def test_padded_batches_score_as_single_prompts(backend: TransformersBackend) -> None:
     chats = [chat(q, PROMPTS) for q in QUESTIONS]
     batched = backend.yes_probabilities(chats)
@@ -55,6 +57,7 @@ def test_padded_batches_score_as_single_prompts(backend: TransformersBackend) ->
     assert len(set(np.round(batched, 6))) > 1  # the prompt matters
 
 
+@pytest.mark.slow  # the module's SmolLM2 fixture loads in ~30 s on 2 cores
 def test_shared_prefix_cache_changes_nothing(backend: TransformersBackend) -> None:
     chats = [chat(q, PROMPTS) for q in QUESTIONS]
     assert backend.prefix_cache and common_prefix_length(backend._encode(chats)) >= 20
@@ -74,6 +77,7 @@ def test_common_prefix_length_leaves_a_token_to_run() -> None:
     assert common_prefix_length([]) == 0
 
 
+@pytest.mark.slow  # the module's SmolLM2 fixture loads in ~30 s on 2 cores
 def test_decisions_follow_the_threshold(backend: TransformersBackend) -> None:
     for threshold in (0.0, 0.3, 1.0):
         cfg = dataclasses.replace(SMOL, threshold=threshold)
@@ -81,9 +85,17 @@ def test_decisions_follow_the_threshold(backend: TransformersBackend) -> None:
         assert [a.yes for a in answers] == [a.p_yes > threshold for a in answers]  # type: ignore[operator]
 
 
+@pytest.mark.slow  # the module's SmolLM2 fixture loads in ~30 s on 2 cores
 def test_generate_mode_records_text_and_parses_it(backend: TransformersBackend) -> None:
     texts = backend.generate([chat(q, PROMPTS) for q in QUESTIONS[:3]], max_new_tokens=4, seed=0)
     assert len(texts) == 3 and all(isinstance(t, str) and t for t in texts)
+    # Seeded: the same seed gives the same text; the answers record exactly it and its parse.
+    assert backend.generate([chat(q, PROMPTS) for q in QUESTIONS[:3]], max_new_tokens=4, seed=0) == texts
+    cfg = dataclasses.replace(SMOL, mode="generate", max_new_tokens=4)
+    answers = answer_with(backend, QUESTIONS[:3], PROMPTS, cfg, seed=0)
+    assert [a.raw for a in answers] == texts
+    assert [a.yes for a in answers] == [parse_yes_no(t) for t in texts]
+    assert [a.p_yes for a in answers] == [None, None, None]
 
 
 def _crash_once_with(marker: Path) -> type:
@@ -100,6 +112,7 @@ def _crash_once_with(marker: Path) -> type:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_actor_pool_survives_an_engine_crash(
     ray_session: Any, backend: TransformersBackend, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import smoke_fingerprint
 from typer.testing import CliRunner
 
 from negrefine_ray.artifacts import read_json, read_parquet
@@ -35,6 +36,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_smoke_job_runs_then_resumes_without_work(ray_session: Any, tmp_path: Path, cache_dir: Path) -> None:
     code, out = _run("demo-images", str(tmp_path / "images"))
     assert code == 0, out
@@ -52,6 +54,8 @@ def test_smoke_job_runs_then_resumes_without_work(ray_session: Any, tmp_path: Pa
         "score: 48 images",
     ):
         assert stage in out, out
+    # The golden fingerprint: any unintended change to the smoke job's results fails here.
+    assert smoke_fingerprint.check(tmp_path / "smoke") == []
     report = (tmp_path / "smoke" / "report" / "report.md").read_text()
     assert report.startswith("**Random-initialised CLIP: these numbers are meaningless.**")
     run_dir = tmp_path / "smoke"
@@ -81,6 +85,7 @@ def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(
     ray_session: Any, tmp_path: Path, cache_dir: Path
 ) -> None:

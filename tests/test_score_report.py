@@ -290,6 +290,9 @@ def test_package_import_stays_light_and_exports_the_api() -> None:
         "import sys, negrefine_ray as nr\n"
         "heavy = {'torch', 'open_clip', 'ray', 'sklearn'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-        "assert nr.neglabel is not None and nr.compute_metrics is not None and 'torch' in sys.modules"
+        "import negrefine_ray.scores as sc, negrefine_ray.metrics as me\n"
+        "assert nr.neglabel is sc.neglabel and nr.compute_metrics is me.compute_metrics\n"
+        "assert nr.compute_metrics([3.0, 2.0], [1.0, 2.5], ['auroc'])['auroc'] == 0.75\n"
+        "assert 'torch' in sys.modules and set(nr.__all__) <= set(dir(nr))"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -21,7 +21,8 @@ from negrefine_ray.pipeline import run_pipeline
 from negrefine_ray.templates import get_templates
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.ray
+# The module's text_run fixture runs corpus, embed-text and mine once: ~35 s on 2 cores.
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
