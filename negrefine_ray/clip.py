@@ -8,6 +8,7 @@ open_clip's own registry; it adds no registry of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import zipfile
@@ -137,10 +138,25 @@ def _load_file(model: torch.nn.Module, arch: str, path: str) -> None:
         raise NegRefineError(f"Checkpoint {path} could not be loaded: {text[:500]}") from exc
 
 
+def resolve_precision(device: str, precision: str) -> str:
+    """The precision inference runs at on `device`: `precision` (model.precision, applied by
+    `autocast`) on CUDA, "fp32" on CPU whatever was asked. Cache keys embed this string, so every
+    stage and actor resolves it here."""
+    return precision if str(device).startswith("cuda") else "fp32"
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """torch.autocast to fp16/bf16 on CUDA as `resolve_precision` decides; a no-op at fp32."""
+    resolved = resolve_precision(device, precision)
+    if resolved == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if resolved == "fp16" else torch.bfloat16)
+
+
 def create_clip(cfg: ModelConfig, device: str = "cpu") -> tuple[torch.nn.Module, Any, WeightsRef]:
     """Build the model (eval mode, fp32 on `device`) and its open_clip image preprocessing.
 
-    Returns (model, preprocess, weights). Precision is applied by the callers that run inference.
+    Returns (model, preprocess, weights). Inference runs under `autocast(device, cfg.precision)`.
     """
     import open_clip
 

@@ -41,7 +41,7 @@ def text_cache_key(
 ) -> str:
     """Cache key of a text-embedding table: everything that changes its content.
 
-    Pass the precision that actually ran (`effective_precision`): CPU runs are fp32 whatever asked.
+    Pass the precision that actually ran (`clip.resolve_precision`): CPU runs are fp32 whatever asked.
     """
     return stable_hash(
         {

@@ -2,13 +2,13 @@
 
 Pure core: `encode_texts` (unnormalised CLIP text features, shortest exact sequence form),
 `ensemble` (raw-mean of CSP/NegRefine/DNM or norm-mean of InterNeg/CLIP), `embed_labels`.
-Ray adapter: `TextEmbedder` (column "text" -> column "embedding") and `embed_texts_ray`.
+Ray adapter: `TextEmbedder` (column "text" -> column "embedding") and `embed_texts_ray` (a
+pools.ActorPool; rows put back by pools.reassemble).
 Cache: `TextEmbeddingCache`, Parquet files keyed by model, templates, ensembling, texts and precision.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal, cast
 
@@ -16,9 +16,17 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs, resolve_device
-from negrefine_ray.config import ModelConfig
-from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.clip import (
+    autocast,
+    create_clip,
+    get_tokenizer,
+    register_bundled_configs,
+    resolve_device,
+    resolve_precision,
+)
+from negrefine_ray.config import ModelConfig, TextConfig
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.pools import ROW, ActorPool, PoolPlan, reassemble, require_columns
 from negrefine_ray.templates import apply_templates
 
 Precision = Literal["fp32", "fp16", "bf16"]
@@ -80,17 +88,6 @@ def plan_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def effective_precision(device: str, precision: str) -> str:
-    """fp16/bf16 apply on CUDA only; CPU inference always runs in fp32 (the part of the cache key)."""
-    return precision if str(device).startswith("cuda") else "fp32"
-
-
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if effective_precision(device, precision) == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
-
-
 def text_embed_dim(arch: str) -> int:
     """D of an open_clip architecture's text features, read from its config (no model is built)."""
     import open_clip
@@ -123,7 +120,7 @@ def encode_texts(
         raise NegRefineError(f"batch_size = {batch_size}; it must be at least 1.")
     tower = _causal_tower(model) if shortest else None
     chunks = [np.empty((0, _output_dim(model)), dtype=np.float32)]
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(texts), SORT_WINDOW):
             tokens = tokenizer(list(texts[start : start + SORT_WINDOW]))
             chunks.append(_encode_window(model, tower, tokens, batch_size=batch_size, device=device))
@@ -201,28 +198,19 @@ def embed_labels(
 
 
 class TextEmbedder:
-    """Ray Data actor: loads CLIP once, maps column "text" to "embedding" (B, D) float32 unnormalised."""
+    """Ray Data actor: loads CLIP once, maps column "text" to "embedding" (B, D) float32 unnormalised,
+    other columns passed through. `device` is where the pool plan runs it; inference runs at
+    model.precision resolved for that device (clip.resolve_precision)."""
 
-    def __init__(
-        self,
-        arch: str,
-        pretrained: str,
-        *,
-        init_seed: int = 0,
-        device: str = "cpu",
-        precision: str = "fp32",
-        batch_size: int = 1024,
-    ) -> None:
-        cfg = ModelConfig(arch=arch, pretrained=pretrained, init_seed=init_seed)
+    def __init__(self, model: ModelConfig, text: TextConfig, *, device: str = "cpu") -> None:
         self.device = resolve_device(device)
-        self.model, _, self.weights = create_clip(cfg, self.device)
-        self.tokenizer = get_tokenizer(arch)
-        self.precision = precision
-        self.batch_size = batch_size
+        self.model, _, self.weights = create_clip(model, self.device)
+        self.tokenizer = get_tokenizer(model.arch)
+        self.precision = resolve_precision(self.device, model.precision)
+        self.batch_size = text.batch_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if "text" not in batch:
-            raise StageError(f"TextEmbedder needs column 'text'; the batch has {sorted(batch)}.")
+        require_columns(batch, ("text",), "TextEmbedder")
         texts = [str(t) for t in batch["text"]]
         embedding = encode_texts(
             self.model, self.tokenizer, texts,
@@ -232,51 +220,20 @@ class TextEmbedder:
 
 
 def embed_texts_ray(
-    texts: Sequence[str],
-    model_cfg: ModelConfig,
-    *,
-    num_actors: int = 1,
-    num_gpus_per_actor: float = 0.0,
-    num_cpus_per_actor: float = 1.0,
-    batch_size: int = 1024,
+    texts: Sequence[str], model: ModelConfig, text: TextConfig, plan: PoolPlan, *, actor: type = TextEmbedder
 ) -> np.ndarray:
-    """`encode_texts` on a Ray actor pool; (n, D) float32 unnormalised, row i for texts[i].
-
-    Actors run on CUDA when `num_gpus_per_actor` > 0 and on CPU otherwise. Rows come back in any
-    order; they are put back in place by their index column.
+    """`encode_texts` on the actor pool of the fitted `plan`, text.batch_size texts a batch; (n, D)
+    float32 unnormalised, row i for texts[i] (rows come back in any order and are put back by index).
     """
     import ray
 
-    if num_actors < 1:
-        raise NegRefineError(f"num_actors = {num_actors}; it must be at least 1.")
     n = len(texts)
     if n == 0:
-        return np.empty((0, text_embed_dim(model_cfg.arch)), dtype=np.float32)
-    table = pa.table({"index": pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(list(texts))})
+        return np.empty((0, text_embed_dim(model.arch)), dtype=np.float32)
+    size = text.batch_size
+    table = pa.table({ROW: pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(list(texts))})
     # One block a batch, so idle actors can take work from busy ones.
-    blocks = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, n, batch_size)])
-    ds = blocks.map_batches(
-        TextEmbedder,
-        fn_constructor_kwargs={
-            "arch": model_cfg.arch,
-            "pretrained": model_cfg.pretrained,
-            "init_seed": model_cfg.init_seed,
-            "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
-            "precision": model_cfg.precision,
-            "batch_size": batch_size,
-        },
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_gpus=num_gpus_per_actor,
-        num_cpus=num_cpus_per_actor,
-        batch_size=batch_size,
-        batch_format="numpy",
-        udf_modifying_row_count=False,
-    )
-    out = np.empty((n, text_embed_dim(model_cfg.arch)), dtype=np.float32)
-    seen = np.zeros(n, dtype=bool)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        out[batch["index"]] = batch["embedding"]
-        seen[batch["index"]] = True
-    if not seen.all():
-        raise StageError(f"embed_texts_ray got {int(seen.sum())} of {n} embeddings back from Ray.")
-    return out
+    blocks = ray.data.from_arrow([table.slice(i, size) for i in range(0, n, size)])
+    pool = ActorPool(actor, {"model": model, "text": text, "device": plan.device}, plan, size)
+    batches = pool.apply(blocks).iter_batches(batch_size=None, batch_format="numpy")
+    return reassemble(batches, n, ["embedding"], stage="text embedding")["embedding"]

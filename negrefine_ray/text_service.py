@@ -1,7 +1,8 @@
 """One place every stage gets CLIP text features from: the persistent cache first, then a Ray actor
-pool (GPU actors when the cluster has GPUs, CPU actors otherwise) or, for small CPU jobs, this
-process. Features are cached unnormalised per templated text list, so every ensembling convention
-(raw-mean, norm-mean) and DNM's raw vectors come from the same cached rows.
+pool sized by pools.plan_pool (GPU actors when the cluster has GPUs and model.device allows, CPU
+actors otherwise) or, for small CPU jobs, this process. Features are cached unnormalised per
+templated text list, so every ensembling convention (raw-mean, norm-mean) and DNM's raw vectors come
+from the same cached rows.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from negrefine_ray.clip import resolve_weights
-from negrefine_ray.config import JobConfig, ModelConfig
-from negrefine_ray.resources import Pool, fit_pool_on_cluster
+from negrefine_ray.clip import resolve_precision, resolve_weights
+from negrefine_ray.config import JobConfig
+from negrefine_ray.pools import PoolPlan, PoolSpec, cluster_gpus, fit_plan, plan_pool
 from negrefine_ray.templates import apply_templates
 from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.text_embed import EnsembleMode, encode_texts, ensemble
@@ -26,25 +27,26 @@ class TextEncoder:
         self.config, self.connect = config, connect
         self.weights = resolve_weights(config.model)
         self.cache = TextEmbeddingCache(config.cache_dir / "text-features")
-        self._gpus: int | None = None
+        self._plan: PoolPlan | None = None
         self._local: tuple[Any, Any] | None = None
         self.encoded = 0  # texts actually run through CLIP (cache misses)
 
-    def _cluster_gpus(self) -> int:
-        if self._gpus is None:
-            if not self.config.text.gpus_per_actor:
-                self._gpus = 0  # CPU by request: no need to ask (or start) Ray
-            else:
-                import ray
-
+    def _pool_plan(self) -> PoolPlan:
+        """The text pool by the one sizing rule; Ray is asked for its GPUs (and started) only when
+        the pool could use them."""
+        if self._plan is None:
+            gpus = 0.0  # CPU by request (text.gpus_per_actor = 0 or model.device = "cpu")
+            spec = text_pool_spec(self.config)
+            if spec.gpus_per_actor and spec.device != "cpu":
                 self.connect()
-                self._gpus = int(ray.cluster_resources().get("GPU", 0))
-        return self._gpus
+                gpus = cluster_gpus()
+            self._plan = plan_pool(spec, gpus)
+        return self._plan
 
     @property
     def precision(self) -> str:
-        """The precision that runs: the model's on GPU actors, fp32 on CPU."""
-        return self.config.model.precision if self._cluster_gpus() else "fp32"
+        """The precision that runs: the model's on GPU actors, fp32 on CPU (clip.resolve_precision)."""
+        return resolve_precision(self._pool_plan().device, self.config.model.precision)
 
     def features(self, texts: Sequence[str]) -> np.ndarray:
         """(n, D) float32 UNNORMALISED features of exactly these texts (already templated)."""
@@ -62,31 +64,11 @@ class TextEncoder:
     def _compute(self, texts: Sequence[str]) -> np.ndarray:
         from negrefine_ray.text_embed import embed_texts_ray
 
-        cfg = self.config.text
-        gpus = self._cluster_gpus()
-        if not gpus and len(texts) < cfg.local_below:
+        plan = self._pool_plan()
+        if plan.device == "cpu" and len(texts) < self.config.text.local_below:
             return self._encode_here(texts)
-        actors = cfg.num_actors or (max(int(gpus / cfg.gpus_per_actor), 1) if gpus else 1)
-        pool = Pool(
-            "text embedding",
-            actors,
-            1.0,
-            cfg.gpus_per_actor if gpus else 0.0,
-            count_key="text.num_actors",
-            count_fixed=cfg.num_actors > 0,
-        )
-        self.connect()  # text.gpus_per_actor = 0 skips connecting in _cluster_gpus
-        fit = fit_pool_on_cluster(pool).pool
-        model = ModelConfig(
-            arch=self.config.model.arch,
-            pretrained=self.config.model.pretrained,
-            precision=self.precision,  # type: ignore[arg-type]
-            init_seed=self.config.model.init_seed,
-        )
-        return embed_texts_ray(
-            texts, model, num_actors=fit.actors, num_gpus_per_actor=fit.actor_gpus,
-            num_cpus_per_actor=fit.actor_cpus, batch_size=cfg.batch_size,
-        )  # fmt: skip
+        self.connect()  # a CPU plan may not have connected
+        return embed_texts_ray(texts, self.config.model, self.config.text, fit_plan(plan))
 
     def _encode_here(self, texts: Sequence[str]) -> np.ndarray:
         from negrefine_ray.clip import create_clip, get_tokenizer
@@ -107,3 +89,16 @@ class TextEncoder:
     def raw(self, labels: Sequence[str], template: str) -> np.ndarray:
         """(n_labels, D) float32 UNNORMALISED single-template features (DNM works on these)."""
         return self.features(apply_templates(labels, [template]))
+
+
+def text_pool_spec(config: JobConfig) -> PoolSpec:
+    """The text-embedding pool: text.num_actors actors of text.gpus_per_actor GPU and 1 CPU each."""
+    text = config.text
+    return PoolSpec(
+        "text embedding",
+        text.num_actors,
+        text.gpus_per_actor,
+        config.model.device,
+        count_key="text.num_actors",
+        gpus_key="text.gpus_per_actor",
+    )

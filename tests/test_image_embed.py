@@ -22,14 +22,10 @@ from negrefine_ray.clip import create_clip
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
 from negrefine_ray.errors import StageError
 from negrefine_ray.image_cache import EmbedResult, ImageEmbeddingCache
-from negrefine_ray.image_embed import (
-    ImageEmbedder,
-    embed_files_local,
-    embed_rows_ray,
-    plan_actors,
-    run_embed_images,
-)
+from negrefine_ray.image_embed import run_embed_images
+from negrefine_ray.image_encode import ImageEmbedder, embed_files_local, embed_rows_ray, image_pool_spec
 from negrefine_ray.images import DecodeOptions, crop_spec, crop_spec_for_model
+from negrefine_ray.pools import plan_pool
 from negrefine_ray.stages import StageContext
 
 MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}
@@ -106,11 +102,16 @@ def test_crop_spec_without_weights_equals_the_models_transform() -> None:
     assert crop_spec_for_model(TINY) == crop_spec(preprocess)
 
 
+def plan_actors(images: ImagesConfig, model: ModelConfig, cluster_gpus: float) -> Any:
+    return plan_pool(image_pool_spec(images, model), cluster_gpus)
+
+
 def test_plan_actors() -> None:
     cpu = plan_actors(ImagesConfig(), ModelConfig(device="auto"), 0)
-    assert (cpu.device, cpu.num_actors, cpu.gpus_per_actor) == ("cpu", 1, 0.0)
+    assert (cpu.device, cpu.pool.actors, cpu.pool.actor_gpus) == ("cpu", 1, 0.0)
+    assert (cpu.pool.actor_cpus, cpu.pool.task_cpus) == (0.5, 1.0)  # unequal: decode stays unfused
     quarter = plan_actors(ImagesConfig(gpus_per_actor=0.25), ModelConfig(), 2)
-    assert (quarter.device, quarter.num_actors, quarter.describe()) == ("cuda", 8, "8 actors x 0.25 GPU")
+    assert (quarter.device, quarter.pool.actors, quarter.describe()) == ("cuda", 8, "8 actors x 0.25 GPU")
     assert plan_actors(ImagesConfig(), ModelConfig(device="cpu"), 8).device == "cpu"
     with pytest.raises(StageError, match=r"has 0 GPUs"):
         plan_actors(ImagesConfig(), ModelConfig(device="cuda"), 0)
@@ -134,7 +135,7 @@ def test_dataloader_path_equals_direct_open_clip(tmp_path: Path) -> None:
     files = [tmp_path / f"{i}.jpg" for i in range(5)]
     for i, f in enumerate(files):
         save(f, noise(30 + 9 * i, 70 - 5 * i))
-    embedder = ImageEmbedder(MODEL, crop_spec_for_model(TINY).describe())
+    embedder = ImageEmbedder(TINY, crop_spec_for_model(TINY))
     pairs = [(str(tmp_path), f.name) for f in files] + [(str(tmp_path), "gone.jpg")]
     for workers in (0, 2):
         out = embed_files_local(pairs, embedder, DecodeOptions(), workers=workers, batch_size=2)

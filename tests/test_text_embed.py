@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs
-from negrefine_ray.config import ModelConfig
+from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs, resolve_precision
+from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.pools import PoolPlan
+from negrefine_ray.resources import Pool
 from negrefine_ray.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
 from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.text_embed import (
     _causal_tower,
-    effective_precision,
     embed_labels,
     embed_texts_ray,
     encode_texts,
@@ -190,7 +191,7 @@ def test_cache_key_changes_with_every_input() -> None:
     )
     for field, value in changes.items():
         assert text_cache_key(**{**base, field: value}) != key, field  # type: ignore[arg-type]
-    assert effective_precision("cpu", "fp16") == "fp32" and effective_precision("cuda", "bf16") == "bf16"
+    assert resolve_precision("cpu", "fp16") == "fp32" and resolve_precision("cuda", "bf16") == "bf16"
 
 
 @pytest.mark.ray
@@ -198,5 +199,6 @@ def test_ray_embedding_equals_local(ray_session: None, tiny: tuple[torch.nn.Modu
     model, tok = tiny
     texts = [f"the nice {w}{i}" for i, w in enumerate(["tench", "daisy", "gooey landscape"] * 17)]
     cfg = ModelConfig(arch=TINY, pretrained="none", init_seed=3)
-    got = embed_texts_ray(texts, cfg, num_actors=2, num_cpus_per_actor=0.5, batch_size=8)
+    plan = PoolPlan("cpu", Pool("text embedding", 2, 0.5))
+    got = embed_texts_ray(texts, cfg, TextConfig(batch_size=8), plan)
     np.testing.assert_allclose(got, encode_texts(model, tok, texts), atol=1e-5)

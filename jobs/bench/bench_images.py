@@ -31,7 +31,7 @@ except ImportError:  # run from a checkout without installing the package
 
 from negrefine_ray.clip import resolve_device
 from negrefine_ray.config import ModelConfig
-from negrefine_ray.image_embed import ImageEmbedder, embed_crops, embed_files_local
+from negrefine_ray.image_encode import ImageEmbedder, embed_crops, embed_files_local
 from negrefine_ray.images import CropSpec, DecodeOptions, crop_spec_for_model, decode_crop
 
 PIL_OPTS, DRAFT_OPTS = DecodeOptions(), DecodeOptions(decode="pil-draft")
@@ -154,7 +154,7 @@ def bench_embed(args: argparse.Namespace, spec: CropSpec, device: str) -> list[d
     rows = []
     h, w = spec.out_size
     for precision in args.precisions:
-        embedder = ImageEmbedder(model_dict(args), spec.describe(), device=device, precision=precision)
+        embedder = ImageEmbedder(model_config(args, precision), spec, device=device)
         for batch in args.batch_sizes:
             pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
             host = {"pixels": pixels, "status": np.array(["ok"] * batch)}
@@ -182,7 +182,7 @@ def bench_embed(args: argparse.Namespace, spec: CropSpec, device: str) -> list[d
 def bench_end_to_end(args: argparse.Namespace, folder: Path, device: str) -> list[dict[str, Any]]:
     files = [(str(folder), p.name) for p in sorted(folder.iterdir())]
     spec = crop_spec_for_model(ModelConfig(**model_dict(args)))
-    embedder = ImageEmbedder(model_dict(args), spec.describe(), device=device, precision=args.e2e_precision)
+    embedder = ImageEmbedder(model_config(args, args.e2e_precision), spec, device=device)
     embed_files_local(files[: args.e2e_batch], embedder, PIL_OPTS, workers=0, batch_size=args.e2e_batch)
     rows = []
     for decode, options in (("pil", PIL_OPTS), ("pil-draft", DRAFT_OPTS)):
@@ -201,6 +201,10 @@ def bench_end_to_end(args: argparse.Namespace, folder: Path, device: str) -> lis
 
 def model_dict(args: argparse.Namespace) -> dict[str, Any]:
     return {"arch": args.arch, "pretrained": "none", "init_seed": 0}
+
+
+def model_config(args: argparse.Namespace, precision: str) -> ModelConfig:
+    return ModelConfig(**model_dict(args), precision=precision)  # type: ignore[arg-type]
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         print(f"generated {data}", file=sys.stderr)
         blobs = {k: [p.read_bytes() for p in sorted((root / k).iterdir())][:128] for k in data}
-        probe = ImageEmbedder(model_dict(args), spec.describe(), device=device, precision=args.e2e_precision)
+        probe = ImageEmbedder(model_config(args, args.e2e_precision), spec, device=device)
         report: dict[str, Any] = {
             "machine": {
                 "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
