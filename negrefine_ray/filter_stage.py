@@ -6,6 +6,7 @@ nearest_id_labels). Output per judge J: `J/decisions.parquet` (every question as
 `counts.json` and, with several judges, `comparison.json`/`comparison.md`. Answers are persisted in
 shards under the cache as they arrive (keyed by the judge and the prompts), so an interrupted filter
 re-asks only the questions without an answer, and a finished one is reused by later runs.
+Judges come from negrefine_ray.judges' factory, which alone reads each judge's backend name.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray.artifacts import read_parquet, stable_hash, write_json, write_parquet, write_text
-from negrefine_ray.cache_files import check_columns, check_no_nulls, check_values, read_entry, write_entry
+from negrefine_ray.artifacts import read_parquet, write_json, write_parquet, write_text
 from negrefine_ray.config import JobConfig, JudgeConfig
 from negrefine_ray.errors import NegRefineError, StageError, unknown_name
-from negrefine_ray.judges import Answer, Judge, ReplayJudge, WordNetJudge
+from negrefine_ray.judges import backend_spec, make_judge
+from negrefine_ray.judges.base import Answer, Judge
+from negrefine_ray.judges.store import AnswerStore, answer_store_root
 from negrefine_ray.negfilter import (
     Decision,
     PromptSet,
@@ -36,68 +38,7 @@ from negrefine_ray.negfilter import (
 )
 from negrefine_ray.stages import StageContext, StageOutput
 
-ANSWER_SCHEMA = pa.schema(
-    [("qid", pa.string()), ("yes", pa.int8()), ("p_yes", pa.float64()), ("raw", pa.string()),
-     ("latency_s", pa.float64())]
-)  # fmt: skip
-_YES_CODE = {True: 1, False: 0, None: -1}
 Asker = Callable[[Sequence[Question]], None]
-
-
-class AnswerStore:
-    """Answers of one judge under one prompt set, as Parquet shards written atomically one chunk at
-    a time; a shard is either complete or absent, so a crash loses at most the chunk in flight. A
-    shard that fails verification (cache_files) is deleted and its questions count as unanswered."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.answers: dict[str, Answer] = {}
-        self._next = 0  # above every shard number seen, deleted ones included
-        for part in sorted(root.glob("part-*.parquet")):
-            self._next = max(self._next, _shard_number(part) + 1)
-            for row in read_entry(part, _parse_shard) or []:
-                yes = {1: True, 0: False}.get(row["yes"])
-                self.answers[row["qid"]] = Answer(row["qid"], yes, row["p_yes"], row["raw"], row["latency_s"])
-
-    def missing(self, questions: Sequence[Question]) -> list[Question]:
-        seen: set[str] = set()
-        out = []
-        for q in questions:
-            if q.qid not in self.answers and q.qid not in seen:
-                seen.add(q.qid)
-                out.append(q)
-        return out
-
-    def add(self, answers: Sequence[Answer]) -> None:
-        if not answers:
-            return
-        table = pa.table(
-            {
-                "qid": [a.qid for a in answers],
-                "yes": [_YES_CODE[a.yes] for a in answers],
-                "p_yes": [a.p_yes for a in answers],
-                "raw": [a.raw for a in answers],
-                "latency_s": [a.latency_s for a in answers],
-            },
-            schema=ANSWER_SCHEMA,
-        )
-        # Past every shard on disk (another store may share the folder) and every one ever seen here.
-        self._next = max([self._next, *(_shard_number(p) + 1 for p in self.root.glob("part-*.parquet"))])
-        write_entry(self.root / f"part-{self._next:06d}.parquet", table)
-        self._next += 1
-        self.answers.update({a.qid: a for a in answers})
-
-
-def _shard_number(part: Path) -> int:
-    digits = part.stem.removeprefix("part-")
-    return int(digits) if digits.isdigit() else -1
-
-
-def _parse_shard(table: pa.Table) -> list[dict[str, Any]]:
-    check_columns(table, {f.name: f.type for f in ANSWER_SCHEMA})
-    check_no_nulls(table, ("qid", "yes"))
-    check_values(table.column("yes"), "yes", _YES_CODE.values())
-    return table.to_pylist()
 
 
 def in_process_asker(judge: Judge, prompts: PromptSet, store: AnswerStore, chunk_size: int) -> Asker:
@@ -203,11 +144,6 @@ def run_judge(
     return JudgeRun(table, label_table, counts, round(seconds, 3))
 
 
-def answer_store_root(config: JobConfig, identity: dict[str, Any], prompts: PromptSet) -> Path:
-    key = stable_hash({"judge": identity, "prompts": [prompts.system, prompts.proper, prompts.subcategory]})
-    return config.cache_dir / "answers" / key[:32]
-
-
 def judge_configs(config: JobConfig) -> list[JudgeConfig]:
     """The judges named in filter.judges; "wordnet" is built in when no [[judges]] entry has it."""
     by_name = {j.name: j for j in config.judges}
@@ -216,19 +152,6 @@ def judge_configs(config: JobConfig) -> list[JudgeConfig]:
     if missing:
         raise unknown_name("judge (filter.judges)", missing[0], by_name)
     return [by_name[n] for n in config.filter.judges]
-
-
-def make_judge(cfg: JudgeConfig, config: JobConfig) -> Judge:
-    if cfg.backend == "wordnet":
-        from negrefine_ray.wordnet import load_wordnet
-
-        wn = load_wordnet(config.cache_dir).reader
-        return WordNetJudge(wn, cfg.name, proper_rule=cfg.proper_rule, compound_head=cfg.compound_head)
-    if cfg.backend == "replay":
-        return ReplayJudge([Path(p).expanduser() for p in (cfg.log_noun, cfg.log_adj) if p], cfg.name)
-    from negrefine_ray.llm_judge import LLMJudge
-
-    return LLMJudge(cfg, config.run.seed)
 
 
 def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
@@ -281,8 +204,8 @@ def _asker(
     cfg: JudgeConfig, judge: Judge, prompts: PromptSet, store: AnswerStore, config: JobConfig
 ) -> Asker:
     """LLM judges ask on a Ray actor pool; the others answer in this process."""
-    if cfg.backend in ("vllm", "transformers"):
-        from negrefine_ray.judge_pool import ray_asker
+    if backend_spec(cfg.backend).on_ray:
+        from negrefine_ray.judges.pool import ray_asker
 
         return ray_asker(cfg, prompts, store, seed=config.run.seed, chunk_size=config.filter.chunk_size)
     return in_process_asker(judge, prompts, store, config.filter.chunk_size)
@@ -295,10 +218,10 @@ def run_filter(ctx: StageContext) -> StageOutput:
     artifacts: list[str] = []
     runs: dict[str, JudgeRun] = {}
     for cfg in judge_configs(config):
-        judge = make_judge(cfg, config)
-        if cfg.backend in ("vllm", "transformers"):
+        judge = make_judge(cfg, seed=config.run.seed, cache_dir=config.cache_dir)
+        if backend_spec(cfg.backend).on_ray:
             ctx.ray()
-        store = AnswerStore(answer_store_root(config, judge.identity(), prompts))
+        store = AnswerStore(answer_store_root(config.cache_dir, judge.identity(), prompts))
         meta = {"judge": cfg.name, "prompt_set": config.filter.prompt_set}
         run = run_judge(
             negatives, _asker(cfg, judge, prompts, store, config), store, meta, config.filter.invalid_policy

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 
 from negrefine_ray.config import JudgeConfig
-from negrefine_ray.filter_stage import AnswerStore
-from negrefine_ray.judge_pool import JudgeActor, ray_asker
-from negrefine_ray.judges import parse_yes_no
-from negrefine_ray.llm_judge import TransformersBackend, answer_with, chat, common_prefix_length, p_yes
+from negrefine_ray.judges.base import parse_yes_no
+from negrefine_ray.judges.llm import answer_with, chat, common_prefix_length, p_yes
+from negrefine_ray.judges.pool import JudgeActor, ray_asker
+from negrefine_ray.judges.store import AnswerStore
+from negrefine_ray.judges.transformers import TransformersBackend
 from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
 pytest.importorskip("transformers")

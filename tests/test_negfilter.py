@@ -1,5 +1,6 @@
 """NegFilter without an LLM: the two-wave rule equals the reference's sequential early exit, invalid
-answers follow the policy, the replay and wordnet judges, resumption, and the judge comparison."""
+answers follow the policy, the replay judge, resumption, and the judge comparison (the WordNet judge
+and the judge factory: test_judges_factory.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray.filter_report import cohen_kappa, compare_judges
-from negrefine_ray.filter_stage import AnswerStore, filter_labels, in_process_asker, run_judge
-from negrefine_ray.judges import Answer, ReplayJudge, parse_decision_log, parse_yes_no
+from negrefine_ray.filter_stage import filter_labels, in_process_asker, run_judge
+from negrefine_ray.judges.base import Answer, parse_yes_no
+from negrefine_ray.judges.replay import ReplayJudge, parse_decision_log
+from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.negfilter import (
     PROMPT_SETS,
     Decision,
@@ -218,9 +221,11 @@ def test_filter_stage_imports_neither_open_clip_nor_torchvision() -> None:
     import sys
 
     code = (
-        "import sys, negrefine_ray.cli, negrefine_ray.filter_stage, negrefine_ray.judge_pool, "
-        "negrefine_ray.vllm_judge, negrefine_ray.llm_judge\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('open_clip', 'torchvision', 'torch'))\n"
+        "import sys, negrefine_ray.cli, negrefine_ray.filter_stage, negrefine_ray.judges.pool, "
+        "negrefine_ray.judges.vllm, negrefine_ray.judges.llm, negrefine_ray.judges.transformers, "
+        "negrefine_ray.judges.gguf, negrefine_ray.judges.fake\n"
+        "heavy = ('open_clip', 'torchvision', 'torch', 'transformers', 'vllm')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

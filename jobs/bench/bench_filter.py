@@ -27,7 +27,8 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from negrefine_ray.config import JudgeConfig
-from negrefine_ray.llm_judge import TransformersBackend, chat
+from negrefine_ray.judges.llm import chat
+from negrefine_ray.judges.transformers import TransformersBackend
 from negrefine_ray.negfilter import PROMPT_SETS, Question, proper_question, subcategory_questions
 
 REFERENCE_QUESTIONS = 73_037  # NegRefine's logged LLM calls (methods.md 3.2)

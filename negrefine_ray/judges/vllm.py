@@ -1,4 +1,4 @@
-"""The vLLM backend of the LLM judge: an offline engine answering a batch of chats in one call.
+"""The `vllm` backend of the LLM judge: an offline engine answering a batch of chats in one call.
 
 The only module that imports vllm (lazily, inside the backend), so the package imports without it.
 P(yes) comes from the log-probabilities of the Yes/No token variants of the first generated token:
@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from negrefine_ray.config import JudgeConfig
-from negrefine_ray.llm_judge import p_yes, resolve_model, yes_no_token_ids
+from negrefine_ray.judges.base import Chat
+from negrefine_ray.judges.gguf import resolve_model
+from negrefine_ray.judges.llm import p_yes, yes_no_token_ids
+
+if TYPE_CHECKING:
+    from negrefine_ray.config import JudgeConfig
 
 TOP_LOGPROBS = 20  # vLLM's default max_logprobs
 
@@ -64,7 +68,7 @@ class VLLMBackend:
             )
         return self._sampling(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, detokenize=False)
 
-    def yes_probabilities(self, chats: Sequence[list[dict[str, str]]]) -> list[float]:
+    def yes_probabilities(self, chats: Sequence[Chat]) -> list[float]:
         outputs = self.llm.chat(list(chats), self._logprob_params(), use_tqdm=False)
         probs = []
         for output in outputs:
@@ -77,7 +81,7 @@ class VLLMBackend:
             )
         return probs
 
-    def generate(self, chats: Sequence[list[dict[str, str]]], max_new_tokens: int, seed: int) -> list[str]:
+    def generate(self, chats: Sequence[Chat], max_new_tokens: int, seed: int) -> list[str]:
         # The checkpoint's own generation settings, as the reference's bare generate() used.
         params = self.llm.get_default_sampling_params()
         params.max_tokens = max_new_tokens

@@ -1,20 +1,26 @@
 """NegFilter's LLM judges on a Ray Data actor pool: one engine per actor (one GPU, or a tensor-
 parallel group of GPUs per actor; CPU actors where the cluster has no GPU), answers streamed back
 to the driver and persisted chunk by chunk. An actor that dies is restarted by Ray and its batch
-retried; an answer only counts once it is persisted, so no question is lost or recorded twice."""
+retried; an answer only counts once it is persisted, so no question is lost or recorded twice.
+Actor input columns: qid, kind, label, id_label, rank; output: the answer store's columns."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from negrefine_ray.config import JudgeConfig
-from negrefine_ray.judges import Answer
+from negrefine_ray.judges import make_backend
+from negrefine_ray.judges.base import Answer
+from negrefine_ray.judges.llm import answer_with
+from negrefine_ray.judges.store import YES_CODE, YES_FROM_CODE, AnswerStore
 from negrefine_ray.negfilter import PromptSet, Question
-from negrefine_ray.resources import Pool, fit_pool_on_cluster
+from negrefine_ray.pools import ActorPool, PoolSpec, cluster_gpus, fit_plan, plan_pool, require_columns
+
+if TYPE_CHECKING:
+    from negrefine_ray.config import JudgeConfig
 
 QUESTION_COLUMNS = ("qid", "kind", "label", "id_label", "rank")
 
@@ -23,14 +29,11 @@ class JudgeActor:
     """Ray Data callable class: loads the backend once, answers one batch of questions per call."""
 
     def __init__(self, judge: JudgeConfig, prompts: PromptSet, seed: int) -> None:
-        from negrefine_ray.llm_judge import make_backend
-
         self.cfg, self.prompts, self.seed = judge, prompts, seed
         self.backend = make_backend(judge, seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from negrefine_ray.llm_judge import answer_with
-
+        require_columns(batch, QUESTION_COLUMNS, "JudgeActor")
         questions = [
             Question(str(qid), kind, str(label), str(id_label), int(rank))
             for qid, kind, label, id_label, rank in zip(*(batch[c] for c in QUESTION_COLUMNS), strict=True)
@@ -38,7 +41,7 @@ class JudgeActor:
         answers = answer_with(self.backend, questions, self.prompts, self.cfg, self.seed)
         return {
             "qid": np.array([a.qid for a in answers], dtype=object),
-            "yes": np.array([{True: 1, False: 0, None: -1}[a.yes] for a in answers], dtype=np.int8),
+            "yes": np.array([YES_CODE[a.yes] for a in answers], dtype=np.int8),
             "p_yes": np.array([math.nan if a.p_yes is None else a.p_yes for a in answers]),
             "raw": np.array([a.raw for a in answers], dtype=object),
             "latency_s": np.array([a.latency_s for a in answers]),
@@ -49,7 +52,7 @@ def _answers(batch: dict[str, np.ndarray]) -> list[Answer]:
     return [
         Answer(
             str(qid),
-            {1: True, 0: False}.get(int(yes)),
+            YES_FROM_CODE.get(int(yes)),
             None if math.isnan(p) else float(p),
             str(raw),
             float(t),
@@ -60,23 +63,30 @@ def _answers(batch: dict[str, np.ndarray]) -> list[Answer]:
     ]
 
 
-def pool_size(cfg: JudgeConfig, cluster_gpus: int) -> tuple[int, int]:
-    """(actors, GPUs per actor): one engine per tensor-parallel group of GPUs, or CPU actors."""
-    if cluster_gpus == 0 or cfg.device == "cpu":
-        return max(cfg.num_actors, 1), 0
-    per_actor = cfg.tensor_parallel_size
-    return cfg.num_actors or max(cluster_gpus // per_actor, 1), per_actor
+def judge_pool_spec(cfg: JudgeConfig) -> PoolSpec:
+    """The judge's pool as every pool is sized (pools.plan_pool): one engine per tensor-parallel group
+    of GPUs (`num_actors`, or as many as the GPUs hold), else CPU actors."""
+    where = f"of [[judges]] '{cfg.name}'"
+    return PoolSpec(
+        f"judge '{cfg.name}'",
+        cfg.num_actors,
+        float(cfg.tensor_parallel_size),
+        cfg.device,
+        count_key=f"num_actors {where}",
+        gpus_key=f"tensor_parallel_size {where}",
+        device_key=f"device {where}",
+    )
 
 
 def ray_asker(
     cfg: JudgeConfig,
     prompts: PromptSet,
-    store: Any,
+    store: AnswerStore,
     *,
     seed: int,
     chunk_size: int,
     actor_cls: type = JudgeActor,
-) -> Any:
+) -> Callable[[Sequence[Question]], None]:
     """An asker that sends the store's unanswered questions through an actor pool of `actor_cls`."""
     import ray
 
@@ -84,26 +94,12 @@ def ray_asker(
         todo = store.missing(questions)
         if not todo:
             return
-        actors, gpus = pool_size(cfg, int(ray.cluster_resources().get("GPU", 0)))
-        pool = Pool(
-            f"judge '{cfg.name}'",
-            actors,
-            1.0,
-            float(gpus),
-            count_key=f"num_actors of [[judges]] '{cfg.name}'",
-            count_fixed=cfg.num_actors > 0,
-        )
-        fit = fit_pool_on_cluster(pool).pool
+        plan = fit_plan(plan_pool(judge_pool_spec(cfg), cluster_gpus()))
+        pool = ActorPool(actor_cls, {"judge": cfg, "prompts": prompts, "seed": seed}, plan, cfg.batch_size)
         rows = [{c: getattr(q, c) for c in QUESTION_COLUMNS} for q in todo]
-        ds = ray.data.from_items(rows).map_batches(
-            actor_cls,
-            fn_constructor_kwargs={"judge": cfg, "prompts": prompts, "seed": seed},
-            batch_size=cfg.batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=fit.actors),
-            num_gpus=fit.actor_gpus,
-            num_cpus=fit.actor_cpus,
-        )  # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1)
+        # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1); the
+        # store keys answers by qid, so no row reassembly is needed here.
+        ds = pool.apply(ray.data.from_items(rows))
         for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
             store.add(_answers(batch))
 
