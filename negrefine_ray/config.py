@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from negrefine_ray.errors import ConfigError, did_you_mean
+from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
+from negrefine_ray.methods import METHODS, MINING_METHODS, SCORE_METHODS
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -33,10 +35,6 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 # Names that become folder or file names (run, datasets, judges): one plain path part each.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME: dict[str, Any] = {"plain_name": True}
-
-# The methods each stage knows. Mining covers the methods that select negatives; MCM needs none.
-MINING_METHODS = ("neglabel", "csp", "negrefine", "dnm")
-SCORE_METHODS = ("mcm", *MINING_METHODS)
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,8 @@ class TextConfig:
 
 @dataclass(frozen=True)
 class MiningConfig:
-    """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2)."""
+    """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2); `methods` are the catalogue's methods
+    that mine (negrefine_ray.methods)."""
 
     methods: tuple[str, ...] = field(default=MINING_METHODS, metadata=_choices(*MINING_METHODS))
     # The order the references' os.listdir walked word-list files in decides which file owns a word
@@ -184,12 +183,11 @@ class FilterConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    """One judge (a `[[judges]]` table). `backend`: vllm | transformers | wordnet | replay."""
+    """One judge (a `[[judges]]` table). `backend`: a name of negrefine_ray.judges.BACKENDS (vllm,
+    transformers, wordnet, replay, or fake: a deterministic test double with meaningless answers)."""
 
     name: str = field(metadata=_NAME)
-    backend: Literal["vllm", "transformers", "wordnet", "replay"] = field(
-        metadata=_choices("vllm", "transformers", "wordnet", "replay")
-    )
+    backend: str = field(metadata=_choices(*JUDGE_BACKENDS))
     model: str = ""  # hub id, local folder, or .gguf file (transformers)
     mode: Literal["logprob", "generate"] = field(default="logprob", metadata=_choices("logprob", "generate"))
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # decision: P(yes) > threshold
@@ -404,7 +402,7 @@ def _apply_override(merged: dict[str, Any], text: str) -> None:
     if not dot or entry_name not in names:
         raise ConfigError(
             f"--set {text!r}: address an entry of [[{section}]] by name, as {section}.NAME.key=value; "
-            f"names: {', '.join(map(str, names)) or 'none'}."
+            f"names: {', '.join(map(str, names)) or 'none'}.{did_you_mean(entry_name, map(str, names))}"
         )
     entries[names.index(entry_name)] = {**entries[names.index(entry_name)], entry_key: value}
 
@@ -458,7 +456,7 @@ def check_references(job: JobConfig) -> None:
     their negatives mined, filter.judges name [[judges]] entries (or the built-in "wordnet"), and
     images.preset names a preset."""
     for i, method in enumerate(job.score.methods):
-        if method in MINING_METHODS and method not in job.mining.methods:
+        if METHODS[method].mines and method not in job.mining.methods:
             raise ConfigError(
                 f"score.methods[{i}] = {method!r} needs negatives, but mining.methods = "
                 f"{list(job.mining.methods)} lacks it; add it to mining.methods or remove it from "

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from negrefine_ray.errors import NegRefineError, unknown_name
+from negrefine_ray.methods import CSP_EXCLUDED as CSP_EXCLUDED  # re-exported: a pool rule's exclusions
+from negrefine_ray.methods import METHODS
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
@@ -40,7 +42,6 @@ PUBLISHED_COUNTS: dict[str, int] = {
 }  # fmt: skip
 # Every noun and adjective lexicographer file, the names a corpus may use.
 KNOWN_LEXNAMES: tuple[str, ...] = tuple(sorted((*PUBLISHED_LEXNAMES, "noun.animal", "noun.food")))
-CSP_EXCLUDED: tuple[str, ...] = ("noun.person", "noun.quantity", "noun.group", "adj.pert")
 
 # The references walk `os.listdir` and the first file holding a string owns it, so the noun/adjective
 # split, the 15 % cut-offs and CSP's suffix draws depend on directory order (methods.md 0.5). This
@@ -289,15 +290,13 @@ class PoolRule:
         )
 
 
-# Every preset walks NEGREFINE_FILE_ORDER: the one order known to reproduce a reference's logged
-# pool (NegRefine's); the other repos' orders are unknown (machine-specific os.listdir).
+# The mining methods' pools, as the method catalogue declares them. Every rule walks
+# NEGREFINE_FILE_ORDER: the one order known to reproduce a reference's logged pool (NegRefine's); the
+# other repos' orders are unknown (machine-specific os.listdir).
 POOL_RULES: dict[str, PoolRule] = {
-    "neglabel": PoolRule("neglabel", "all 27 published files, ID names kept (methods.md 1.3)"),
-    "csp": PoolRule("csp", "without noun.person/quantity/group and adj.pert (2.4)", CSP_EXCLUDED),
-    "negrefine": PoolRule(
-        "negrefine", "CSP's files, exact ID class names dropped from nouns (3.1)", CSP_EXCLUDED, "noun"
-    ),
-    "dnm": PoolRule("dnm", "CSP's files, ID names kept (4.1)", CSP_EXCLUDED),
+    m.name: PoolRule(m.name, m.pool.description, m.pool.exclude, m.pool.exclude_id_names_from)
+    for m in METHODS.values()
+    if m.pool is not None
 }
 
 

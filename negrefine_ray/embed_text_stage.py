@@ -1,9 +1,10 @@
 """The `embed-text` stage: CLIP text embeddings of the ID labels and of every candidate word of the
 methods' pools, each under the templates its method uses (methods.md 0.2, 1.2, 2.2-2.3, 3.2, 4.1).
+The views and which method uses which are declared in the method catalogue (negrefine_ray.methods).
 
-Output `embed-text/id_labels.parquet`: label, and one embedding column per view: `the_nice_raw`
-(unnormalised 'the nice {}', NegLabel/DNM), `csp_noun8` (raw-mean of the 8 noun templates,
-CSP/NegRefine), `bare` (the bare string, NegFilter), `mcm` ('a photo of a {}').
+Output `embed-text/id_labels.parquet`: label, and one embedding column per ID view (methods.ID_VIEWS):
+`the_nice_raw` (unnormalised 'the nice {}', NegLabel/DNM), `csp_noun8` (raw-mean of the 8 noun
+templates, CSP/NegRefine), `bare` (the bare string, NegFilter), `mcm` ('a photo of a {}').
 Output `embed-text/candidates.parquet`: word, pos, `phrase` (CSP's suffix phrase of an adjective,
 seeded), `single_raw` (unnormalised 'the nice {}' for nouns / 'This is a {} photo' for adjectives,
 NegLabel/DNM) and `ensemble` (normalised raw-mean: nouns x 8 noun templates, phrases x 4 adjective
@@ -19,15 +20,35 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import embedding_column, read_parquet, write_parquet
+from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.corpus import FILE_ORDERS, get_pool_rule
 from negrefine_ray.labels import load_id_labels
+from negrefine_ray.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.templates import csp_phrases, get_templates
+from negrefine_ray.text_embed import l2_normalise
 from negrefine_ray.text_service import TextEncoder
 
-CSP_FAMILY = ("csp", "negrefine")  # methods that use CSP's templates and suffix phrases
+# The candidate table has a base view over every candidate and a phrase view over the CSP family's
+# pools; a third candidate view needs its own code in _candidate_table (this unpacking fails first).
+SINGLE, ENSEMBLE = CANDIDATE_VIEWS
+CSP_FAMILY = tuple(m.name for m in METHODS.values() if m.candidate_view == ENSEMBLE)  # CSP's phrases
+
+
+def view_matrix(table: pa.Table, view: str, *, unit: bool = True) -> np.ndarray:
+    """(n, D) float32 embeddings of a view column of id_labels/candidates.parquet; `unit` L2-normalises
+    the rows of a raw view (methods.TextView) for cosines, the other views are already unit rows."""
+    x = column_matrix(table, view)
+    return l2_normalise(x) if unit and {**ID_VIEWS, **CANDIDATE_VIEWS}[view].raw else x
+
+
+def _encode(encoder: TextEncoder, texts: list[str], templates: str, raw: bool) -> np.ndarray:
+    """(n, D): a raw view's single template's features, else the set's L2-normalised raw-mean."""
+    if raw:
+        (template,) = get_templates(templates)
+        return encoder.raw(texts, template)
+    return encoder.embed(texts, get_templates(templates))
 
 
 def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:
@@ -70,17 +91,18 @@ def embed_text_settings(config: JobConfig) -> dict[str, Any]:
 
 
 def _candidate_table(encoder: TextEncoder, pools: dict[str, pa.Table], seed: int) -> pa.Table:
+    base, phrased = CANDIDATE_VIEWS[SINGLE], CANDIDATE_VIEWS[ENSEMBLE]
     nouns, adjs = _distinct(list(pools.values()), "noun"), _distinct(list(pools.values()), "adj")
-    single = np.concatenate([encoder.raw(nouns, "the nice {}"), encoder.raw(adjs, "This is a {} photo")])
+    single_nouns = _encode(encoder, nouns, base.templates, base.raw)
+    single = np.concatenate([single_nouns, _encode(encoder, adjs, base.adj_templates, base.raw)])
     csp_nouns = set(_distinct([pools[m] for m in CSP_FAMILY if m in pools], "noun"))
     csp_adjs = _pool_adjectives(pools)
     phrase_of = dict(zip(csp_adjs, csp_phrases(csp_adjs, seed), strict=True))
     ens_nouns = [w for w in nouns if w in csp_nouns]
-    vectors = {
-        w: v for w, v in zip(ens_nouns, encoder.embed(ens_nouns, get_templates("csp-noun8")), strict=True)
-    }
+    vectors = dict(zip(ens_nouns, _encode(encoder, ens_nouns, phrased.templates, phrased.raw), strict=True))
     phrases = [phrase_of[a] for a in csp_adjs]
-    adj_vectors = dict(zip(csp_adjs, encoder.embed(phrases, get_templates("csp-adj4")), strict=True))
+    ens_adjs = _encode(encoder, phrases, phrased.adj_templates, phrased.raw)
+    adj_vectors = dict(zip(csp_adjs, ens_adjs, strict=True))
     dim = single.shape[1]
     ensemble_rows = [vectors.get(w) for w in nouns] + [adj_vectors.get(a) for a in adjs]
     ensemble = pa.array(
@@ -91,8 +113,8 @@ def _candidate_table(encoder: TextEncoder, pools: dict[str, pa.Table], seed: int
             "word": nouns + adjs,
             "pos": ["noun"] * len(nouns) + ["adj"] * len(adjs),
             "phrase": [None] * len(nouns) + [phrase_of.get(a) for a in adjs],
-            "single_raw": embedding_column(single),
-            "ensemble": ensemble,
+            SINGLE: embedding_column(single),
+            ENSEMBLE: ensemble,
         }
     )
 
@@ -103,15 +125,8 @@ def run_embed_text(ctx: StageContext) -> StageOutput:
     pools = method_pools(config, corpus)
     encoder = TextEncoder(config, ctx.ray)
     labels = load_id_labels(config.labels.id_labels)
-    id_table = pa.table(
-        {
-            "label": labels,
-            "the_nice_raw": embedding_column(encoder.raw(labels, "the nice {}")),
-            "csp_noun8": embedding_column(encoder.embed(labels, get_templates("csp-noun8"))),
-            "bare": embedding_column(encoder.embed(labels, get_templates("bare"))),
-            "mcm": embedding_column(encoder.embed(labels, get_templates("mcm"))),
-        }
-    )
+    views = {name: _encode(encoder, labels, v.templates, v.raw) for name, v in ID_VIEWS.items()}
+    id_table = pa.table({"label": labels, **{name: embedding_column(x) for name, x in views.items()}})
     write_parquet(ctx.out_dir / "id_labels.parquet", id_table)
     candidates = _candidate_table(encoder, pools, config.run.seed)
     write_parquet(ctx.out_dir / "candidates.parquet", candidates)

@@ -1,5 +1,6 @@
 """The `mine` stage: each method's negative labels from its candidate pool (methods.md 1.4, 2.4,
-3.1, 4.2), plus what NegFilter needs for NegRefine's (3.2 steps 1-2).
+3.1, 4.2), plus what NegFilter needs for NegRefine's (3.2 steps 1-2). Which pool, view and rule
+each method mines with is its entry in the method catalogue (negrefine_ray.methods).
 
 Output `mine/negatives.parquet`, one row per (method, negative) in the method's final order
 [nouns ascending | adjectives ascending]: method, rank, label (what the method embeds: the word, or
@@ -20,8 +21,9 @@ import pyarrow as pa
 
 from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
-from negrefine_ray.embed_text_stage import CSP_FAMILY, method_pools
+from negrefine_ray.embed_text_stage import method_pools, view_matrix
 from negrefine_ray.errors import ConfigError
+from negrefine_ray.methods import CANDIDATE_VIEWS, Method, get_method
 from negrefine_ray.mining import (
     DNM_PRESETS,
     MiningResult,
@@ -31,10 +33,7 @@ from negrefine_ray.mining import (
     nearest_id_labels,
 )
 from negrefine_ray.stages import StageContext, StageOutput
-from negrefine_ray.text_embed import l2_normalise
 from negrefine_ray.text_service import TextEncoder
-
-METHODS = ("neglabel", "csp", "negrefine", "dnm")
 
 
 def mine_settings(config: JobConfig) -> dict[str, Any]:
@@ -56,35 +55,33 @@ def _keys(table: pa.Table) -> list[tuple[str, str]]:
 
 
 def _select(
-    method: str, pool: pa.Table, cands: pa.Table, ids: pa.Table, config: JobConfig
+    method: Method, pool: pa.Table, cands: pa.Table, ids: pa.Table, config: JobConfig
 ) -> tuple[MiningResult, np.ndarray]:
-    """The method's selection over its pool and the pool's embeddings as the method scores them."""
+    """The method's selection over its pool (its catalogue entry's mining rule) and the pool's
+    embeddings as the method scores them (its candidate view, unit rows)."""
+    if method.mining is None or method.candidate_view is None:
+        raise ConfigError(f"method '{method.name}' mines no negatives; remove it from mining.methods.")
     index = {key: i for i, key in enumerate(_keys(cands))}
     rows = np.array([index[key] for key in _keys(pool)], dtype=np.int64)
     pos = pool.column("pos").to_pylist()
-    mining = config.mining
-    if method in ("neglabel", "dnm"):
-        raw = column_matrix(cands, "single_raw")[rows]
-        emb = l2_normalise(raw)
-        if method == "dnm":
-            return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), emb
-        id_emb = l2_normalise(column_matrix(ids, "the_nice_raw"))
-        result = mine_by_id_distance(
-            emb, id_emb, pos, q=0.95, csp_guard=False, top_fraction=mining.top_fraction
-        )
-        return result, emb
-    emb = column_matrix(cands.take(pa.array(rows)), "ensemble")
-    q = 0.95 if method == "csp" else mining.negrefine_quantile
+    mining, rule = config.mining, method.mining
+    taken = cands.take(pa.array(rows))
+    emb = view_matrix(taken, method.candidate_view)
+    if rule.rule == "density":
+        raw = view_matrix(taken, method.candidate_view, unit=False)
+        return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), emb
+    q = getattr(mining, rule.quantile) if isinstance(rule.quantile, str) else rule.quantile
     result = mine_by_id_distance(
-        emb, column_matrix(ids, "csp_noun8"), pos, q=q, csp_guard=True, top_fraction=mining.top_fraction
-    )
+        emb, view_matrix(ids, method.id_view), pos, q=q, csp_guard=rule.csp_guard,
+        top_fraction=mining.top_fraction,
+    )  # fmt: skip
     return result, emb
 
 
-def _labels(method: str, pool: pa.Table, cands: pa.Table) -> list[str]:
-    """What the method embeds for each pool entry: CSP-family adjectives become their phrases."""
+def _labels(method: Method, pool: pa.Table, cands: pa.Table) -> list[str]:
+    """What the method embeds for each pool entry: with a phrase view, adjectives become phrases."""
     words, pos = pool.column("word").to_pylist(), pool.column("pos").to_pylist()
-    if method not in CSP_FAMILY:
+    if method.candidate_view is None or not CANDIDATE_VIEWS[method.candidate_view].phrases:
         return words
     phrase = {
         w: p
@@ -124,13 +121,14 @@ def run_mine(ctx: StageContext) -> StageOutput:
     ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
     encoder = TextEncoder(config, ctx.ray)
     tables, stats = [], {}
-    for method, pool in method_pools(config, corpus).items():
+    for name, pool in method_pools(config, corpus).items():
+        method = get_method(name)
         result, emb = _select(method, pool, cands, ids, config)
         take = pa.array(result.indices)
         labels = np.array(_labels(method, pool, cands), dtype=object)[result.indices].tolist()
         table = pa.table(
             {
-                "method": [method] * len(labels),
+                "method": [name] * len(labels),
                 "rank": pa.array(np.arange(len(labels)), pa.int32()),
                 "label": labels,
                 "pos": pool.column("pos").take(take),
@@ -140,11 +138,11 @@ def run_mine(ctx: StageContext) -> StageOutput:
                 "embedding": embedding_column(emb[result.indices]),
             }
         )
-        if method == "negrefine":
+        if method.filtered:
             table = _negrefine_extras(table, encoder, ids, config.mining.n_nearest)
         tables.append(table)
         pos = pool.column("pos").to_pylist()
-        stats[method] = {
+        stats[name] = {
             "pool_nouns": pos.count("noun"),
             "pool_adjectives": pos.count("adj"),
             "selected_nouns": result.counts.get("noun", 0),

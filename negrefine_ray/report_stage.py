@@ -21,12 +21,12 @@ import pyarrow as pa
 from negrefine_ray.artifacts import read_json, read_parquet, write_json, write_text
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import StageError
+from negrefine_ray.methods import METHODS
 from negrefine_ray.metrics import compute_metrics
 from negrefine_ray.stages import MANIFEST, StageContext, StageOutput
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
 RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
-_NAMES = {"mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "dnm": "DNM"}
 _HEADERS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95",
             "fpr95_openood": "FPR95 (OpenOOD)"}  # fmt: skip
 
@@ -36,13 +36,10 @@ def report_settings(config: JobConfig) -> dict[str, Any]:
 
 
 def row_label(column: Mapping[str, Any]) -> str:
-    """A score row as the papers name it, e.g. "NegRefine w/o S_MM (wordnet)"."""
-    if column["method"] != "negrefine":
-        return _NAMES.get(column["method"], column["method"])
-    parts = [] if column["judge"] is not None else ["w/o NegFilter"]
-    parts += [] if column["s_mm"] else ["w/o S_MM"]
-    judge = f" ({column['judge']})" if column["judge"] is not None else ""
-    return "NegRefine" + (" " + ", ".join(parts) if parts else "") + judge
+    """A score row as the papers name it (its method's catalogue entry), e.g. "NegRefine w/o S_MM
+    (wordnet)"; a method the catalogue does not know keeps its name."""
+    method = METHODS.get(column["method"])
+    return method.row(column["judge"], column["s_mm"])[1] if method else str(column["method"])
 
 
 def _by_row(catalogue: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

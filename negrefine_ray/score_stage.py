@@ -1,5 +1,6 @@
 """The `score` stage: every method's OOD score for every readable image (methods.md 0.6, 1.5, 2.5,
-3.3-3.4, 4.3, App. B), plus NegRefine's ablations (NegFilter on/off x S_MM on/off) per judge.
+3.3-3.4, 4.3, App. B), plus NegRefine's ablations (NegFilter on/off x S_MM on/off) per judge. Each
+method's entry in the catalogue (negrefine_ray.methods) names its scorer here, its views and columns.
 
 Input: embed-images/images.parquet, embed-text/id_labels.parquet, mine/negatives.parquet,
 filter/<judge>/kept.parquet. Output: score/scores.parquet (dataset, role, path, label, status, one
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,16 +23,20 @@ import torch
 
 from negrefine_ray import scores
 from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
-from negrefine_ray.config import MINING_METHODS, SCORE_METHODS, JobConfig, ScoreConfig
+from negrefine_ray.config import JobConfig
+from negrefine_ray.embed_text_stage import view_matrix
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
+from negrefine_ray.methods import CANDIDATE_VIEWS, METHODS, Method, TextView
+from negrefine_ray.multi_matching import (  # NegRefine's pure core (tests import it from here)
+    PairEmbedder,
+    RefinedNegatives,
+    multi_matching_scores,
+    refined_negatives,
+)
 from negrefine_ray.stages import StageContext, StageOutput
 from negrefine_ray.templates import get_templates
-from negrefine_ray.text_embed import l2_normalise
 
-METHODS = SCORE_METHODS
-MINED = MINING_METHODS  # methods whose negatives come from the mine stage
 IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status", "embedding")
-PairEmbedder = Callable[[list[str]], np.ndarray]
 # Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch
 # is its own cache entry, so an interrupted stage re-encodes only the batches it had not finished.
 PAIR_BATCH = 131_072
@@ -41,12 +46,12 @@ PAIR_BATCH = 131_072
 class ScoreColumn:
     """One float64 column of scores.parquet (listed in columns.json); higher = more in-distribution.
 
-    `row` is the report row: mcm, neglabel, csp, dnm, negrefine[J] (S_NL + alpha S_MM over judge J's
-    kept negatives), negrefine_nl[J] (S_NL alone), negrefine_nofilter and negrefine_nl_nofilter (the
-    same over every cleaned, unfiltered NegRefine negative). `name` = row, plus `@<ood dataset>` for
-    DNM: DNM draws its grouping
-    once per OOD dataset, so its ID scores differ per OOD dataset; `dnm@<d>` holds the ID rows and
-    dataset d's rows under d's grouping and is null elsewhere. alpha S_MM = negrefine - negrefine_nl.
+    `row` is the report row its method's catalogue entry declares: mcm, neglabel, csp, dnm,
+    negrefine[J] (S_NL + alpha S_MM over judge J's kept negatives), negrefine_nl[J] (S_NL alone),
+    negrefine_nofilter and negrefine_nl_nofilter (the same over every cleaned, unfiltered NegRefine
+    negative). `name` = row, plus `@<ood dataset>` for DNM: DNM draws its grouping once per OOD
+    dataset, so its ID scores differ per OOD dataset; `dnm@<d>` holds the ID rows and dataset d's rows
+    under d's grouping and is null elsewhere. alpha S_MM = negrefine - negrefine_nl.
     """
 
     name: str
@@ -58,6 +63,15 @@ class ScoreColumn:
     ood_dataset: str | None = None  # DNM: the OOD dataset whose grouping made this column
 
 
+def score_column(
+    method: Method, judge: str | None = None, *, s_mm: bool = False, seed: int | None = None,
+    ood: str | None = None,
+) -> ScoreColumn:  # fmt: skip
+    """A column of `method` with the row and name its catalogue entry gives it."""
+    row, _ = method.row(judge, s_mm)
+    return ScoreColumn(method.column_name(row, ood), row, method.name, judge, s_mm, seed, ood)
+
+
 def grouping_seed(config: JobConfig) -> int:
     """The grouping permutation's seed: the references' fixed group_seed, or with permutation_seed =
     "run" this run's seed (a multi-seed job runs one run folder per seed, see seeds.py)."""
@@ -65,12 +79,12 @@ def grouping_seed(config: JobConfig) -> int:
 
 
 def check_methods(config: JobConfig) -> list[str]:
-    """score.methods without repeats, each known and (if it needs negatives) mined."""
+    """score.methods without repeats, each in the catalogue and (if it needs negatives) mined."""
     methods = list(dict.fromkeys(config.score.methods))
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"score.methods: {unknown_name('score method', m, METHODS)}")
-        if m in MINED and m not in config.mining.methods:
+        if METHODS[m].mines and m not in config.mining.methods:
             raise ConfigError(
                 f"score.methods has '{m}' but mining.methods = {list(config.mining.methods)} lacks it; "
                 f"add '{m}' to mining.methods or remove it from score.methods."
@@ -81,7 +95,8 @@ def check_methods(config: JobConfig) -> list[str]:
 def _judges(config: JobConfig) -> list[str]:
     from negrefine_ray.filter_stage import judge_configs
 
-    return [j.name for j in judge_configs(config)] if "negrefine" in config.score.methods else []
+    filtered = any(m in METHODS and METHODS[m].filtered for m in config.score.methods)
+    return [j.name for j in judge_configs(config)] if filtered else []
 
 
 def score_settings(config: JobConfig) -> dict[str, Any]:
@@ -120,111 +135,35 @@ def method_negatives(negatives: pa.Table, method: str) -> np.ndarray:
     return column_matrix(rows, "embedding")
 
 
-@dataclass(frozen=True)
-class RefinedNegatives:
-    """NegRefine's cleaned negatives (3.2 step 1, first occurrence per part of speech), nouns then
-    adjectives in mine order, and per negative set the (M_s,) int64 indices of its negatives in the
-    final [nouns | adjectives] order: set None = unfiltered, set J = judge J's kept labels."""
-
-    labels: list[str]
-    pos: list[str]
-    sets: dict[str | None, np.ndarray]
-
-
-def _nouns_first(index: Sequence[int], pos: Sequence[str]) -> np.ndarray:
-    nouns = [i for i in index if pos[i] == "noun"]
-    return np.array(nouns + [i for i in index if pos[i] != "noun"], dtype=np.int64)
-
-
-def refined_negatives(negatives: pa.Table, kept: Mapping[str, pa.Table]) -> RefinedNegatives:
-    """The unfiltered set from mine/negatives.parquet and each judge's from its kept.parquet."""
-    rows = negatives.filter(pc.equal(negatives.column("method"), "negrefine"))
-    if "filter_input" not in rows.column_names or rows.num_rows == 0:
-        raise StageError("mine/negatives.parquet has no NegRefine negatives with filter inputs; rerun mine.")
-    rows = rows.filter(pc.fill_null(rows.column("filter_input"), False)).sort_by("rank")
-    labels, pos = rows.column("clean_label").to_pylist(), rows.column("pos").to_pylist()
-    order = _nouns_first(range(len(labels)), pos)
-    labels, pos = [labels[i] for i in order], [pos[i] for i in order]
-    where = {(p, label): i for i, (p, label) in enumerate(zip(pos, labels, strict=True))}
-    sets: dict[str | None, np.ndarray] = {None: np.arange(len(labels), dtype=np.int64)}
-    for judge, table in kept.items():
-        keys = list(zip(table.column("pos").to_pylist(), table.column("label").to_pylist(), strict=True))
-        unknown = [k for k in keys if k not in where]
-        if unknown:
-            raise StageError(
-                f"filter/{judge}/kept.parquet keeps {len(unknown)} label(s) that NegRefine did not mine, "
-                f"e.g. {unknown[0]}; rerun the filter stage on this run's mine output."
-            )
-        sets[judge] = _nouns_first([where[k] for k in keys], pos)
-    return RefinedNegatives(labels, pos, sets)
-
-
-def multi_matching_scores(
-    image: np.ndarray,
-    id_text: np.ndarray,
-    neg_text: np.ndarray,
-    *,
-    sets: Mapping[str, np.ndarray],
-    names: tuple[Sequence[str], Sequence[str]],
-    embed_pairs: PairEmbedder,
-    k_pos: int = 5,
-    k_neg: int = 5,
-    logit_scale: float = 100.0,
-    chunk_size: int = scores.CHUNK_SIZE,
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """S_MM (methods.md 3.4 step 2) of N images under several negative sets, each "p and n" text
-    embedded once: top_pairs per set, pairs mapped into the union, distinct_pairs over every set, ONE
-    `embed_pairs(texts) -> (P, D)` call (NegRefine: 8 noun templates, raw-mean), multi_matching.
-
-    image (N, D), id_text (K, D), neg_text (M, D) the union; sets {key: (M_s,) int indices into
-    neg_text}; names = (K ID strings, M negative strings). Returns {key: (N,) float64 S_MM} and
-    counts: distinct pairs per set and over all sets, and N * k_pos * k_neg (pairs without dedup).
-    """
-    keys, n = list(sets), image.shape[0]
-    if not keys:
-        raise StageError("multi_matching_scores needs at least one negative set; got none.")
-    tops = []
-    for key in keys:
-        idx = np.asarray(sets[key], dtype=np.int64)
-        pos, neg, v = scores.top_pairs(
-            image, id_text, neg_text[idx], k_pos=k_pos, k_neg=k_neg, logit_scale=logit_scale,
-            chunk_size=chunk_size,
-        )  # fmt: skip
-        tops.append((pos, idx[neg], v))
-    pairs, index = scores.distinct_pairs(
-        np.concatenate([t[0] for t in tops]), np.concatenate([t[1] for t in tops])
-    )
-    pair_emb = embed_pairs(scores.pair_texts(pairs, *names))
-    out, distinct = {}, {}
-    for i, (key, top) in enumerate(zip(keys, tops, strict=True)):
-        part = index[i * n : (i + 1) * n]
-        out[key] = scores.multi_matching(
-            image, pair_emb, part, top[2], logit_scale=logit_scale, chunk_size=chunk_size
-        )
-        distinct[key] = int(np.unique(part).size)
-    without = n * min(k_pos, id_text.shape[0]) * k_neg
-    counts = {"per_set": distinct, "all_sets": len(pairs), "without_dedup": without}
-    return out, counts
-
-
 class _Scorer:
-    """Scores of the ok images, added column by column with their catalogue entries."""
+    """Scores of the ok images, added column by column with their catalogue entries. A method's entry
+    names its function here (`Method.scorer`): `score_<scorer>(method)` adds the method's columns."""
 
-    def __init__(self, image: np.ndarray, sc: ScoreConfig, seed: int) -> None:
+    def __init__(self, ctx: StageContext, image: np.ndarray, ood_of: np.ndarray) -> None:
+        """`ood_of` (n_ok,) object: each ok row's OOD dataset name, None for ID rows."""
+        sc = ctx.config.score
         if sc.permutation_device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "score.permutation_device = 'cuda' but the process running the score stage sees no GPU; "
                 "run it on a GPU machine or set score.permutation_device = 'cpu'."
             )
-        self.image, self.sc, self.seed = image, sc, seed
+        self.ctx, self.image, self.sc, self.seed = ctx, image, sc, grouping_seed(ctx.config)
+        self.ood_of, self.ood = ood_of, list(dict.fromkeys(d for d in ood_of.tolist() if d is not None))
+        self.ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
+        self.mined = read_parquet(ctx.input("mine", "negatives.parquet"))
         self.columns: dict[str, np.ndarray] = {}
         self.catalogue: list[ScoreColumn] = []
         self.negatives: dict[str, dict[str, int]] = {}
         self.seconds: dict[str, float] = {}
+        self.pairs: dict[str, Any] | None = None
 
     def add(self, column: ScoreColumn, values: np.ndarray) -> None:
         self.columns[column.name] = values
         self.catalogue.append(column)
+
+    def id_text(self, method: Method, unit: bool = True) -> np.ndarray:
+        """(K, D) float32 ID-label embeddings of the method's view; `unit`: L2-normalised rows."""
+        return view_matrix(self.ids, method.id_view, unit=unit)
 
     def check_groups(self, m: int, what: str) -> None:
         g = self.sc.n_groups
@@ -246,75 +185,96 @@ class _Scorer:
             permutation=perm, chunk_size=self.sc.chunk_size,
         )  # fmt: skip
 
-    def dnm(self, id_text: np.ndarray, neg_text: np.ndarray, ood_of: np.ndarray, ood: list[str]) -> None:
+    def score_mcm(self, method: Method) -> None:
+        """MCM (App. B): the maximum softmax over the cosines to the ID prompts."""
+        values = scores.mcm(
+            self.image, self.id_text(method), self.sc.mcm_temperature, chunk_size=self.sc.chunk_size
+        )
+        self.add(score_column(method), values)
+
+    def score_grouped(self, method: Method) -> None:
+        """NegLabel's grouped score (0.6) over the method's mined negatives (NegLabel, CSP)."""
+        values = self.grouped(method.name, self.id_text(method), method_negatives(self.mined, method.name))
+        self.add(score_column(method, seed=self.seed), values)
+
+    def score_dnm(self, method: Method) -> None:
         """DNM (4.3): one column per OOD dataset d, its ID and d rows under d's grouping, NaN elsewhere.
-        `ood_of` (n_ok,) object: each row's OOD dataset name, None for ID rows."""
-        sc, is_id = self.sc, np.array([d is None for d in ood_of], dtype=bool)
-        self.check_groups(neg_text.shape[0], "dnm")
-        perms = scores.dnm_permutations(neg_text.shape[0], sc.n_groups, len(ood), seed=sc.dnm_seed)
-        for name, perm in zip(ood, perms, strict=True):
-            rows = is_id | (ood_of == name)
+        DNM normalises inside, so it gets the raw ID view."""
+        id_text, neg_text = self.id_text(method, unit=False), method_negatives(self.mined, method.name)
+        sc, is_id = self.sc, np.array([d is None for d in self.ood_of], dtype=bool)
+        self.check_groups(neg_text.shape[0], method.name)
+        perms = scores.dnm_permutations(neg_text.shape[0], sc.n_groups, len(self.ood), seed=sc.dnm_seed)
+        for name, perm in zip(self.ood, perms, strict=True):
+            rows = is_id | (self.ood_of == name)
             values = np.full(self.image.shape[0], np.nan)
             values[rows] = scores.dnm(
                 self.image[rows], id_text, neg_text, permutation=perm, n_groups=sc.n_groups,
                 temperature=sc.dnm_temperature, tau=sc.dnm_tau, chunk_size=sc.chunk_size,
             )  # fmt: skip
-            self.add(ScoreColumn(f"dnm@{name}", "dnm", "dnm", seed=sc.dnm_seed, ood_dataset=name), values)
+            self.add(score_column(method, seed=sc.dnm_seed, ood=name), values)
+
+    def score_negrefine(self, method: Method) -> None:
+        """NegRefine per judge and its ablations (3.3-3.4), see _score_negrefine."""
+        self.pairs = _score_negrefine(self, method)
 
 
-def _embed_refined(refined: RefinedNegatives, encoder: Any) -> np.ndarray:
-    """(M, D) final NegRefine embeddings (3.3): nouns x 8 noun templates, adjective phrases x 4
-    adjective templates, raw-mean, in RefinedNegatives order (nouns first)."""
+def _embed_refined(refined: RefinedNegatives, encoder: Any, view: TextView) -> np.ndarray:
+    """(M, D) final NegRefine embeddings (3.3) under its candidate view: nouns x 8 noun templates,
+    adjective phrases x 4 adjective templates, raw-mean, in RefinedNegatives order (nouns first)."""
     parts = []
-    for is_noun, templates in ((True, "csp-noun8"), (False, "csp-adj4")):
+    for is_noun, templates in ((True, view.templates), (False, view.adj_templates)):
         labels = [lab for lab, p in zip(refined.labels, refined.pos, strict=True) if (p == "noun") == is_noun]
         if labels:
             parts.append(encoder.embed(labels, get_templates(templates)))
     return np.concatenate(parts)
 
 
-def _pair_embedder(encoder: Any) -> PairEmbedder:
+def _pair_embedder(encoder: Any, view: TextView) -> PairEmbedder:
     """NegRefine's pair-text embedding (3.4: the 8 noun templates, raw-mean), PAIR_BATCH at a time."""
 
     def embed(texts: list[str]) -> np.ndarray:
         parts = [texts[i : i + PAIR_BATCH] for i in range(0, len(texts), PAIR_BATCH)]
-        return np.concatenate([encoder.embed(part, get_templates("csp-noun8")) for part in parts])
+        return np.concatenate([encoder.embed(part, get_templates(view.templates)) for part in parts])
 
     return embed
 
 
-def _score_negrefine(
-    s: _Scorer, ctx: StageContext, id_table: pa.Table, negatives: pa.Table
-) -> dict[str, Any]:
+def _score_negrefine(s: _Scorer, method: Method) -> dict[str, Any]:
     """NegRefine per judge and its ablations (3.3-3.4); S_MM over every negative set from one pass
     of distinct pair texts. Without ablations only negrefine[J] (or, with no judge, _nofilter)."""
     from negrefine_ray.text_service import TextEncoder
 
+    ctx, view = s.ctx, CANDIDATE_VIEWS[method.candidate_view or ""]
     judges = _judges(ctx.config)
     kept = {j: read_parquet(ctx.input("filter", f"{j}/kept.parquet")) for j in judges}
-    refined = refined_negatives(negatives, kept)
-    tags = {k: f"[{k}]" if k is not None else "_nofilter" for k in refined.sets}
+    refined = refined_negatives(s.mined, kept)
+    rows = {k: method.row(k, s_mm=True)[0] for k in refined.sets}  # negative set -> its final row
     use = [k for k in refined.sets if k is not None or s.sc.ablations or not judges]
-    sets = {f"negrefine{tags[k]}": refined.sets[k] for k in use}
+    sets = {rows[k]: refined.sets[k] for k in use}
     encoder = TextEncoder(ctx.config, ctx.ray)
-    neg_text, id_text = _embed_refined(refined, encoder), column_matrix(id_table, "csp_noun8")
+    neg_text, id_text = _embed_refined(refined, encoder, view), s.id_text(method)
     before = encoder.encoded
     s_mm, pairs = multi_matching_scores(
         s.image, id_text, neg_text, sets=sets,
-        names=(id_table.column("label").to_pylist(), refined.labels),
-        embed_pairs=_pair_embedder(encoder),
+        names=(s.ids.column("label").to_pylist(), refined.labels),
+        embed_pairs=_pair_embedder(encoder, view),
         k_pos=s.sc.k_pos, k_neg=s.sc.k_neg, logit_scale=s.sc.logit_scale, chunk_size=s.sc.chunk_size,
     )  # fmt: skip
     pairs["texts_encoded"] = encoder.encoded - before
     for judge in use:
-        row = f"negrefine{tags[judge]}"
+        row = rows[judge]
         s_nl = s.grouped(row, id_text, neg_text[sets[row]])
         if s.sc.ablations:
-            s.add(ScoreColumn(f"negrefine_nl{tags[judge]}", f"negrefine_nl{tags[judge]}", "negrefine", judge,
-                              seed=s.seed), s_nl)  # fmt: skip
+            s.add(score_column(method, judge, seed=s.seed), s_nl)
         final = scores.negrefine(s_nl, s_mm[row], alpha=s.sc.alpha)
-        s.add(ScoreColumn(row, row, "negrefine", judge, s_mm=True, seed=s.seed), final)
+        s.add(score_column(method, judge, s_mm=True, seed=s.seed), final)
     return pairs
+
+
+# Each catalogue entry's scorer, looked up once: a method without one fails at import, not mid-run.
+_SCORERS: dict[str, Callable[[_Scorer, Method], None]] = {
+    m.name: getattr(_Scorer, f"score_{m.scorer}") for m in METHODS.values()
+}
 
 
 def _excluded(images: pa.Table, ok: np.ndarray) -> dict[str, dict[str, int]]:
@@ -346,28 +306,12 @@ def run_score(ctx: StageContext) -> StageOutput:
         raise StageError("no readable image has role 'id'; add an ID dataset to [[datasets]].")
     ood_of = scored.column("dataset").to_numpy(zero_copy_only=False).astype(object)
     ood_of[roles == "id"] = None
-    ood = list(dict.fromkeys(d for d in ood_of.tolist() if d is not None))
-    ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
-    negatives = read_parquet(ctx.input("mine", "negatives.parquet"))
-    sc = config.score
-    s, pairs = _Scorer(image, sc, grouping_seed(config)), None
-    views = {
-        "neglabel": l2_normalise(column_matrix(ids, "the_nice_raw")),
-        "csp": column_matrix(ids, "csp_noun8"),
-    }
+    s = _Scorer(ctx, image, ood_of)
     for method in methods:
         start = time.perf_counter()
-        if method == "mcm":
-            mcm = scores.mcm(image, column_matrix(ids, "mcm"), sc.mcm_temperature, chunk_size=sc.chunk_size)
-            s.add(ScoreColumn("mcm", "mcm", "mcm"), mcm)
-        elif method in views:
-            values = s.grouped(method, views[method], method_negatives(negatives, method))
-            s.add(ScoreColumn(method, method, method, seed=s.seed), values)
-        elif method == "dnm":
-            s.dnm(column_matrix(ids, "the_nice_raw"), method_negatives(negatives, "dnm"), ood_of, ood)
-        else:
-            pairs = _score_negrefine(s, ctx, ids, negatives)
+        _SCORERS[method](s, METHODS[method])
         s.seconds[method] = round(time.perf_counter() - start, 3)
+    ood, pairs = s.ood, s.pairs
     write_parquet(ctx.out_dir / "scores.parquet", _output_table(images, ok, s.columns))
     write_json(ctx.out_dir / "columns.json", {"columns": [dataclasses.asdict(c) for c in s.catalogue]})
     excluded = _excluded(images, ok)

@@ -1,0 +1,163 @@
+"""The method catalogue: one frozen entry per OOD method (MCM, NegLabel, CSP, NegRefine, DNM) that says
+what each stage needs to know about it: its pool rule (corpus), text views (embed-text), mining rule
+(mine), scoring function (score) and score columns and report rows (score, report). The config's
+method choices come from here too. Pure (standard library and errors.py only): config.py imports it.
+
+Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and a
+`score_<scorer>` method on score_stage's scorer that calls it (or an existing scorer). A new mining
+rule is a function in mining.py plus its branch in mine_stage._select; a new text view, its column
+in embed_text_stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from negrefine_ray.errors import unknown_name
+
+# CSP's pool leaves out these lexicographer files (methods.md 2.4); NegRefine and DNM follow it.
+CSP_EXCLUDED: tuple[str, ...] = ("noun.person", "noun.quantity", "noun.group", "adj.pert")
+
+
+@dataclass(frozen=True)
+class TextView:
+    """One embedding column of the embed-text stage: texts through a templates.py set (methods.md 0.2).
+
+    `raw`: the single template's unnormalised features (NegLabel's 'the nice {}'; DNM's density and
+    score work on them), L2-normalised by whoever takes cosines with them; otherwise the L2-normalised
+    raw-mean over the set. Candidate views also name the adjectives' set, and with `phrases` the
+    adjectives become CSP's suffix phrases first (2.3).
+    """
+
+    templates: str  # ID labels and candidate nouns
+    description: str
+    adj_templates: str = ""  # candidate adjectives ("" for an ID-label view)
+    raw: bool = False
+    phrases: bool = False
+
+
+# Columns of embed-text/id_labels.parquet, in file order; embed-text computes every one.
+ID_VIEWS: dict[str, TextView] = {
+    "the_nice_raw": TextView("the-nice", "unnormalised 'the nice {}' (NegLabel, DNM)", raw=True),
+    "csp_noun8": TextView("csp-noun8", "raw-mean of the 8 noun templates (CSP, NegRefine)"),
+    "bare": TextView("bare", "the bare string (NegFilter's nearest ID labels)"),
+    "mcm": TextView("mcm", "'a photo of a {}' (MCM)"),
+}
+# Embedding columns of embed-text/candidates.parquet: how a method embeds its candidate words.
+CANDIDATE_VIEWS: dict[str, TextView] = {
+    "single_raw": TextView(
+        "the-nice", "unnormalised single template, every candidate (NegLabel, DNM)", "neglabel-adj", raw=True
+    ),
+    "ensemble": TextView(
+        "csp-noun8", "nouns x 8 templates, suffix phrases x 4 (CSP, NegRefine)", "csp-adj4", phrases=True
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Which lexicographer files a method's candidate pool takes (corpus.PoolRule applies it, 0.5)."""
+
+    description: str
+    exclude: tuple[str, ...] = ()
+    exclude_id_names_from: str | None = None  # "noun": exact ID class names dropped from the nouns
+
+
+@dataclass(frozen=True)
+class Mining:
+    """How the mine stage selects a method's negatives from its pool. "id-distance": the top fraction
+    farthest from the ID labels by the `quantile` of cosines, with CSP's max-cosine guard (1.4, 2.4,
+    3.1); "density": DNM's lowest-density fraction (4.2). A str `quantile` names a [mining] key."""
+
+    rule: Literal["id-distance", "density"]
+    quantile: float | str = 0.95
+    csp_guard: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    """A report row: its key (the `row` of its score columns) and its label. "{judge}" stands for the
+    NegFilter judge whose kept negatives the row used, "{method}" for the method's display name."""
+
+    key: str
+    label: str = "{method}"
+    judge: bool = False  # one row per judge (over its kept negatives); False: no NegFilter
+    s_mm: bool = False  # NegRefine: alpha * S_MM added
+
+
+@dataclass(frozen=True)
+class Method:
+    """One OOD method. `pool`/`mining` None: it mines no negatives (MCM). `scorer` names the score
+    stage's `score_<scorer>` function that adds its columns; `column` is a column's name from its
+    row, "{row}@{ood}" when the method writes one column per OOD dataset (DNM's groupings)."""
+
+    name: str
+    display: str
+    id_view: str  # the ID-label view it scores (and mines) against
+    scorer: str
+    rows: tuple[Row, ...]
+    pool: Pool | None = None
+    mining: Mining | None = None
+    candidate_view: str | None = None  # how its candidate words (and so its negatives) are embedded
+    filtered: bool = False  # its negatives go through NegFilter (mine adds the filter inputs)
+    column: str = "{row}"
+
+    @property
+    def mines(self) -> bool:
+        return self.pool is not None
+
+    def row(self, judge: str | None = None, s_mm: bool = False) -> tuple[str, str]:
+        """(key, label) of the row of a score over `judge`'s kept negatives (None: no NegFilter)."""
+        for r in self.rows:
+            if r.judge == (judge is not None) and r.s_mm == s_mm:
+                return r.key.format(judge=judge), r.label.format(method=self.display, judge=judge)
+        raise ValueError(f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}.")
+
+    def column_name(self, row: str, ood: str | None = None) -> str:
+        return self.column.format(row=row, ood=ood)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),
+        Method(
+            "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped", rows=(Row("neglabel"),),
+            pool=Pool("all 27 published files, ID names kept (methods.md 1.3)"),
+            mining=Mining("id-distance"), candidate_view="single_raw",
+        ),
+        Method(
+            "csp", "CSP", id_view="csp_noun8", scorer="grouped", rows=(Row("csp"),),
+            pool=Pool("without noun.person/quantity/group and adj.pert (2.4)", CSP_EXCLUDED),
+            mining=Mining("id-distance", csp_guard=True), candidate_view="ensemble",
+        ),
+        Method(
+            "negrefine", "NegRefine", id_view="csp_noun8", scorer="negrefine",
+            rows=(
+                Row("negrefine[{judge}]", "{method} ({judge})", judge=True, s_mm=True),
+                Row("negrefine_nl[{judge}]", "{method} w/o S_MM ({judge})", judge=True),
+                Row("negrefine_nofilter", "{method} w/o NegFilter", s_mm=True),
+                Row("negrefine_nl_nofilter", "{method} w/o NegFilter, w/o S_MM"),
+            ),
+            pool=Pool("CSP's files, exact ID class names dropped from nouns (3.1)", CSP_EXCLUDED, "noun"),
+            mining=Mining("id-distance", quantile="negrefine_quantile", csp_guard=True),
+            candidate_view="ensemble", filtered=True,
+        ),
+        Method(
+            "dnm", "DNM", id_view="the_nice_raw", scorer="dnm", rows=(Row("dnm"),),
+            pool=Pool("CSP's files, ID names kept (4.1)", CSP_EXCLUDED),
+            mining=Mining("density"), candidate_view="single_raw", column="{row}@{ood}",
+        ),
+    )
+}  # fmt: skip
+
+SCORE_METHODS: tuple[str, ...] = tuple(METHODS)
+MINING_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.mines)
+
+
+def get_method(name: str) -> Method:
+    """The catalogue entry of `name`; an unknown name lists the methods and suggests the closest."""
+    if name not in METHODS:
+        raise unknown_name("method", name, METHODS)
+    return METHODS[name]

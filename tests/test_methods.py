@@ -1,0 +1,275 @@
+"""The method catalogue (negrefine_ray.methods): every entry is consistent with the templates, the
+pool rules, the config's choices and the score stage's scorers; the score stage writes exactly the
+columns and report rows the catalogue declares (on a hand-built run folder, tiny random CLIP for
+NegRefine's texts, no Ray); unknown names fail in load_config with a did-you-mean."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from negrefine_ray import config as config_module
+from negrefine_ray import corpus, embed_text_stage, score_stage
+from negrefine_ray.artifacts import embedding_column, read_json, read_parquet, write_json, write_parquet
+from negrefine_ray.config import JobConfig, MiningConfig, ScoreConfig, build_config, load_config
+from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.methods import (
+    CANDIDATE_VIEWS,
+    ID_VIEWS,
+    METHODS,
+    MINING_METHODS,
+    SCORE_METHODS,
+    get_method,
+)
+from negrefine_ray.pipeline import get_stage
+from negrefine_ray.report_stage import evaluate, row_label
+from negrefine_ray.stages import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.templates import TEMPLATE_SETS
+
+D, K = 32, 4  # nr-tiny-vit's embedding width, ID labels
+JUDGES = ["wordnet"]
+NOUNS = ["pasqueflower", "white currant", "minuteman", "pocatello", "daisy chain"]
+ADJS = ["gooey landscape", "rutted creature", "wildcat pattern"]
+
+
+def test_catalogue_names_and_display_names() -> None:
+    assert SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm")
+    assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm")
+    assert {n: m.display for n, m in METHODS.items()} == {
+        "mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "dnm": "DNM",
+    }  # fmt: skip
+    assert all(name == m.name for name, m in METHODS.items())
+    with pytest.raises(NegRefineError, match=r"Unknown method 'neglable'\. Did you mean 'neglabel'"):
+        get_method("neglable")
+
+
+@pytest.mark.parametrize("name", SCORE_METHODS)
+def test_every_entry_is_consistent(name: str) -> None:
+    m = METHODS[name]
+    # A method mines exactly when it declares a pool, a mining rule and a candidate view.
+    assert (m.pool is not None) == (m.mining is not None) == (m.candidate_view is not None) == m.mines
+    assert m.id_view in ID_VIEWS
+    assert m.candidate_view is None or m.candidate_view in CANDIDATE_VIEWS
+    assert not m.filtered or m.mines  # NegFilter judges mined negatives
+    if m.mining is not None and isinstance(m.mining.quantile, str):
+        assert typing.get_type_hints(MiningConfig)[m.mining.quantile] is float
+    # Its scorer exists on the score stage, and its rows are distinct and resolvable.
+    assert callable(getattr(score_stage._Scorer, f"score_{m.scorer}"))
+    keys = [r.key for r in m.rows]
+    assert len(set(keys)) == len(keys) and all(k.startswith(name) for k in keys)
+    assert len({(r.judge, r.s_mm) for r in m.rows}) == len(m.rows)  # Method.row finds one
+    assert all(m.row("j" if r.judge else None, r.s_mm)[0] == r.key.format(judge="j") for r in m.rows)
+    assert any(r.judge for r in m.rows) == m.filtered  # one row per judge iff it is filtered
+    assert m.column_name("r", "d") in ("r", "r@d")
+
+
+def test_views_name_registered_templates() -> None:
+    for view in [*ID_VIEWS.values(), *CANDIDATE_VIEWS.values()]:
+        for name in filter(None, (view.templates, view.adj_templates)):
+            assert name in TEMPLATE_SETS
+            assert not view.raw or len(TEMPLATE_SETS[name]) == 1  # raw: one template's features
+    used = {m.id_view for m in METHODS.values()} | {"bare"}  # NegFilter's nearest ID labels
+    assert used == set(ID_VIEWS)
+    assert {m.candidate_view for m in METHODS.values() if m.mines} == set(CANDIDATE_VIEWS)
+    phrased = tuple(
+        n for n, m in METHODS.items() if m.candidate_view and CANDIDATE_VIEWS[m.candidate_view].phrases
+    )
+    assert embed_text_stage.CSP_FAMILY == phrased == ("csp", "negrefine")  # CSP's suffix phrases
+
+
+def test_pool_rules_and_config_choices_derive_from_the_catalogue() -> None:
+    assert list(corpus.POOL_RULES) == list(MINING_METHODS)
+    for name, rule in corpus.POOL_RULES.items():
+        pool = METHODS[name].pool
+        assert pool is not None
+        assert (rule.name, rule.description, rule.exclude, rule.exclude_id_names_from) == (
+            name, pool.description, pool.exclude, pool.exclude_id_names_from,
+        )  # fmt: skip
+    assert corpus.POOL_RULES["neglabel"].exclude == ()
+    assert corpus.POOL_RULES["dnm"].exclude == corpus.CSP_EXCLUDED
+    assert (config_module.MINING_METHODS, config_module.SCORE_METHODS) == (MINING_METHODS, SCORE_METHODS)
+    fields = {f.name: f for f in dataclasses.fields(MiningConfig)}
+    assert fields["methods"].metadata["choices"] == MINING_METHODS == MiningConfig().methods
+    fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
+    assert fields["methods"].metadata["choices"] == SCORE_METHODS == ScoreConfig().methods
+    assert set(score_stage._SCORERS) == set(METHODS)
+
+
+def test_row_labels_come_from_the_catalogue() -> None:
+    def label(method: str, judge: str | None = None, s_mm: bool = False) -> str:
+        return row_label({"method": method, "judge": judge, "s_mm": s_mm})
+
+    assert [label(m) for m in ("mcm", "neglabel", "csp", "dnm")] == ["MCM", "NegLabel", "CSP", "DNM"]
+    assert label("negrefine", "qwen", s_mm=True) == "NegRefine (qwen)"
+    assert label("negrefine", "qwen") == "NegRefine w/o S_MM (qwen)"
+    assert label("negrefine", s_mm=True) == "NegRefine w/o NegFilter"
+    assert label("negrefine") == "NegRefine w/o NegFilter, w/o S_MM"
+    assert label("interneg") == "interneg"  # not in the catalogue: its name
+
+
+# --- the score stage on a hand-built run folder ---------------------------------------------------
+
+
+def _unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _negatives(rng: np.random.Generator) -> pa.Table:
+    tables = []
+    for m in ("neglabel", "csp", "dnm"):
+        tables.append(pa.table({
+            "method": [m] * 8, "rank": pa.array(range(8), pa.int32()), "label": [f"{m}{i}" for i in range(8)],
+            "pos": ["noun"] * 6 + ["adj"] * 2, "embedding": embedding_column(_unit(rng, 8)),
+        }))  # fmt: skip
+    words = [*NOUNS, *ADJS]
+    tables.append(pa.table({
+        "method": ["negrefine"] * 8, "rank": pa.array(range(8), pa.int32()), "label": words,
+        "pos": ["noun"] * 5 + ["adj"] * 3, "embedding": embedding_column(_unit(rng, 8)),
+        "clean_label": words, "filter_input": [True] * 8,
+        "nearest_id_labels": pa.array([["tench"]] * 8, pa.list_(pa.string())),
+    }))  # fmt: skip
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _images(rng: np.random.Generator) -> pa.Table:
+    rows = [("imagenet", "id")] * 6 + [("inat", "ood")] * 4 + [("places", "ood")] * 4
+    return pa.table({
+        "dataset": [r[0] for r in rows], "role": [r[1] for r in rows],
+        "path": [f"{i}.jpg" for i in range(len(rows))], "label": pa.array([0] * len(rows), pa.int64()),
+        "status": ["ok"] * len(rows), "embedding": embedding_column(_unit(rng, len(rows))),
+    })  # fmt: skip
+
+
+def _stand_in(name: str, files: Mapping[str, Any]) -> Stage:
+    def fn(ctx: StageContext) -> StageOutput:
+        for rel, obj in files.items():
+            (write_parquet if isinstance(obj, pa.Table) else write_json)(ctx.out_dir / rel, obj)
+        return StageOutput(tuple(files), f"{name}: stand-in", {})
+
+    return Stage(name, "stand-in", (), 1, lambda cfg: {"stand-in": name}, fn)
+
+
+def _score_run(tmp: Path, score: Mapping[str, Any]) -> JobConfig:
+    config = build_config({
+        "run": {"name": "t", "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache")},
+        "model": {"arch": "nr-tiny-vit", "pretrained": "none", "precision": "fp32", "device": "cpu"},
+        "text": {"gpus_per_actor": 0.0, "local_below": 100_000},  # in-process, no Ray
+        "score": {"n_groups": 2, **score},
+    })  # fmt: skip
+    rng = np.random.default_rng(0)
+    ids = pa.table({"label": ["tench", "goldfish", "daisy", "mushroom"],
+                    **{v: embedding_column(_unit(rng, K)) for v in ID_VIEWS}})  # fmt: skip
+    kept = pa.table({"label": [*NOUNS[:3], *ADJS[:2]], "pos": ["noun"] * 3 + ["adj"] * 2})  # k_neg = 5
+    for stage in (
+        _stand_in("embed-text", {"id_labels.parquet": ids}),
+        _stand_in("mine", {"negatives.parquet": _negatives(rng)}),
+        _stand_in("filter", {"wordnet/kept.parquet": kept}),
+        _stand_in("embed-images", {"images.parquet": _images(rng)}),
+    ):
+        run_stage(stage, config)
+    run_stage(get_stage("score"), config)
+    return config
+
+
+def _declared(config: JobConfig, ood: list[str]) -> dict[str, str]:
+    """Score column name -> row, as the catalogue declares them for this config: every row, one per
+    judge where it has one, one column per OOD dataset where the name has "{ood}"; without ablations a
+    filtered method keeps only its S_MM rows over judges (or, with no judge, unfiltered)."""
+    out = {}
+    for name in config.score.methods:
+        m = METHODS[name]
+        for r in m.rows:
+            if m.filtered and not config.score.ablations and not (r.s_mm and (r.judge or not JUDGES)):
+                continue
+            for judge in JUDGES if r.judge else [None]:
+                row = r.key.format(judge=judge)
+                for d in ood if "{ood}" in m.column else [None]:
+                    out[m.column_name(row, d)] = row
+    return out
+
+
+@pytest.mark.parametrize(
+    "score",
+    [{}, {"ablations": False}, {"methods": ["dnm", "mcm"]}],
+    ids=["all-methods", "no-ablations", "dnm-mcm"],
+)
+def test_score_stage_writes_the_catalogue_columns(tmp_path: Path, score: dict[str, Any]) -> None:
+    config = _score_run(tmp_path, score)
+    table = read_parquet(config.run_dir / "score" / "scores.parquet")
+    columns = read_json(config.run_dir / "score" / "columns.json")["columns"]
+    ood = ["inat", "places"]
+    declared = _declared(config, ood)
+    assert {c["name"]: c["row"] for c in columns} == declared
+    assert table.column_names[5:] == [c["name"] for c in columns]
+    for c in columns:
+        method = METHODS[c["method"]]
+        assert method.row(c["judge"], c["s_mm"])[0] == c["row"]
+        assert method.column_name(c["row"], c["ood_dataset"]) == c["name"]
+    # The report's rows: one per declared row, labelled by the catalogue.
+    rows = evaluate(table, columns)["rows"]
+    assert set(rows) == set(declared.values())
+    for key, entry in rows.items():
+        c = next(c for c in columns if c["row"] == key)
+        assert entry["label"] == METHODS[c["method"]].row(c["judge"], c["s_mm"])[1]
+
+
+# --- unknown names fail in load_config ------------------------------------------------------------
+
+JOB = """
+[run]
+name = "t"
+[[judges]]
+name = "qwen"
+backend = "wordnet"
+[[datasets]]
+name = "ninco"
+role = "ood"
+root = "/data/NINCO"
+format = "imagefolder"
+"""
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ('score.methods=["mcm", "neglable"]', ["score.methods[1] = 'neglable' is not allowed.",
+                                                "Did you mean 'neglabel'?", "'negrefine', 'dnm'"]),
+        ('mining.methods=["negrefin"]', ["mining.methods[0] = 'negrefin' is not allowed.",
+                                         "Did you mean 'negrefine'?"]),
+        ('mining.methods=["mcm"]', ["mining.methods[0] = 'mcm' is not allowed.",
+                                    "'neglabel', 'csp', 'negrefine', 'dnm'"]),
+        ('score.methods=["dnm"]', []),  # valid: no error
+        ('filter.judges=["qwne"]', ["filter.judges[0] = 'qwne' is not a judge of this job.",
+                                    "Did you mean 'qwen'?", "Known: qwen, wordnet"]),
+        ("datasets.nincoo.root=/x", ["address an entry of [[datasets]] by name", "names: ninco.",
+                                     "Did you mean 'ninco'?"]),
+        ("judges.qwn.model=/m", ["names: qwen.", "Did you mean 'qwen'?"]),
+    ],
+)  # fmt: skip
+def test_unknown_names_fail_at_load_with_did_you_mean(
+    tmp_path: Path, override: str, needles: list[str]
+) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(JOB)
+    if not needles:
+        assert load_config(job, [override]).score.methods == ("dnm",)
+        return
+    with pytest.raises(ConfigError) as info:
+        load_config(job, [override])
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_duplicate_dataset_names_fail_at_load(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(JOB + JOB[JOB.index("[[datasets]]") :])
+    with pytest.raises(ConfigError, match=r"\[\[datasets\]\] names must be unique; ninco appear"):
+        load_config(job)
