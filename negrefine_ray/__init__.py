@@ -1,8 +1,8 @@
 """negrefine-ray: Ray-distributed zero-shot OOD evaluation with negative labels (NegRefine).
 
-The score and metric functions are importable from the package (`negrefine_ray.neglabel`,
-`negrefine_ray.compute_metrics`, ...) but load lazily, so `import negrefine_ray` pulls in neither
-torch nor scikit-learn.
+The public face: the pure score and metric functions (`negrefine_ray.neglabel`,
+`negrefine_ray.compute_metrics`, ...) plus `load_config` and `run_job`, no stage internals. They
+load lazily, so `import negrefine_ray` pulls in neither torch nor scikit-learn.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "negrefine_ray.scores": (
+    "negrefine_ray.core.scores": (
         "mcm", "neglabel", "grouping_permutation", "kept_negatives", "top_pairs", "distinct_pairs",
         "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations", "get_score", "SCORES",
     ),
-    "negrefine_ray.metrics": (
+    "negrefine_ray.core.metrics": (
         "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
         "compute_metrics", "get_metric", "METRICS",
     ),
-    "negrefine_ray.score_stage": ("multi_matching_scores",),
-    "negrefine_ray.report_stage": ("evaluate",),
+    "negrefine_ray.core.multi_matching": ("multi_matching_scores",),
+    "negrefine_ray.config": ("load_config",),
+    "negrefine_ray.pipeline": ("run_job",),
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
@@ -31,11 +32,12 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
     "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations", "get_score", "SCORES",
     "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
     "compute_metrics", "get_metric", "METRICS",
-    "multi_matching_scores", "evaluate",
+    "multi_matching_scores", "load_config", "run_job",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
-    from negrefine_ray.metrics import (
+    from negrefine_ray.config import load_config
+    from negrefine_ray.core.metrics import (
         METRICS,
         aupr_in,
         aupr_in_openood,
@@ -47,9 +49,8 @@ if TYPE_CHECKING:
         fpr95_openood,
         get_metric,
     )
-    from negrefine_ray.report_stage import evaluate
-    from negrefine_ray.score_stage import multi_matching_scores
-    from negrefine_ray.scores import (
+    from negrefine_ray.core.multi_matching import multi_matching_scores
+    from negrefine_ray.core.scores import (
         SCORES,
         distinct_pairs,
         dnm,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
         pair_texts,
         top_pairs,
     )
+    from negrefine_ray.pipeline import run_job
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,7 @@ import typer
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.errors import NegRefineError, StageError
 from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_job, run_pipeline
-from negrefine_ray.stages import StageResult
+from negrefine_ray.runfolder import StageResult
 
 app = typer.Typer(
     add_completion=False,
@@ -130,7 +130,7 @@ def demo_images(
     seed: Annotated[int, typer.Option(help="Random seed of the generated images.")] = 0,
 ) -> None:
     """Generate the smoke job's image datasets (textures, with one corrupt file)."""
-    from negrefine_ray.demo_data import make_demo_images
+    from negrefine_ray.data.demo_data import make_demo_images
 
     typer.echo(f"demo images: {make_demo_images(folder, seed=seed)}")
 

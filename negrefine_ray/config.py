@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from negrefine_ray.core.methods import METHODS, MINING_METHODS, SCORE_METHODS
 from negrefine_ray.errors import ConfigError, did_you_mean
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
-from negrefine_ray.methods import METHODS, MINING_METHODS, SCORE_METHODS
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -113,7 +113,7 @@ class TextConfig:
 @dataclass(frozen=True)
 class MiningConfig:
     """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2); `methods` are the catalogue's methods
-    that mine (negrefine_ray.methods)."""
+    that mine (negrefine_ray.core.methods)."""
 
     methods: tuple[str, ...] = field(default=MINING_METHODS, metadata=_choices(*MINING_METHODS))
     # The order the references' os.listdir walked word-list files in decides which file owns a word
@@ -149,7 +149,7 @@ class DatasetConfig:
 class ImagesConfig:
     """How images are read and embedded (the `embed-images` stage)."""
 
-    preset: str = ""  # a benchmark preset that fills [[datasets]] (see negrefine_ray.datasets)
+    preset: str = ""  # a benchmark preset that fills [[datasets]] (see negrefine_ray.data.datasets)
     data_root: str = ""  # folder under which a preset's datasets live
     decode: Literal["pil", "pil-draft"] = field(default="pil", metadata=_choices("pil", "pil-draft"))
     exif: Literal["ignore", "transpose"] = field(default="ignore", metadata=_choices("ignore", "transpose"))
@@ -470,7 +470,7 @@ def check_references(job: JobConfig) -> None:
                 f"Known: {', '.join(sorted(judges))}; add a [[judges]] entry named {name!r} or fix the name."
             )
     if job.images.preset:
-        from negrefine_ray.presets import PRESETS
+        from negrefine_ray.data.presets import PRESETS
 
         if job.images.preset not in PRESETS:
             raise ConfigError(

@@ -21,7 +21,7 @@ class Check:
 
 
 def check_wordnet(config: JobConfig) -> Check:
-    from negrefine_ray.wordnet import wordnet_status
+    from negrefine_ray.data.wordnet import wordnet_status
 
     if config.corpus.source != "wordnet":
         return Check("wordnet", True, f"not needed: corpus.source = {config.corpus.source!r}")
@@ -34,7 +34,7 @@ def check_wordnet(config: JobConfig) -> Check:
 
 
 def check_clip(config: JobConfig) -> Check:
-    from negrefine_ray.clip import resolve_weights
+    from negrefine_ray.clip.model import resolve_weights
 
     try:
         weights = resolve_weights(config.model)

@@ -1,8 +1,8 @@
 """The pipeline: its stages in order, what determines each one's output, and the `run` driver.
 
-Stages: corpus -> embed-text -> mine -> filter -> embed-images -> score -> report. Stages whose code
-does not exist yet are listed with the issue that builds them; `run` stops before the first of them
-and says so, so nothing pretends to have run.
+Stages: corpus -> embed-text -> mine -> filter -> embed-images -> score -> report, one module each
+in negrefine_ray/stages/, imported here by name. A stage whose code does not exist yet (fn None) is
+listed with the issue that builds it; `run` stops before it, so nothing pretends to have run.
 """
 
 from __future__ import annotations
@@ -15,24 +15,14 @@ from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.preflight import preflight
-from negrefine_ray.stages import Stage, StageResult, run_folder_lock, run_stage
+from negrefine_ray.runfolder import Stage, StageResult, run_folder_lock, run_stage
+from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
+from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
 
 
 def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
     """Settings = the named config sections, whole."""
     return lambda cfg: {n: dataclasses.asdict(getattr(cfg, n)) for n in names}
-
-
-def _lazy(module: str, name: str) -> Callable[..., Any]:
-    """A stage function or settings function imported on first call (keeps the CLI start fast and
-    keeps heavy imports out of stages that do not need them, e.g. open_clip in `filter`)."""
-
-    def call(arg: Any) -> Any:
-        import importlib
-
-        return getattr(importlib.import_module(f"negrefine_ray.{module}"), name)(arg)
-
-    return call
 
 
 STAGES: tuple[Stage, ...] = (
@@ -41,57 +31,57 @@ STAGES: tuple[Stage, ...] = (
         "WordNet candidate words per lexicographer file",
         (),
         1,
-        _lazy("corpus_stage", "corpus_settings"),
-        _lazy("corpus_stage", "run_corpus"),
+        corpus.corpus_settings,
+        corpus.run_corpus,
     ),
     Stage(
         "embed-text",
         "CLIP text embeddings of ID labels and candidates",
         ("corpus",),
         1,
-        _lazy("embed_text_stage", "embed_text_settings"),
-        _lazy("embed_text_stage", "run_embed_text"),
+        embed_text.embed_text_settings,
+        embed_text.run_embed_text,
     ),
     Stage(
         "mine",
         "negative-label mining (NegLabel, CSP, NegRefine, DNM)",
         ("embed-text",),
         1,
-        _lazy("mine_stage", "mine_settings"),
-        _lazy("mine_stage", "run_mine"),
+        mine.mine_settings,
+        mine.run_mine,
     ),
     Stage(
         "filter",
         "NegFilter: LLM filtering of NegRefine's negative labels",
         ("mine",),
         1,
-        _lazy("filter_stage", "filter_settings"),
-        _lazy("filter_stage", "run_filter"),
+        filter_stage.filter_settings,
+        filter_stage.run_filter,
     ),
     Stage(
         "embed-images",
         "CLIP image embeddings of ID and OOD datasets",
         (),
         1,
-        _lazy("image_embed", "embed_images_settings"),
-        _lazy("image_embed", "run_embed_images"),
-        sources=_lazy("image_embed", "embed_images_sources"),
+        embed_images.embed_images_settings,
+        embed_images.run_embed_images,
+        sources=embed_images.embed_images_sources,
     ),
     Stage(
         "score",
         "OOD scores per image and method (MCM, NegLabel, CSP, NegRefine and its ablations, DNM)",
         ("embed-text", "mine", "filter", "embed-images"),
         1,
-        _lazy("score_stage", "score_settings"),
-        _lazy("score_stage", "run_score"),
+        score.score_settings,
+        score.run_score,
     ),
     Stage(
         "report",
         "metrics, Markdown tables and plots",
         ("score",),
         1,
-        _lazy("report_stage", "report_settings"),
-        _lazy("report_stage", "run_report"),
+        report.report_settings,
+        report.run_report,
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -40,7 +40,7 @@ def check_writable(folder: Path, key: str) -> None:
 
 def check_model(config: JobConfig) -> None:
     """The architecture is in open_clip's registry and a checkpoint file's header is readable."""
-    from negrefine_ray.clip import check_checkpoint, resolve_weights
+    from negrefine_ray.clip.model import check_checkpoint, resolve_weights
 
     weights = resolve_weights(config.model)
     if weights.kind == "file":
@@ -49,8 +49,8 @@ def check_model(config: JobConfig) -> None:
 
 def check_datasets(config: JobConfig) -> None:
     """Every dataset (preset expanded) has an existing root folder and, where it has one, image list."""
-    from negrefine_ray.datasets import open_root
-    from negrefine_ray.presets import resolve_datasets
+    from negrefine_ray.data.datasets import open_root
+    from negrefine_ray.data.presets import resolve_datasets
 
     datasets = resolve_datasets(config)
     if not datasets:
@@ -82,7 +82,7 @@ def preflight(config: JobConfig, stages: Collection[str]) -> None:
         if CLIP_STAGES & set(stages):
             check_model(config)
         if LABEL_STAGES & set(stages):
-            from negrefine_ray.labels import load_id_labels
+            from negrefine_ray.core.labels import load_id_labels
 
             load_id_labels(config.labels.id_labels)
         if IMAGE_STAGES & set(stages):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.corpus import KNOWN_LEXNAMES, wordnet_entries
-from negrefine_ray.wordnet import WordNet, load_wordnet
+from negrefine_ray.core.corpus import KNOWN_LEXNAMES, wordnet_entries
+from negrefine_ray.data.wordnet import WordNet, load_wordnet
 
 DICT_DIR = Path(os.environ.get("NEGREFINE_WORDNET_DICT") or "/usr/share/wordnet")
 

@@ -17,14 +17,14 @@ from PIL import Image
 
 from negrefine_ray.artifacts import write_parquet
 from negrefine_ray.cache_files import checksum_path, write_entry
+from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
+from negrefine_ray.clip.text_cache import TextEmbeddingCache
 from negrefine_ray.config import build_config
-from negrefine_ray.image_cache import EmbedResult, ImageEmbeddingCache
-from negrefine_ray.image_embed import run_embed_images
+from negrefine_ray.core.negfilter import proper_question
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.negfilter import proper_question
-from negrefine_ray.stages import StageContext
-from negrefine_ray.text_cache import TextEmbeddingCache
+from negrefine_ray.runfolder import StageContext
+from negrefine_ray.stages.embed_images import run_embed_images
 
 RNG = np.random.default_rng(9)
 PATHS = ["a.jpg", "b.jpg", "c.png", "d/e.jpg", "f.jpg"]

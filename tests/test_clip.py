@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from negrefine_ray.clip import create_clip, get_tokenizer, resolve_weights
+from negrefine_ray.clip.model import create_clip, get_tokenizer, resolve_weights
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.errors import NegRefineError
 

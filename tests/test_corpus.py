@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from negrefine_ray.corpus import (
+from negrefine_ray.core.corpus import (
     CSP_EXCLUDED,
     ENTRY_SCHEMA,
     NEGREFINE_FILE_ORDER,
@@ -36,8 +36,8 @@ from negrefine_ray.corpus import (
     read_wordlist_folder,
     wordnet_entries,
 )
+from negrefine_ray.data.wordnet import WordNet
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.wordnet import WordNet
 
 # The spec prints J to two decimals (adj.all's is 0.898), so each bound is the printed value - 0.005.
 SPEC_JACCARD = {
@@ -145,8 +145,8 @@ HASH_SEED_SCRIPT = """
 import hashlib, json, sys
 from pathlib import Path
 import pyarrow.parquet as pq
-from negrefine_ray.corpus import POOL_RULES, wordnet_entries
-from negrefine_ray.wordnet import load_wordnet
+from negrefine_ray.core.corpus import POOL_RULES, wordnet_entries
+from negrefine_ray.data.wordnet import load_wordnet
 digest = lambda table: hashlib.sha256(repr(table.to_pydict()).encode()).hexdigest()
 wn = load_wordnet(Path(sys.argv[1]), sources=("system",))
 pool = POOL_RULES["negrefine"].pool(pq.read_table(sys.argv[2]), json.loads(Path(sys.argv[3]).read_text()))

@@ -11,10 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from negrefine_ray.clip import create_clip
-from negrefine_ray.config import ModelConfig
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.images import (
+from negrefine_ray.clip.model import create_clip
+from negrefine_ray.clip.preprocess import (
     CropSpec,
     DecodeOptions,
     crop_spec,
@@ -23,6 +21,8 @@ from negrefine_ray.images import (
     normalise,
     to_rgb,
 )
+from negrefine_ray.config import ModelConfig
+from negrefine_ray.errors import NegRefineError
 
 RNG = np.random.default_rng(0)
 

@@ -18,8 +18,9 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray.config import JudgeConfig, build_config
+from negrefine_ray.core.negfilter import PROMPT_SETS, proper_question, subcategory_questions
+from negrefine_ray.data.wordnet import WordNet
 from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.filter_stage import in_process_asker, run_judge
 from negrefine_ray.judges import (
     BACKEND_NAMES,
     BACKENDS,
@@ -34,8 +35,7 @@ from negrefine_ray.judges.llm import LLMJudge, chat
 from negrefine_ray.judges.pool import JudgeActor, _answers, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.wordnet import WordNetJudge
-from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
-from negrefine_ray.wordnet import WordNet
+from negrefine_ray.stages.filter import in_process_asker, run_judge
 
 pytest_plugins = ("conftest_wordnet",)
 

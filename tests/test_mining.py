@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from negrefine_ray import mining
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.mining import (
+from negrefine_ray.core import mining
+from negrefine_ray.core.mining import (
     clean_label,
     clean_labels,
     dnm_density,
@@ -26,6 +25,7 @@ from negrefine_ray.mining import (
     quantile_rows,
     select_neglabel,
 )
+from negrefine_ray.errors import NegRefineError
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ def test_cleaning_examples_from_the_spec() -> None:
 
 _SCRIPT = """
 import json, numpy as np
-from negrefine_ray.mining import clean_labels, select_neglabel
+from negrefine_ray.core.mining import clean_labels, select_neglabel
 labels = ["b'c", "bc", "zeta", "alpha", "beta!", "beta", "gamma", "delta", "q1"]
 d = np.array([0.3, 0.3, 0.1, 0.2, 0.2, 0.2, 0.0, 0.3, 0.9])
 pos = ["noun", "adj"] * 4 + ["noun"]

@@ -12,12 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.filter_report import cohen_kappa, compare_judges
-from negrefine_ray.filter_stage import filter_labels, in_process_asker, run_judge
-from negrefine_ray.judges.base import Answer, parse_yes_no
-from negrefine_ray.judges.replay import ReplayJudge, parse_decision_log
-from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.negfilter import (
+from negrefine_ray.core.negfilter import (
     PROMPT_SETS,
     Decision,
     PromptSet,
@@ -27,6 +22,11 @@ from negrefine_ray.negfilter import (
     question_id,
     subcategory_questions,
 )
+from negrefine_ray.judges.base import Answer, parse_yes_no
+from negrefine_ray.judges.compare import cohen_kappa, compare_judges
+from negrefine_ray.judges.replay import ReplayJudge, parse_decision_log
+from negrefine_ray.judges.store import AnswerStore
+from negrefine_ray.stages.filter import filter_labels, in_process_asker, run_judge
 
 PROMPTS = PROMPT_SETS["negrefine"]
 
@@ -215,18 +215,30 @@ def test_judge_comparison(tmp_path: Path) -> None:
     assert same_again["proper"]["kappa"] == 1.0 and same_again["removed_only_by_first"]["count"] == 0
 
 
-def test_filter_stage_imports_neither_open_clip_nor_torchvision() -> None:
-    """vLLM's CPU build cannot live beside torchvision: the filter stage must run without them."""
+def _imported(modules: str, heavy: tuple[str, ...]) -> list[str]:
     import subprocess
     import sys
 
     code = (
-        "import sys, negrefine_ray.cli, negrefine_ray.filter_stage, negrefine_ray.judges.pool, "
-        "negrefine_ray.judges.vllm, negrefine_ray.judges.llm, negrefine_ray.judges.transformers, "
-        "negrefine_ray.judges.gguf, negrefine_ray.judges.fake\n"
-        "heavy = ('open_clip', 'torchvision', 'torch', 'transformers', 'vllm')\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "print(bad); sys.exit(1 if bad else 0)"
+        f"import sys, {modules}\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules if m.split('.')[0] in {heavy!r}}}))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return eval(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_filter_stage_imports_neither_open_clip_nor_torchvision() -> None:
+    """vLLM's CPU build cannot live beside torchvision, and its environment has no open_clip,
+    scikit-learn, matplotlib or scipy: the CLI (which imports every stage module) and the filter
+    stage must start without them. torch is there (vLLM needs it)."""
+    cli = (
+        "negrefine_ray.cli, negrefine_ray.stages.filter, negrefine_ray.judges.pool, negrefine_ray.judges.vllm"
+    )
+    heavy = ("open_clip", "torchvision", "transformers", "vllm", "sklearn", "matplotlib", "scipy")
+    assert _imported(cli, heavy) == []
+    judges = (
+        "negrefine_ray.stages.filter, negrefine_ray.judges.pool, negrefine_ray.judges.vllm, "
+        "negrefine_ray.judges.llm, negrefine_ray.judges.transformers, negrefine_ray.judges.gguf, "
+        "negrefine_ray.judges.fake"
+    )
+    assert _imported(judges, (*heavy, "torch")) == []  # the filter stage itself needs no torch either

@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 from negrefine_ray import pipeline
 from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
 from negrefine_ray.cli import app
-from negrefine_ray.clip import check_checkpoint
+from negrefine_ray.clip.model import check_checkpoint
 from negrefine_ray.config import load_config
-from negrefine_ray.demo_data import make_demo_images
+from negrefine_ray.data.demo_data import make_demo_images
 from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.report_stage import evaluate, markdown_tables
+from negrefine_ray.stages.report import evaluate, markdown_tables
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "jobs" / "smoke.toml")
@@ -180,7 +180,7 @@ def test_real_checkpoints_pass_the_header_check(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_output_dir_is_a_message_not_a_traceback(tmp_path: Path) -> None:
-    from negrefine_ray.stages import run_folder_lock
+    from negrefine_ray.runfolder import run_folder_lock
 
     lock = run_folder_lock(Path("/proc/negrefine-x"))
     with pytest.raises(NegRefineError, match="Cannot create the run folder /proc/negrefine-x"), lock:

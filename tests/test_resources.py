@@ -130,8 +130,8 @@ def _run_stage_with_cpus_held(tmp: Path, held: int, deadline_s: float) -> tuple[
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from negrefine_ray.image_embed import run_embed_images
-    from negrefine_ray.stages import StageContext
+    from negrefine_ray.runfolder import StageContext
+    from negrefine_ray.stages.embed_images import run_embed_images
 
     config = _job(tmp)
     out = tmp / "stage"

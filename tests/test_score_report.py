@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from negrefine_ray import scores
 from negrefine_ray.artifacts import (
     column_matrix,
     embedding_column,
@@ -26,12 +25,13 @@ from negrefine_ray.artifacts import (
     write_parquet,
 )
 from negrefine_ray.config import JobConfig, build_config
+from negrefine_ray.core import scores
+from negrefine_ray.core.metrics import compute_metrics
 from negrefine_ray.errors import ConfigError
-from negrefine_ray.metrics import compute_metrics
 from negrefine_ray.pipeline import get_stage
-from negrefine_ray.report_stage import RANDOM_WARNING
-from negrefine_ray.score_stage import multi_matching_scores
-from negrefine_ray.stages import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.runfolder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.stages.report import RANDOM_WARNING
+from negrefine_ray.stages.score import multi_matching_scores
 
 D, K, G = 32, 6, 3  # nr-tiny-vit's embedding width, ID labels, groups
 ID_NAMES = ["tench", "goldfish", "kite (bird of prey)", "daisy", "mushroom", "toilet paper"]
@@ -290,7 +290,7 @@ def test_package_import_stays_light_and_exports_the_api() -> None:
         "import sys, negrefine_ray as nr\n"
         "heavy = {'torch', 'open_clip', 'ray', 'sklearn'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
-        "import negrefine_ray.scores as sc, negrefine_ray.metrics as me\n"
+        "import negrefine_ray.core.scores as sc, negrefine_ray.core.metrics as me\n"
         "assert nr.neglabel is sc.neglabel and nr.compute_metrics is me.compute_metrics\n"
         "assert nr.compute_metrics([3.0, 2.0], [1.0, 2.5], ['auroc'])['auroc'] == 0.75\n"
         "assert 'torch' in sys.modules and set(nr.__all__) <= set(dir(nr))"

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.scores import (
+from negrefine_ray.core.scores import (
     SCORES,
     _topk,
     distinct_pairs,
@@ -26,6 +25,7 @@ from negrefine_ray.scores import (
     pair_texts,
     top_pairs,
 )
+from negrefine_ray.errors import NegRefineError
 
 N, D, K, M, G = 9, 16, 8, 23, 4  # M' = 20, Q = 5: the last 3 negatives are dropped
 

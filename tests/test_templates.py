@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.templates import (
+from negrefine_ray.core.templates import (
     CSP_SUFFIX14,
     TEMPLATE_SETS,
     apply_templates,
     csp_phrases,
     get_templates,
 )
+from negrefine_ray.errors import NegRefineError
 
 SPEC = Path("/work/shared/spec/methods.md")
 

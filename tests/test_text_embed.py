@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from negrefine_ray.clip import create_clip, get_tokenizer, register_bundled_configs, resolve_precision
-from negrefine_ray.config import ModelConfig, TextConfig
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.pools import PoolPlan
-from negrefine_ray.resources import Pool
-from negrefine_ray.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
-from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
-from negrefine_ray.text_embed import (
+from negrefine_ray.clip.model import create_clip, get_tokenizer, register_bundled_configs, resolve_precision
+from negrefine_ray.clip.text import (
     _causal_tower,
     embed_labels,
     embed_texts_ray,
@@ -25,6 +19,12 @@ from negrefine_ray.text_embed import (
     ensemble,
     plan_batches,
 )
+from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
+from negrefine_ray.config import ModelConfig, TextConfig
+from negrefine_ray.core.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.pools import PoolPlan
+from negrefine_ray.resources import Pool
 
 TINY = "nr-tiny-vit-2l"
 TEXTS = [

@@ -16,9 +16,9 @@ import pytest
 
 from negrefine_ray.artifacts import column_matrix, read_json, read_parquet
 from negrefine_ray.config import JobConfig, load_config
-from negrefine_ray.labels import load_id_labels
+from negrefine_ray.core.labels import load_id_labels
+from negrefine_ray.core.templates import get_templates
 from negrefine_ray.pipeline import run_pipeline
-from negrefine_ray.templates import get_templates
 
 REPO = Path(__file__).resolve().parents[1]
 # The module's text_run fixture runs corpus, embed-text and mine once: ~35 s on 2 cores.
@@ -57,7 +57,7 @@ def test_fifteen_percent_per_part_of_speech_in_ascending_order(text_run: JobConf
 
 
 def test_embeddings_are_normalised_and_match_the_methods_templates(text_run: JobConfig) -> None:
-    from negrefine_ray.text_service import TextEncoder
+    from negrefine_ray.clip.text_service import TextEncoder
 
     neg = _negatives(text_run, "csp")
     emb = column_matrix(neg, "embedding")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from negrefine_ray.config import JudgeConfig
+from negrefine_ray.core.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 from negrefine_ray.judges.llm import answer_with
-from negrefine_ray.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm

@@ -11,9 +11,9 @@ from pathlib import Path
 import nltk
 import pytest
 
-from negrefine_ray import wordnet as wordnet_module
+from negrefine_ray.data import wordnet as wordnet_module
+from negrefine_ray.data.wordnet import LEXNAMES, WordNet, build_nltk_copy, load_wordnet, wordnet_status
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.wordnet import LEXNAMES, WordNet, build_nltk_copy, load_wordnet, wordnet_status
 
 pytest_plugins = ("conftest_wordnet",)
 BOTH_FIXES = ("python -m nltk.downloader wordnet", "apt-get install wordnet-base wordnet-sense-index")

@@ -27,9 +27,9 @@ except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from negrefine_ray.config import JudgeConfig
+from negrefine_ray.core.negfilter import PROMPT_SETS, Question, proper_question, subcategory_questions
 from negrefine_ray.judges.llm import chat
 from negrefine_ray.judges.transformers import TransformersBackend
-from negrefine_ray.negfilter import PROMPT_SETS, Question, proper_question, subcategory_questions
 
 REFERENCE_QUESTIONS = 73_037  # NegRefine's logged LLM calls (methods.md 3.2)
 REFERENCE_SECONDS = 8_368.32

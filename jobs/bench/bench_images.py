@@ -29,10 +29,10 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from negrefine_ray.clip import resolve_device
+from negrefine_ray.clip.image import ImageEmbedder, embed_crops, embed_files_local
+from negrefine_ray.clip.model import resolve_device
+from negrefine_ray.clip.preprocess import CropSpec, DecodeOptions, crop_spec_for_model, decode_crop
 from negrefine_ray.config import ModelConfig
-from negrefine_ray.image_encode import ImageEmbedder, embed_crops, embed_files_local
-from negrefine_ray.images import CropSpec, DecodeOptions, crop_spec_for_model, decode_crop
 
 PIL_OPTS, DRAFT_OPTS = DecodeOptions(), DecodeOptions(decode="pil-draft")
 

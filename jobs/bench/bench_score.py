@@ -3,7 +3,7 @@ OOD sets) against 1,000 ID labels and 6,370 negatives, D = 512, random L2-normal
 Times NegLabel's grouped score, NegRefine's S_MM (top pairs, distinct pairs, multi-matching; the pair
 texts' CLIP encoding is not included, its text count is reported) and DNM.
 
-  python jobs/bench/bench_score.py                          # numpy = negrefine_ray.scores (the stage)
+  python jobs/bench/bench_score.py                          # numpy = negrefine_ray.core.scores (the stage)
   python jobs/bench/bench_score.py --backend torch --device cuda --out bench_score.json
 Random embeddings are the worst case for deduplication: real images share their nearest labels, so a
 real run needs far fewer distinct pairs (the score stage records the count in its manifest).
@@ -29,7 +29,7 @@ try:
 except ImportError:  # run from a checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from negrefine_ray import scores
+from negrefine_ray.core import scores
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def timed(
 
 
 class TorchScores:
-    """The same formulas as negrefine_ray.scores as chunked torch matmuls (float32, log-sum-exp)."""
+    """The same formulas as negrefine_ray.core.scores as chunked torch matmuls (float32, log-sum-exp)."""
 
     def __init__(self, device: str, chunk: int) -> None:
         self.device, self.chunk = torch.device(device), chunk

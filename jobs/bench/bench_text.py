@@ -28,10 +28,10 @@ except ImportError:  # run from a checkout without installing the package
 
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-from negrefine_ray.clip import create_clip, get_tokenizer
+from negrefine_ray.clip.model import create_clip, get_tokenizer
+from negrefine_ray.clip.text import encode_texts
 from negrefine_ray.config import ModelConfig
-from negrefine_ray.templates import apply_templates, csp_phrases, get_templates
-from negrefine_ray.text_embed import encode_texts
+from negrefine_ray.core.templates import apply_templates, csp_phrases, get_templates
 
 
 def synthetic_words(n: int, seed: int) -> list[str]:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from negrefine_ray.negfilter import PromptSet, Question
+from negrefine_ray.core.negfilter import PromptSet, Question
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig

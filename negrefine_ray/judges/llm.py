@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.judges import make_backend
 from negrefine_ray.judges.base import Answer, Backend, Chat, parse_yes_no
-from negrefine_ray.negfilter import PromptSet, Question
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges import make_backend
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.llm import answer_with
 from negrefine_ray.judges.store import YES_CODE, YES_FROM_CODE, AnswerStore
-from negrefine_ray.negfilter import PromptSet, Question
 from negrefine_ray.pools import ActorPool, PoolSpec, cluster_gpus, fit_plan, plan_pool, require_columns
 
 if TYPE_CHECKING:

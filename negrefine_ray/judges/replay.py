@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from negrefine_ray.core.negfilter import PromptSet, Question, question_id
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.judges.base import Answer
-from negrefine_ray.negfilter import PromptSet, Question, question_id
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig

@@ -13,8 +13,8 @@ import pyarrow as pa
 
 from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.cache_files import check_columns, check_no_nulls, check_values, read_entry, write_entry
+from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges.base import Answer
-from negrefine_ray.negfilter import PromptSet, Question
 
 ANSWER_SCHEMA = pa.schema(
     [("qid", pa.string()), ("yes", pa.int8()), ("p_yes", pa.float64()), ("raw", pa.string()),

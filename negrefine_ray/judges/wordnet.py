@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges.base import Answer
-from negrefine_ray.negfilter import PromptSet, Question
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig
@@ -39,8 +39,8 @@ class WordNetJudge:
 
     @classmethod
     def from_config(cls, cfg: JudgeConfig, *, seed: int, cache_dir: Path) -> WordNetJudge:
-        """WordNet from `cache_dir` (negrefine_ray.wordnet finds or builds it); `seed` is unused."""
-        from negrefine_ray.wordnet import load_wordnet
+        """WordNet from `cache_dir` (negrefine_ray.data.wordnet finds or builds it); `seed` is unused."""
+        from negrefine_ray.data.wordnet import load_wordnet
 
         wn = load_wordnet(cache_dir).reader
         return cls(wn, cfg.name, proper_rule=cfg.proper_rule, compound_head=cfg.compound_head)

@@ -3,7 +3,7 @@ rows in a fixed order; a root is a local path or a URI (s3://, gs://, hdfs://) r
 
 Follows torchvision's ImageFolder (classes = every sub-folder, sorted; files sorted by folder then
 name, IMG_EXTENSIONS; a class without files refused), OpenOOD's image lists (image_lists.py) and the
-ImageNet devkit (methods.md 1.6, 3.5, 5.7, 7). The papers' benchmark sets are data in presets.py.
+ImageNet devkit (methods.md 1.6, 3.5, 5.7, 7). The papers' benchmark sets are data in data/presets.py.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pyarrow.fs as pafs
 
 from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.config import DatasetConfig
+from negrefine_ray.data.file_walk import LISTED_MISSING, class_folders, confinement, files_under, stat_listed
+from negrefine_ray.data.image_lists import decode_list, parse_ground_truth, parse_image_list, unique_entries
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.file_walk import LISTED_MISSING, class_folders, confinement, files_under, stat_listed
-from negrefine_ray.image_lists import decode_list, parse_ground_truth, parse_image_list, unique_entries
 
 log = logging.getLogger(__name__)
 

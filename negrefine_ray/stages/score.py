@@ -1,6 +1,6 @@
 """The `score` stage: every method's OOD score for every readable image (methods.md 0.6, 1.5, 2.5,
 3.3-3.4, 4.3, App. B), plus NegRefine's ablations (NegFilter on/off x S_MM on/off) per judge. Each
-method's entry in the catalogue (negrefine_ray.methods) names its scorer here, its views and columns.
+method's entry in the catalogue (negrefine_ray.core.methods) names its scorer here, its views and columns.
 
 Input: embed-images/images.parquet, embed-text/id_labels.parquet, mine/negatives.parquet,
 filter/<judge>/kept.parquet. Output: score/scores.parquet (dataset, role, path, label, status, one
@@ -21,20 +21,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from negrefine_ray import scores
 from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
 from negrefine_ray.config import JobConfig
-from negrefine_ray.embed_text_stage import view_matrix
-from negrefine_ray.errors import ConfigError, StageError, unknown_name
-from negrefine_ray.methods import CANDIDATE_VIEWS, METHODS, Method, TextView
-from negrefine_ray.multi_matching import (  # NegRefine's pure core (tests import it from here)
+from negrefine_ray.core import scores
+from negrefine_ray.core.methods import CANDIDATE_VIEWS, METHODS, Method, TextView
+from negrefine_ray.core.multi_matching import (  # NegRefine's pure core (tests import it from here)
     PairEmbedder,
     RefinedNegatives,
     multi_matching_scores,
     refined_negatives,
 )
-from negrefine_ray.stages import StageContext, StageOutput
-from negrefine_ray.templates import get_templates
+from negrefine_ray.core.templates import get_templates
+from negrefine_ray.errors import ConfigError, StageError, unknown_name
+from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.stages.embed_text import view_matrix
 
 IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status", "embedding")
 # Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch
@@ -93,7 +93,7 @@ def check_methods(config: JobConfig) -> list[str]:
 
 
 def _judges(config: JobConfig) -> list[str]:
-    from negrefine_ray.filter_stage import judge_configs
+    from negrefine_ray.stages.filter import judge_configs
 
     filtered = any(m in METHODS and METHODS[m].filtered for m in config.score.methods)
     return [j.name for j in judge_configs(config)] if filtered else []
@@ -242,7 +242,7 @@ def _pair_embedder(encoder: Any, view: TextView) -> PairEmbedder:
 def _score_negrefine(s: _Scorer, method: Method) -> dict[str, Any]:
     """NegRefine per judge and its ablations (3.3-3.4); S_MM over every negative set from one pass
     of distinct pair texts. Without ablations only negrefine[J] (or, with no judge, _nofilter)."""
-    from negrefine_ray.text_service import TextEncoder
+    from negrefine_ray.clip.text_service import TextEncoder
 
     ctx, view = s.ctx, CANDIDATE_VIEWS[method.candidate_view or ""]
     judges = _judges(ctx.config)

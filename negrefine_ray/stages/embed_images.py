@@ -19,21 +19,21 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.artifacts import embedding_column, stable_hash, write_parquet
-from negrefine_ray.clip import resolve_precision, resolve_weights
-from negrefine_ray.config import JobConfig
-from negrefine_ray.datasets import Listing, list_datasets
-from negrefine_ray.errors import StageError
-from negrefine_ray.image_cache import (
+from negrefine_ray.clip.image import embed_rows_ray, image_pool_spec
+from negrefine_ray.clip.image_cache import (
     EmbedResult,
     ImageEmbeddingCache,
     image_cache_base,
     image_cache_key,
 )
-from negrefine_ray.image_encode import embed_rows_ray, image_pool_spec
-from negrefine_ray.images import FAILURE_KINDS, OK, crop_spec_for_model, decode_options
+from negrefine_ray.clip.model import resolve_precision, resolve_weights
+from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK, crop_spec_for_model, decode_options
+from negrefine_ray.config import JobConfig
+from negrefine_ray.data.datasets import Listing, list_datasets
+from negrefine_ray.data.presets import resolve_datasets
+from negrefine_ray.errors import StageError
 from negrefine_ray.pools import cluster_gpus, fit_plan, plan_pool
-from negrefine_ray.presets import resolve_datasets
-from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.runfolder import StageContext, StageOutput
 
 log = logging.getLogger(__name__)
 

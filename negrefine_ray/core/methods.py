@@ -5,8 +5,8 @@ method choices come from here too. Pure (standard library and errors.py only): c
 
 Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and a
 `score_<scorer>` method on score_stage's scorer that calls it (or an existing scorer). A new mining
-rule is a function in mining.py plus its branch in mine_stage._select; a new text view, its column
-in embed_text_stage.
+rule is a function in core/mining.py plus its branch in stages/mine.py _select; a new text view, its column
+in stages/embed_text.py.
 """
 
 from __future__ import annotations

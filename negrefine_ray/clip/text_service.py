@@ -12,12 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from negrefine_ray.clip import resolve_precision, resolve_weights
+from negrefine_ray.clip.model import resolve_precision, resolve_weights
+from negrefine_ray.clip.text import EnsembleMode, encode_texts, ensemble
+from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.config import JobConfig
+from negrefine_ray.core.templates import apply_templates
 from negrefine_ray.pools import PoolPlan, PoolSpec, cluster_gpus, fit_plan, plan_pool
-from negrefine_ray.templates import apply_templates
-from negrefine_ray.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
-from negrefine_ray.text_embed import EnsembleMode, encode_texts, ensemble
 
 
 class TextEncoder:
@@ -62,7 +62,7 @@ class TextEncoder:
         return feats
 
     def _compute(self, texts: Sequence[str]) -> np.ndarray:
-        from negrefine_ray.text_embed import embed_texts_ray
+        from negrefine_ray.clip.text import embed_texts_ray
 
         plan = self._pool_plan()
         if plan.device == "cpu" and len(texts) < self.config.text.local_below:
@@ -71,7 +71,7 @@ class TextEncoder:
         return embed_texts_ray(texts, self.config.model, self.config.text, fit_plan(plan))
 
     def _encode_here(self, texts: Sequence[str]) -> np.ndarray:
-        from negrefine_ray.clip import create_clip, get_tokenizer
+        from negrefine_ray.clip.model import create_clip, get_tokenizer
 
         if self._local is None:
             model, _, _ = create_clip(self.config.model, "cpu")

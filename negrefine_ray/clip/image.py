@@ -15,11 +15,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.clip import autocast, create_clip, resolve_device, resolve_precision
-from negrefine_ray.config import ImagesConfig, ModelConfig
-from negrefine_ray.errors import StageError
-from negrefine_ray.image_cache import EmbedResult
-from negrefine_ray.images import (
+from negrefine_ray.clip.image_cache import EmbedResult
+from negrefine_ray.clip.model import autocast, create_clip, resolve_device, resolve_precision
+from negrefine_ray.clip.preprocess import (
     OK,
     CropSpec,
     DecodeOptions,
@@ -28,6 +26,8 @@ from negrefine_ray.images import (
     normalise,
     read_and_decode,
 )
+from negrefine_ray.config import ImagesConfig, ModelConfig
+from negrefine_ray.errors import StageError
 from negrefine_ray.pools import ROW, ActorPool, PoolPlan, PoolSpec, reassemble, require_columns
 
 DECODE_BATCH = 64  # rows per decode task: ~10 MB of 224x224 crops, small enough to stream

@@ -24,7 +24,7 @@ from negrefine_ray.cache_files import (
     read_entry,
     write_entry,
 )
-from negrefine_ray.images import FAILURE_KINDS, OK
+from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK
 
 _CACHE_VERSION = 2  # 2: entries per base folder, with each file's size and mtime
 

@@ -1,6 +1,6 @@
 """The `mine` stage: each method's negative labels from its candidate pool (methods.md 1.4, 2.4,
 3.1, 4.2), plus what NegFilter needs for NegRefine's (3.2 steps 1-2). Which pool, view and rule
-each method mines with is its entry in the method catalogue (negrefine_ray.methods).
+each method mines with is its entry in the method catalogue (negrefine_ray.core.methods).
 
 Output `mine/negatives.parquet`, one row per (method, negative) in the method's final order
 [nouns ascending | adjectives ascending]: method, rank, label (what the method embeds: the word, or
@@ -20,11 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
+from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
-from negrefine_ray.embed_text_stage import method_pools, view_matrix
-from negrefine_ray.errors import ConfigError
-from negrefine_ray.methods import CANDIDATE_VIEWS, Method, get_method
-from negrefine_ray.mining import (
+from negrefine_ray.core.methods import CANDIDATE_VIEWS, Method, get_method
+from negrefine_ray.core.mining import (
     DNM_PRESETS,
     MiningResult,
     clean_label,
@@ -32,8 +31,9 @@ from negrefine_ray.mining import (
     mine_dnm,
     nearest_id_labels,
 )
-from negrefine_ray.stages import StageContext, StageOutput
-from negrefine_ray.text_service import TextEncoder
+from negrefine_ray.errors import ConfigError
+from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.stages.embed_text import method_pools, view_matrix
 
 
 def mine_settings(config: JobConfig) -> dict[str, Any]:

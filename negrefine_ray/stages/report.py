@@ -20,10 +20,9 @@ import pyarrow as pa
 
 from negrefine_ray.artifacts import read_json, read_parquet, write_json, write_text
 from negrefine_ray.config import JobConfig
+from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
-from negrefine_ray.methods import METHODS
-from negrefine_ray.metrics import compute_metrics
-from negrefine_ray.stages import MANIFEST, StageContext, StageOutput
+from negrefine_ray.runfolder import MANIFEST, StageContext, StageOutput
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
 RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
@@ -64,6 +63,8 @@ def evaluate(
     dataset without one readable image has no metrics: it is listed in `failed_ood_datasets` (with
     its image count) and the average is over `ood_datasets`, the sets that were scored.
     """
+    from negrefine_ray.core.metrics import compute_metrics  # scikit-learn: absent from vLLM's environment
+
     ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
     role = table.column("role").to_numpy(zero_copy_only=False)
     dataset = table.column("dataset").to_numpy(zero_copy_only=False)

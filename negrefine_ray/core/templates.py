@@ -117,7 +117,7 @@ def get_templates(name: str) -> tuple[str, ...]:
 def apply_templates(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
     """Label-major prompts: row `i * len(templates) + t` is `templates[t].format(labels[i])`.
 
-    This is the layout `text_embed.ensemble` expects.
+    This is the layout `clip.text.ensemble` expects.
     """
     return [t.format(label) for label in labels for t in templates]
 

@@ -1,6 +1,6 @@
 """The `embed-text` stage: CLIP text embeddings of the ID labels and of every candidate word of the
 methods' pools, each under the templates its method uses (methods.md 0.2, 1.2, 2.2-2.3, 3.2, 4.1).
-The views and which method uses which are declared in the method catalogue (negrefine_ray.methods).
+The views and which method uses which are declared in the method catalogue (negrefine_ray.core.methods).
 
 Output `embed-text/id_labels.parquet`: label, and one embedding column per ID view (methods.ID_VIEWS):
 `the_nice_raw` (unnormalised 'the nice {}', NegLabel/DNM), `csp_noun8` (raw-mean of the 8 noun
@@ -21,14 +21,14 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
+from negrefine_ray.clip.text import l2_normalise
+from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
-from negrefine_ray.corpus import FILE_ORDERS, get_pool_rule
-from negrefine_ray.labels import load_id_labels
-from negrefine_ray.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
-from negrefine_ray.stages import StageContext, StageOutput
-from negrefine_ray.templates import csp_phrases, get_templates
-from negrefine_ray.text_embed import l2_normalise
-from negrefine_ray.text_service import TextEncoder
+from negrefine_ray.core.corpus import FILE_ORDERS, get_pool_rule
+from negrefine_ray.core.labels import load_id_labels
+from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
+from negrefine_ray.core.templates import csp_phrases, get_templates
+from negrefine_ray.runfolder import StageContext, StageOutput
 
 # The candidate table has a base view over every candidate and a phrase view over the CSP family's
 # pools; a third candidate view needs its own code in _candidate_table (this unpacking fails first).

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from negrefine_ray.core.methods import CSP_EXCLUDED as CSP_EXCLUDED  # re-exported: a pool rule's exclusions
+from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import NegRefineError, unknown_name
-from negrefine_ray.methods import CSP_EXCLUDED as CSP_EXCLUDED  # re-exported: a pool rule's exclusions
-from negrefine_ray.methods import METHODS
 
 if TYPE_CHECKING:
     from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader
 
-    from negrefine_ray.wordnet import WordNet
+    from negrefine_ray.data.wordnet import WordNet
 
 # The 27 files every reference repo ships (methods.md 0.3); noun.animal and noun.food are absent.
 PUBLISHED_LEXNAMES: tuple[str, ...] = (

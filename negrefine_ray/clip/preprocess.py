@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from negrefine_ray.clip import register_bundled_configs, resolve_weights
+from negrefine_ray.clip.model import register_bundled_configs, resolve_weights
 from negrefine_ray.config import ImagesConfig, ModelConfig
-from negrefine_ray.datasets import read_file
+from negrefine_ray.data.datasets import read_file
 from negrefine_ray.errors import NegRefineError
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")

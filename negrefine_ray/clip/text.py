@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from negrefine_ray.clip import (
+from negrefine_ray.clip.model import (
     autocast,
     create_clip,
     get_tokenizer,
@@ -25,9 +25,9 @@ from negrefine_ray.clip import (
     resolve_precision,
 )
 from negrefine_ray.config import ModelConfig, TextConfig
+from negrefine_ray.core.templates import apply_templates
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.pools import ROW, ActorPool, PoolPlan, reassemble, require_columns
-from negrefine_ray.templates import apply_templates
 
 Precision = Literal["fp32", "fp16", "bf16"]
 EnsembleMode = Literal["raw-mean", "norm-mean"]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from negrefine_ray.artifacts import file_sha256, write_parquet
 from negrefine_ray.config import JobConfig
-from negrefine_ray.corpus import (
+from negrefine_ray.core.corpus import (
     FILE_ORDERS,
     POOL_RULES,
     PUBLISHED_COUNTS,
@@ -25,9 +25,9 @@ from negrefine_ray.corpus import (
     read_wordlist_folder,
     wordnet_entries,
 )
+from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.labels import load_id_labels
-from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.runfolder import StageContext, StageOutput
 
 
 def requested_lexnames(config: JobConfig) -> tuple[str, ...]:
@@ -63,7 +63,7 @@ def load_entries(config: JobConfig) -> tuple[pa.Table, str]:
     """The corpus table and a sentence naming its source."""
     wanted = requested_lexnames(config)
     if config.corpus.source == "wordnet":
-        from negrefine_ray.wordnet import load_wordnet
+        from negrefine_ray.data.wordnet import load_wordnet
 
         wn = load_wordnet(config.cache_dir)
         return wordnet_entries(wn, wanted, config.corpus.rule), wn.source

@@ -22,7 +22,7 @@ from negrefine_ray.artifacts import file_sha256
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.errors import NegRefineError, unknown_name
 
-CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_DIR = Path(__file__).parents[1] / "model_configs"
 RANDOM_INIT = "none"
 _registered = False
 

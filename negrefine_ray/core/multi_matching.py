@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray import scores
+from negrefine_ray.core import scores
 from negrefine_ray.errors import StageError
 
 PairEmbedder = Callable[[list[str]], np.ndarray]

@@ -21,11 +21,7 @@ import pyarrow.compute as pc
 
 from negrefine_ray.artifacts import read_parquet, write_json, write_parquet, write_text
 from negrefine_ray.config import JobConfig, JudgeConfig
-from negrefine_ray.errors import NegRefineError, StageError, unknown_name
-from negrefine_ray.judges import backend_spec, make_judge
-from negrefine_ray.judges.base import Answer, Judge
-from negrefine_ray.judges.store import AnswerStore, answer_store_root
-from negrefine_ray.negfilter import (
+from negrefine_ray.core.negfilter import (
     Decision,
     PromptSet,
     Question,
@@ -36,7 +32,11 @@ from negrefine_ray.negfilter import (
     sequential_questions,
     subcategory_questions,
 )
-from negrefine_ray.stages import StageContext, StageOutput
+from negrefine_ray.errors import NegRefineError, StageError, unknown_name
+from negrefine_ray.judges import backend_spec, make_judge
+from negrefine_ray.judges.base import Answer, Judge
+from negrefine_ray.judges.store import AnswerStore, answer_store_root
+from negrefine_ray.runfolder import StageContext, StageOutput
 
 Asker = Callable[[Sequence[Question]], None]
 
@@ -234,7 +234,7 @@ def run_filter(ctx: StageContext) -> StageOutput:
     write_json(ctx.out_dir / "counts.json", {name: run.counts for name, run in runs.items()})
     artifacts.append("counts.json")
     if len(runs) > 1:
-        from negrefine_ray.filter_report import compare_judges, comparison_markdown
+        from negrefine_ray.judges.compare import compare_judges, comparison_markdown
 
         comparison = compare_judges({n: (r.decisions, r.labels) for n, r in runs.items()})
         write_json(ctx.out_dir / "comparison.json", comparison)
