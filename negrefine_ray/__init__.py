@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "negrefine_ray.core.scores": (
         "mcm", "neglabel", "grouping_permutation", "kept_negatives", "top_pairs", "distinct_pairs",
-        "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations", "get_score", "SCORES",
+        "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations",
     ),
     "negrefine_ray.core.metrics": (
         "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
@@ -29,7 +29,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
     "__version__",
     "mcm", "neglabel", "grouping_permutation", "kept_negatives", "top_pairs", "distinct_pairs",
-    "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations", "get_score", "SCORES",
+    "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations",
     "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
     "compute_metrics", "get_metric", "METRICS",
     "multi_matching_scores", "load_config", "run_job",
@@ -51,11 +51,9 @@ if TYPE_CHECKING:
     )
     from negrefine_ray.core.multi_matching import multi_matching_scores
     from negrefine_ray.core.scores import (
-        SCORES,
         distinct_pairs,
         dnm,
         dnm_permutations,
-        get_score,
         grouping_permutation,
         kept_negatives,
         mcm,

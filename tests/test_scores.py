@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from negrefine_ray.core.scores import (
-    SCORES,
     _topk,
     distinct_pairs,
     dnm,
     dnm_permutations,
-    get_score,
     grouping_permutation,
     mcm,
     multi_matching,
@@ -245,11 +243,8 @@ def test_image_equal_to_an_id_label_scores_higher_than_one_equal_to_a_negative(
     assert np.diff(dnm(probe, pos, neg, permutation=None, n_groups=G))[0] < 0
 
 
-def test_registry_and_errors(emb: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_bad_arguments_are_named(emb: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     image, pos, neg = emb
-    assert get_score("neglabel") is SCORES["neglabel"] is neglabel
-    with pytest.raises(NegRefineError, match="Did you mean 'neglabel'"):
-        get_score("neglable")
     with pytest.raises(NegRefineError, match=r"permutation of 0\.\.19"):
         neglabel(image, pos, neg, n_groups=G, permutation=np.arange(M))
     with pytest.raises(NegRefineError, match="dimension 3"):

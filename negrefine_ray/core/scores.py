@@ -8,12 +8,12 @@ a time so memory stays bounded; exponentials go through float64 log-sum-exp.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from negrefine_ray.errors import NegRefineError, unknown_name
+from negrefine_ray.errors import NegRefineError
 
 CHUNK_SIZE = 1024  # rows of images a step: ~100 MB of float64 logits for K + M = 12k labels
 
@@ -360,14 +360,3 @@ def dnm(
             ratio = np.exp(_logsumexp(neg) - lse_id[:, None]) / tau
         out[rows] = (1.0 / (k * (base + ratio))).mean(axis=1)
     return out
-
-
-SCORES: dict[str, Callable[..., np.ndarray]] = {"mcm": mcm, "neglabel": neglabel, "dnm": dnm}
-
-
-def get_score(name: str) -> Callable[..., np.ndarray]:
-    """The single-pass score function registered under `name` (NegRefine composes `neglabel`,
-    `top_pairs`, `distinct_pairs`, `multi_matching` and `negrefine` around a text-embedding step)."""
-    if name not in SCORES:
-        raise unknown_name("score", name, SCORES)
-    return SCORES[name]
