@@ -48,8 +48,9 @@ def check_model(config: JobConfig) -> None:
 
 
 def check_datasets(config: JobConfig) -> None:
-    """Every dataset (preset expanded) has an existing root folder and, where it has one, image list."""
-    from negrefine_ray.data.datasets import open_root
+    """Every dataset (preset expanded) has an existing root folder and, where it needs one, an image
+    list file: the listing's own checks (data.datasets.check_dataset_paths), run up front."""
+    from negrefine_ray.data.datasets import check_dataset_paths
     from negrefine_ray.data.presets import resolve_datasets
 
     datasets = resolve_datasets(config)
@@ -57,22 +58,8 @@ def check_datasets(config: JobConfig) -> None:
         raise ConfigError(
             "The job has no image datasets; set images.preset and images.data_root, or add [[datasets]]."
         )
-    import pyarrow.fs as pafs
-
     for ds in datasets:
-        fs, base = open_root(ds.root)
-        if fs.get_file_info(base).type != pafs.FileType.Directory:
-            raise ConfigError(
-                f"datasets.{ds.name}.root = {ds.root!r} is not an existing folder; set it (or "
-                f"images.data_root for a preset) to the folder that holds the dataset's images."
-            )
-        if ds.image_list:
-            list_fs, list_path = open_root(ds.image_list)
-            if list_fs.get_file_info(list_path).type != pafs.FileType.File:
-                raise ConfigError(
-                    f"datasets.{ds.name}.image_list = {ds.image_list!r} is not an existing file; set it "
-                    f"to the dataset's list file."
-                )
+        check_dataset_paths(ds)
 
 
 def preflight(config: JobConfig, stages: Collection[str]) -> None:

@@ -126,9 +126,35 @@ def _cached_root(root: str) -> tuple[pafs.FileSystem, str]:
 def _require_dir(fs: pafs.FileSystem, base: str, ds: DatasetConfig) -> None:
     if fs.get_file_info(base).type != pafs.FileType.Directory:
         raise NegRefineError(
-            f"dataset '{ds.name}' root {ds.root!r} is not an existing folder; set datasets.{ds.name}.root "
-            f"(or images.data_root for a preset) to the folder that holds its images."
+            f"datasets.{ds.name}.root = {ds.root!r} is not an existing folder; set it (or "
+            f"images.data_root for a preset) to the folder that holds the dataset's images."
         )
+
+
+def _require_list_file(location: str, what: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a list file that exists and is a file, else a NegRefineError naming `what`."""
+    fs, path = open_root(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise NegRefineError(f"{what} {location!r} does not exist; set it to an existing file.")
+    if kind != pafs.FileType.File:
+        raise NegRefineError(f"{what} {location!r} is a folder, not a list file; set it to the list file.")
+    return fs, path
+
+
+def check_dataset_paths(ds: DatasetConfig) -> None:
+    """The checks listing makes before reading anything: the root is an existing folder, and the
+    image list (required by format "imagelist") is an existing file. The preflight runs them for
+    every dataset before any stage starts."""
+    fs, base = open_root(ds.root)
+    _require_dir(fs, base, ds)
+    if ds.format == "imagelist" and not ds.image_list:
+        raise NegRefineError(
+            f"dataset '{ds.name}' has format 'imagelist' but no image_list; set datasets.{ds.name}."
+            f"image_list to its list file (e.g. benchmark_imglist/imagenet/test_ninco.txt)."
+        )
+    if ds.image_list:
+        _require_list_file(ds.image_list, f"datasets.{ds.name}.image_list")
 
 
 def _list_imagefolder(fs: pafs.FileSystem, base: str, within: str | None) -> list[Row]:
@@ -158,12 +184,7 @@ def _list_files(fs: pafs.FileSystem, base: str, within: str | None) -> list[Row]
 
 def _read_list(location: str, what: str) -> str:
     """UTF-8 text of a list file given by local path or URI."""
-    fs, path = open_root(location)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.NotFound:
-        raise NegRefineError(f"{what} {location!r} does not exist; set it to an existing file.")
-    if kind != pafs.FileType.File:
-        raise NegRefineError(f"{what} {location!r} is a folder, not a list file; set it to the list file.")
+    fs, path = _require_list_file(location, what)
     with fs.open_input_stream(path) as fh:
         return decode_list(fh.read(), location)
 
@@ -172,11 +193,6 @@ def _list_imagelist(
     fs: pafs.FileSystem, base: str, ds: DatasetConfig, within: str | None
 ) -> tuple[list[Row], int]:
     """Rows of the image list's unique paths, in first-line order, and the number of repeated lines."""
-    if not ds.image_list:
-        raise NegRefineError(
-            f"dataset '{ds.name}' has format 'imagelist' but no image_list; set datasets.{ds.name}."
-            f"image_list to its list file (e.g. benchmark_imglist/imagenet/test_ninco.txt)."
-        )
     text = _read_list(ds.image_list, f"datasets.{ds.name}.image_list")
     entries, duplicates = unique_entries(parse_image_list(text, ds.image_list), ds.image_list)
     stats = stat_listed(fs, base, [p for p, _ in entries], within)
@@ -249,7 +265,7 @@ def list_dataset(ds: DatasetConfig, seed: int = 0, *, symlinks: Symlinks = "foll
     under local roots.
     """
     fs, base = open_root(ds.root)
-    _require_dir(fs, base, ds)
+    check_dataset_paths(ds)
     within, duplicates = confinement(fs, base, symlinks), 0
     if ds.format == "imagefolder":
         rows = _list_imagefolder(fs, base, within)

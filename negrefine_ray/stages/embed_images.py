@@ -2,7 +2,7 @@
 
 Ray's batch-inference pattern (methods.md 3.5; ray_vllm.md 1.4): a stateless task reads and decodes
 with the model's own open_clip preprocessing, one `ImageEmbedder` actor per GPU (or CPU) normalises,
-encodes and L2-normalises (image_encode.py; the pool is sized and fitted by pools.py). Output:
+encodes and L2-normalises (clip/image.py; the pool is sized and fitted by pools.py). Output:
 images.parquet (dataset, role, path, label, status, embedding fixed_size_list<float32>[D], null
 unless status is "ok") in listing order, and failures.parquet.
 """
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 def embed_images_settings(config: JobConfig) -> dict[str, Any]:
     """Exactly what determines the stage's output: the model, the decode options, the resolved
-    datasets and the seed of their `limit` samples. File contents enter through the cache key only."""
+    datasets and the seed of their `limit` samples. The files themselves enter through
+    `embed_images_sources` (the stage hash) and the cache keys."""
     m = config.model
     return {
         "model": {
