@@ -24,6 +24,7 @@ from negrefine_ray.core.negfilter import proper_question
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.runfolder import StageContext
+from negrefine_ray.stages import embed_images as image_stage
 from negrefine_ray.stages.embed_images import run_embed_images
 
 RNG = np.random.default_rng(9)
@@ -238,7 +239,7 @@ def noise_png(path: Path, seed: int) -> None:
 
 @pytest.mark.ray
 def test_embed_images_recomputes_a_bad_cache_entry(
-    ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ray_session: None, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i in range(6):
         noise_png(tmp_path / "data" / f"{i}.png", i)
@@ -258,13 +259,24 @@ def test_embed_images_recomputes_a_bad_cache_entry(
         return dict(output.stats), pq.read_table(out / "images.parquet")
 
     first, table = stage("first")
-    assert first["embedded"] == 6
-    [entry] = (tmp_path / "cache" / "image-embeddings").glob("*/*.parquet")
+    assert first["embedded"] == 6 and first["variants"] == ["clip", "torchvision"]
+    entries = sorted((tmp_path / "cache" / "image-embeddings").glob("*/*.parquet"))
+    assert len(entries) == 2  # one entry per preprocessing variant
+    entry = entries[0]
     data = entry.read_bytes()
     entry.write_bytes(flip(data, len(data) // 2))
+    asked: list[list[str]] = []
+    original = image_stage.embed_rows_ray
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        asked.append(list(kwargs["specs"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(image_stage, "embed_rows_ray", spy)
     with caplog.at_level(logging.WARNING):
         second, again = stage("second")
     assert second["embedded"] == 6 and second["from_cache"] == 0 and again.equals(table)
     assert str(entry) in caplog.text
+    assert len(asked) == 1 and len(asked[0]) == 1  # only the bad entry's variant was embedded again
     third, _ = stage("third")  # the recomputed entry was stored, with its checksum
     assert third["embedded"] == 0 and third["from_cache"] == 6

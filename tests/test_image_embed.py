@@ -20,8 +20,9 @@ from negrefine_ray.artifacts import embedding_matrix
 from negrefine_ray.clip.image import ImageEmbedder, embed_files_local, embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.clip.model import create_clip
-from negrefine_ray.clip.preprocess import DecodeOptions, crop_spec, crop_spec_for_model
+from negrefine_ray.clip.preprocess import DecodeOptions, crop_spec, crop_spec_for_model, variant_specs
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
+from negrefine_ray.core.methods import PREPROCESSING
 from negrefine_ray.errors import StageError
 from negrefine_ray.pools import plan_pool
 from negrefine_ray.runfolder import StageContext
@@ -88,10 +89,30 @@ def job(tmp: Path, datasets: list[dict[str, Any]], **images: Any) -> JobConfig:
     )
 
 
-def direct_embeddings(files: list[Path]) -> np.ndarray:
-    """What the reference pipeline does: open_clip's transform on convert("RGB"), encode_image, L2."""
-    model, preprocess, _ = create_clip(TINY)
-    x = torch.stack([preprocess(Image.open(f).convert("RGB")) for f in files])
+def reference_transform(variant: str) -> Any:
+    """The references' transforms built with torchvision itself (methods.md 1.6, 3.5, 5.7): the
+    model's open_clip transform ("clip"), Resize(S) + CenterCrop(S) with torchvision's default
+    bilinear interpolation ("torchvision"), bicubic Resize(256) + CenterCrop(224) scaled to S ("openood")."""
+    from torchvision import transforms as T
+
+    _, preprocess, _ = create_clip(TINY)
+    if variant == "clip":
+        return preprocess
+    size = crop_spec(preprocess).out_size[0]
+    resize = (
+        T.Resize(size)
+        if variant == "torchvision"
+        else T.Resize(round(size * 256 / 224), T.InterpolationMode.BICUBIC)
+    )
+    normalize = next(t for t in preprocess.transforms if isinstance(t, T.Normalize))
+    return T.Compose([resize, T.CenterCrop(size), T.ToTensor(), normalize])
+
+
+def direct_embeddings(files: list[Path], variant: str = "clip") -> np.ndarray:
+    """What the reference pipeline does: its transform on convert("RGB"), encode_image, L2."""
+    model, _, _ = create_clip(TINY)
+    transform = reference_transform(variant)
+    x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
         feats = model.encode_image(x)  # type: ignore[operator]
     return torch.nn.functional.normalize(feats, dim=-1).numpy()  # type: ignore[no-any-return]
@@ -135,13 +156,15 @@ def test_dataloader_path_equals_direct_open_clip(tmp_path: Path) -> None:
     files = [tmp_path / f"{i}.jpg" for i in range(5)]
     for i, f in enumerate(files):
         save(f, noise(30 + 9 * i, 70 - 5 * i))
-    embedder = ImageEmbedder(TINY, crop_spec_for_model(TINY))
+    embedder = ImageEmbedder(TINY, variant_specs(crop_spec_for_model(TINY), list(PREPROCESSING)))
     pairs = [(str(tmp_path), f.name) for f in files] + [(str(tmp_path), "gone.jpg")]
     for workers in (0, 2):
-        out = embed_files_local(pairs, embedder, DecodeOptions(), workers=workers, batch_size=2)
-        assert out.status.tolist() == ["ok"] * 5 + ["missing"]
-        np.testing.assert_allclose(out.embedding[:5], direct_embeddings(files), atol=1e-5)
-        assert not out.embedding[5].any()
+        results = embed_files_local(pairs, embedder, DecodeOptions(), workers=workers, batch_size=2)
+        assert list(results) == list(PREPROCESSING)
+        for variant, out in results.items():
+            assert out.status.tolist() == ["ok"] * 5 + ["missing"]
+            np.testing.assert_allclose(out.embedding[:5], direct_embeddings(files, variant), atol=1e-5)
+            assert not out.embedding[5].any()
 
 
 def stage(config: JobConfig, tmp: Path) -> Any:
@@ -159,19 +182,29 @@ def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
     config = job(tmp_path, data["datasets"])
     output, out = stage(config, tmp_path)
     table = pq.read_table(out / "images.parquet")
-    assert table.column_names == ["dataset", "role", "path", "label", "status", "embedding"]
+    variants = ["clip", "torchvision"]  # the default methods' references (images.preprocess "per-method")
+    assert table.column_names == [
+        "dataset",
+        "role",
+        "path",
+        "label",
+        "status",
+        *(f"embedding@{v}" for v in variants),
+    ]
     assert table.column("dataset").to_pylist() == ["id"] * 6 + ["odd"] * 8 + ["extra"] * 4
     assert table.column("label").to_pylist()[:6] == [0, 0, 0, 1, 1, 1]
     status = dict(zip(table.column("path").to_pylist(), table.column("status").to_pylist(), strict=True))
     assert {p: status[p] for p in data["bad"]} == data["bad"]
     ok = np.array(table.column("status").to_pylist()) == "ok"
-    assert ok.sum() == 14 and table.column("embedding").null_count == 4
     roots = {d["name"]: Path(d["root"]) for d in data["datasets"]}
     names, paths = table.column("dataset").to_pylist(), table.column("path").to_pylist()
     files = [roots[d] / p for d, p, k in zip(names, paths, ok, strict=True) if k]
-    got = embedding_matrix(table.column("embedding"), nulls_as_zero=True)[ok]
-    np.testing.assert_allclose(got, direct_embeddings(files), atol=1e-5)
+    for variant in variants:
+        assert ok.sum() == 14 and table.column(f"embedding@{variant}").null_count == 4
+        got = embedding_matrix(table.column(f"embedding@{variant}"), nulls_as_zero=True)[ok]
+        np.testing.assert_allclose(got, direct_embeddings(files, variant), atol=1e-5)
     stats = output.stats
+    assert stats["variants"] == variants and set(stats["preprocess"]) == set(variants)
     assert stats["embedded"] == 18 and stats["failures"] == {
         "missing": 1, "empty": 1, "not-an-image": 1, "corrupt": 1,
     }  # fmt: skip
@@ -187,6 +220,9 @@ def test_stage_embeds_every_format_equal_to_open_clip_then_reuses_cache(
     again, out2 = stage(config, tmp_path)
     assert again.stats["embedded"] == 0 and again.stats["from_cache"] == 18
     assert pq.read_table(out2 / "images.parquet").equals(table)
+    shared, out3 = stage(job(tmp_path, data["datasets"], preprocess="shared"), tmp_path)  # a subset: cached
+    assert shared.stats["variants"] == ["clip"] and shared.stats["embedded"] == 0
+    assert pq.read_table(out3 / "images.parquet").equals(table.drop_columns(["embedding@torchvision"]))
     with pytest.raises(StageError, match=r"dataset 'odd': 4 of 8 images .*images\.max_failed_fraction"):
         stage(job(tmp_path, data["datasets"], max_failed_fraction=0.2), tmp_path)  # from the cache
     with pytest.raises(StageError, match=r"'odd': 1 of 8 listed files do not exist"):
@@ -215,10 +251,10 @@ def test_actor_killed_mid_stage_loses_and_duplicates_nothing(ray_session: None, 
     work = pa.table({"row": np.arange(24), "root": [str(tmp_path / "img")] * 24, "path": paths})
     model = ModelConfig(**MODEL, device="cpu", precision="fp32")
     plan = plan_actors(ImagesConfig(), model, 0)
-    spec = crop_spec_for_model(model)
+    specs = {"clip": crop_spec_for_model(model)}
     out = embed_rows_ray(
-        work, model, plan, batch_size=4, options=DecodeOptions(), spec=spec, embedder_cls=CrashOnce
-    )
+        work, model, plan, batch_size=4, options=DecodeOptions(), specs=specs, embedder_cls=CrashOnce
+    )["clip"]
     assert marker.exists() and out.status.tolist() == ["ok"] * 24
     np.testing.assert_allclose(
         out.embedding, direct_embeddings([tmp_path / "img" / p for p in paths]), atol=1e-5

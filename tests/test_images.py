@@ -3,6 +3,7 @@ uint8 crops reproduce open_clip's own transform (reference loader: Image.open(f)
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
 
@@ -15,13 +16,17 @@ from negrefine_ray.clip.model import create_clip
 from negrefine_ray.clip.preprocess import (
     CropSpec,
     DecodeOptions,
+    _apply_draft,
     crop_spec,
     decode_batch,
     decode_crop,
+    decode_crops,
     normalise,
     to_rgb,
+    variant_specs,
 )
 from negrefine_ray.config import ModelConfig
+from negrefine_ray.core.methods import PREPROCESSING
 from negrefine_ray.errors import NegRefineError
 
 RNG = np.random.default_rng(0)
@@ -197,3 +202,84 @@ def test_crop_spec_reads_transforms_and_refuses_others(spec: CropSpec) -> None:
     assert CropSpec.from_dict(spec.describe()) == spec
     with pytest.raises(NegRefineError, match="not supported"):
         crop_spec(image_transform(64, is_train=False, resize_mode="longest"))
+
+
+# --- one crop per reference preprocessing (issue 11 item 1) ---------------------------------------
+
+
+def reference_geometry(variant: str, spec: CropSpec) -> Callable[[Image.Image], Image.Image]:
+    """The references' Resize + CenterCrop built with torchvision itself, on PIL images as their
+    loaders give them: NegLabel/CSP/DNM `Resize(224)` (torchvision's default, bilinear) and
+    `CenterCrop(224)` (methods.md 1.6, 2.6, 4.4); InterNeg/OpenOOD `Resize(256, bicubic)`,
+    `CenterCrop(224)` (5.7); "clip": the model's own open_clip transform. Sizes scale with the model."""
+    from torchvision import transforms as T
+
+    size = spec.out_size[0]
+    if variant == "clip":
+        resize = T.Resize(spec.resize[0], T.InterpolationMode.BICUBIC)
+    elif variant == "torchvision":
+        resize = T.Resize(size)
+    else:
+        resize = T.Resize(round(size * 256 / 224), T.InterpolationMode.BICUBIC)
+    return T.Compose([resize, T.CenterCrop(size)])
+
+
+@pytest.mark.parametrize("variant", list(PREPROCESSING))
+@pytest.mark.parametrize("name", list(odd_modes()))
+def test_each_variant_is_bit_exact_with_its_reference_transform(
+    name: str, variant: str, spec: CropSpec, preprocess: Callable[[Image.Image], torch.Tensor]
+) -> None:
+    """uint8 crops equal to the bit, and after ToTensor + Normalize equal to the float."""
+    from torchvision import transforms as T
+
+    data = odd_modes()[name]
+    normalize = next(t for t in preprocess.transforms if isinstance(t, T.Normalize))  # type: ignore[attr-defined]
+    for model_spec in (spec, dataclasses.replace(spec, resize=(224,), crop=(224, 224))):  # tiny, ViT-B/16
+        specs = variant_specs(model_spec, list(PREPROCESSING))
+        crops, status, detail = decode_crops(data, list(specs.values()), DecodeOptions())
+        assert status == "ok" and crops is not None, detail
+        crop = crops[list(specs).index(variant)]
+        pil = reference_geometry(variant, model_spec)(Image.open(io.BytesIO(data)).convert("RGB"))
+        np.testing.assert_array_equal(crop, np.asarray(pil))
+        expected = normalize(T.ToTensor()(pil))
+        torch.testing.assert_close(
+            normalise(torch.from_numpy(crop.copy())[None], specs[variant])[0], expected, rtol=0, atol=1e-6
+        )
+
+
+def test_variant_specs_scale_with_the_model_and_refuse_unknown_names(spec: CropSpec) -> None:
+    specs = variant_specs(spec, ["clip", "torchvision", "openood"])
+    size = spec.out_size[0]
+    assert specs["clip"] == spec
+    assert (specs["torchvision"].resize, specs["torchvision"].interpolation) == ((size,), "bilinear")
+    assert (specs["openood"].resize, specs["openood"].interpolation) == (
+        (round(size * 256 / 224),),
+        "bicubic",
+    )
+    assert variant_specs(dataclasses.replace(spec, resize=(224,), crop=(224, 224)), ["openood"])[
+        "openood"
+    ].resize == (256,)
+    with pytest.raises(NegRefineError, match="unknown image preprocessing 'bilinear'"):
+        variant_specs(spec, ["bilinear"])
+    with pytest.raises(NegRefineError, match=r"images\.preprocess = 'shared'"):
+        variant_specs(dataclasses.replace(spec, resize=(32, 48), crop=None), ["torchvision"])
+
+
+def test_one_decode_gives_every_variant_and_draft_covers_the_largest(spec: CropSpec) -> None:
+    """decode_crops decodes once and cuts each spec's crop, equal to decoding once per spec; with
+    pil-draft the DCT scaling stays at or above the largest resize target (openood's)."""
+    specs = list(variant_specs(spec, list(PREPROCESSING)).values())
+    data = encode(textured(1600, 1200), "JPEG", quality=90)
+    for options in (DecodeOptions(), DecodeOptions(decode="pil-draft")):
+        together, status, _ = decode_crops(data, specs, options)
+        assert status == "ok" and together is not None
+        for crop, one in zip(together, specs, strict=True):
+            alone, _, _ = decode_crop(data, one, DecodeOptions())
+            if options.decode == "pil":
+                np.testing.assert_array_equal(crop, alone)
+            else:  # draft: close to the full decode, not equal
+                assert crop.shape == alone.shape
+    img = Image.open(io.BytesIO(data))
+    _apply_draft(img, specs)  # type: ignore[arg-type]
+    largest = max(s.resized_size(1600, 1200)[1] for s in specs)
+    assert img.size[1] >= largest and img.size[1] < 2 * largest

@@ -16,16 +16,26 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray import config as config_module
-from negrefine_ray.artifacts import embedding_column, read_json, read_parquet, write_json, write_parquet
+from negrefine_ray.artifacts import (
+    column_matrix,
+    embedding_column,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from negrefine_ray.config import JobConfig, MiningConfig, ScoreConfig, build_config, load_config
-from negrefine_ray.core import corpus
+from negrefine_ray.core import corpus, scores
 from negrefine_ray.core.methods import (
     CANDIDATE_VIEWS,
     ID_VIEWS,
     METHODS,
     MINING_METHODS,
+    PREPROCESSING,
     SCORE_METHODS,
+    embedding_name,
     get_method,
+    image_preprocessing,
 )
 from negrefine_ray.core.templates import TEMPLATE_SETS
 from negrefine_ray.errors import ConfigError, NegRefineError
@@ -146,7 +156,8 @@ def _images(rng: np.random.Generator) -> pa.Table:
     return pa.table({
         "dataset": [r[0] for r in rows], "role": [r[1] for r in rows],
         "path": [f"{i}.jpg" for i in range(len(rows))], "label": pa.array([0] * len(rows), pa.int64()),
-        "status": ["ok"] * len(rows), "embedding": embedding_column(_unit(rng, len(rows))),
+        "status": ["ok"] * len(rows),
+        **{embedding_name(v): embedding_column(_unit(rng, len(rows))) for v in PREPROCESSING},
     })  # fmt: skip
 
 
@@ -159,9 +170,10 @@ def _stand_in(name: str, files: Mapping[str, Any]) -> Stage:
     return Stage(name, "stand-in", (), 1, lambda cfg: {"stand-in": name}, fn)
 
 
-def _score_run(tmp: Path, score: Mapping[str, Any]) -> JobConfig:
+def _score_run(tmp: Path, score: Mapping[str, Any], images: Mapping[str, Any] | None = None) -> JobConfig:
     config = build_config({
         "run": {"name": "t", "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache")},
+        "images": dict(images or {}),
         "model": {"arch": "nr-tiny-vit", "pretrained": "none", "precision": "fp32", "device": "cpu"},
         "text": {"gpus_per_actor": 0.0, "local_below": 100_000},  # in-process, no Ray
         "score": {"n_groups": 2, **score},
@@ -221,6 +233,43 @@ def test_score_stage_writes_the_catalogue_columns(tmp_path: Path, score: dict[st
     for key, entry in rows.items():
         c = next(c for c in columns if c["row"] == key)
         assert entry["label"] == METHODS[c["method"]].row(c["judge"], c["s_mm"])[1]
+
+
+@pytest.mark.parametrize("setting", ["per-method", "shared", "openood"])
+def test_each_method_scores_the_embeddings_of_its_preprocessing(tmp_path: Path, setting: str) -> None:
+    """columns.json and the report name each column's preprocessing, and the score is computed from
+    that preprocessing's embedding column: NegLabel's and CSP's references use torchvision's bilinear
+    transform, NegRefine's and MCM's the model's own (methods.md 1.6, 2.6, 3.5, App. B)."""
+    methods = ("mcm", "neglabel", "csp", "negrefine")
+    config = _score_run(tmp_path, {"methods": list(methods)}, {"preprocess": setting})
+    expected = {
+        "per-method": dict(zip(methods, ("clip", "torchvision", "torchvision", "clip"), strict=True)),
+        "shared": dict.fromkeys(methods, "clip"),
+        "openood": dict.fromkeys(methods, "openood"),
+    }[setting]
+    assert image_preprocessing(config.score.methods, setting) == expected
+    columns = read_json(config.run_dir / "score" / "columns.json")["columns"]
+    assert {c["method"]: c["preprocess"] for c in columns} == expected
+    table = read_parquet(config.run_dir / "score" / "scores.parquet")
+    assert {e["preprocess"] for e in evaluate(table, columns)["rows"].values()} == set(expected.values())
+    images = read_parquet(config.run_dir / "embed-images" / "images.parquet")
+    ids = read_parquet(config.run_dir / "embed-text" / "id_labels.parquet")
+    id_text = column_matrix(ids, "the_nice_raw")
+    negatives = score_stage.method_negatives(
+        read_parquet(config.run_dir / "mine" / "negatives.parquet"), "neglabel"
+    )
+    perm = scores.grouping_permutation(8, 2, 0)
+    id_text /= np.linalg.norm(id_text, axis=1, keepdims=True)
+    for variant in PREPROCESSING:
+        image = column_matrix(images, embedding_name(variant))
+        want = scores.neglabel(image, id_text, negatives, n_groups=2, permutation=perm)
+        same = np.allclose(table.column("neglabel").to_numpy(), want, rtol=0, atol=1e-12)
+        assert same == (variant == expected["neglabel"]), variant
+
+
+def test_unknown_preprocessing_is_refused_with_the_choices() -> None:
+    with pytest.raises(NegRefineError, match="Known: clip, openood, per-method, shared, torchvision"):
+        image_preprocessing(["mcm"], "bilinear")
 
 
 # --- unknown names fail in load_config ------------------------------------------------------------

@@ -66,11 +66,14 @@ def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: 
     assert embed() == "ran"
     after = read_parquet(images_parquet)
     assert after.num_rows == 21 and "ood_new.jpg" in after.column("path").to_pylist()
-    emb = {p: e for p, e in zip(after["path"].to_pylist(), after["embedding"].to_pylist(), strict=True)}
-    # The replaced image now has tench_001's content (equal up to batch-dependent float rounding).
-    np.testing.assert_allclose(emb["tench/tench_000.jpg"], emb["tench/tench_001.jpg"], atol=1e-5)
-    old = {p: e for p, e in zip(before["path"].to_pylist(), before["embedding"].to_pylist(), strict=True)}
-    assert not np.allclose(emb["tench/tench_000.jpg"], old["tench/tench_000.jpg"], atol=1e-3)
+    columns = [c for c in after.column_names if c.startswith("embedding@")]
+    assert columns == ["embedding@clip", "embedding@torchvision"]  # the smoke job's methods' references
+    for column in columns:
+        emb = {p: e for p, e in zip(after["path"].to_pylist(), after[column].to_pylist(), strict=True)}
+        # The replaced image now has tench_001's content (equal up to batch-dependent float rounding).
+        np.testing.assert_allclose(emb["tench/tench_000.jpg"], emb["tench/tench_001.jpg"], atol=1e-5)
+        old = {p: e for p, e in zip(before["path"].to_pylist(), before[column].to_pylist(), strict=True)}
+        assert not np.allclose(emb["tench/tench_000.jpg"], old["tench/tench_000.jpg"], atol=1e-3)
     manifest = read_json(config.run_dir / "embed-images" / "manifest.json")
     assert manifest["stats"]["embedded"] == 2  # only the new and the replaced image went through CLIP
 
@@ -78,12 +81,13 @@ def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: 
     assert embed() == "ran"
     assert read_json(config.run_dir / "embed-images" / "manifest.json")["stats"]["embedded"] == 1
     touched = read_parquet(images_parquet)
-    assert touched.drop_columns(["embedding"]).equals(after.drop_columns(["embedding"]))
-    np.testing.assert_allclose(
-        embedding_matrix(touched["embedding"], nulls_as_zero=True),
-        embedding_matrix(after["embedding"], nulls_as_zero=True),
-        atol=1e-5,
-    )
+    assert touched.drop_columns(columns).equals(after.drop_columns(columns))
+    for column in columns:
+        np.testing.assert_allclose(
+            embedding_matrix(touched[column], nulls_as_zero=True),
+            embedding_matrix(after[column], nulls_as_zero=True),
+            atol=1e-5,
+        )
 
 
 # 3. Config errors before any work ----------------------------------------------------------------
@@ -210,7 +214,7 @@ def test_an_ood_set_without_a_readable_image_is_reported_as_failed() -> None:
     assert result["ood_datasets"] == ["good"] and result["failed_ood_datasets"] == {"broken": 3}
     assert result["rows"]["neglabel"]["average"] == result["rows"]["neglabel"]["datasets"]["good"]
     text = "\n".join(markdown_tables(result))
-    assert "| Method | good | broken | Average of 1 |" in text
+    assert "| Method | Images | good | broken | Average of 1 |" in text
     assert "| failed |" in text and "broken (0 of 3 images scored)" in text
     assert "The average covers good only." in text
 

@@ -77,14 +77,15 @@ def _negatives(rng: np.random.Generator) -> pa.Table:
 def _images(rng: np.random.Generator) -> pa.Table:
     rows = [(name, role) for name, role, n in DATASETS for _ in range(n)]
     status = [FAILED.get(i, "ok") for i in range(len(rows))]
-    emb = _unit(rng, len(rows))
     mask = pa.array([s != "ok" for s in status])
+    emb = {v: _unit(rng, len(rows)) for v in ("clip", "torchvision")}  # the methods' two preprocessings
     return pa.table({
         "dataset": [r[0] for r in rows], "role": [r[1] for r in rows],
         "path": [f"{r[0]}/{i}.jpg" for i, r in enumerate(rows)],
         "label": pa.array([i % K if r[1] == "id" else -1 for i, r in enumerate(rows)], pa.int64()),
         "status": status,
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), D, mask=mask),
+        **{f"embedding@{v}": pa.FixedSizeListArray.from_arrays(pa.array(e.ravel()), D, mask=mask)
+           for v, e in emb.items()},
     })  # fmt: skip
 
 
@@ -161,9 +162,8 @@ def test_score_columns_and_excluded_images(run: tuple[JobConfig, pa.Table]) -> N
 def test_scores_equal_the_pure_functions(run: tuple[JobConfig, pa.Table]) -> None:
     config, table = run
     ok = np.array([s == "ok" for s in table.column("status").to_pylist()])
-    image = column_matrix(
-        read_parquet(config.run_dir / "embed-images" / "images.parquet").filter(pa.array(ok)), "embedding"
-    )
+    images = read_parquet(config.run_dir / "embed-images" / "images.parquet").filter(pa.array(ok))
+    image = column_matrix(images, "embedding@torchvision")  # NegLabel's reference transform
     ids = read_parquet(config.run_dir / "embed-text" / "id_labels.parquet")
     negs = read_parquet(config.run_dir / "mine" / "negatives.parquet")
     neg = column_matrix(negs.filter(pa.compute.equal(negs.column("method"), "neglabel")), "embedding")
@@ -172,7 +172,8 @@ def test_scores_equal_the_pure_functions(run: tuple[JobConfig, pa.Table]) -> Non
     want = scores.neglabel(image, pos, neg, n_groups=G, seed=0)
     np.testing.assert_allclose(table.column("neglabel").to_numpy(zero_copy_only=False)[ok], want, rtol=1e-6)
     np.testing.assert_allclose(
-        table.column("mcm").to_numpy(zero_copy_only=False)[ok], scores.mcm(image, column_matrix(ids, "mcm"))
+        table.column("mcm").to_numpy(zero_copy_only=False)[ok],
+        scores.mcm(column_matrix(images, "embedding@clip"), column_matrix(ids, "mcm")),  # MCM's: CLIP's
     )
     # alpha * S_MM = negrefine - negrefine_nl, and S_MM is a probability.
     for tag in ("[wordnet]", "_nofilter"):
@@ -236,7 +237,7 @@ def test_report_markdown_and_metrics(run: tuple[JobConfig, pa.Table]) -> None:
     folder = config.run_dir / "report"
     text = (folder / "report.md").read_text()
     assert text.splitlines()[0].startswith(RANDOM_WARNING)
-    assert "| Method | inat | open image | Average |" in text and "| NegRefine (wordnet) |" in text
+    assert "| Method | Images | inat | open image | Average |" in text and "| NegRefine (wordnet) |" in text
     assert "NegRefine w/o NegFilter, w/o S_MM" in text and "| score |" in text and "| filter |" in text
     assert "| imagenet | id | 14 | 13 | corrupt 1 |" in text
     result = read_json(folder / "metrics.json")

@@ -1,6 +1,8 @@
-"""Benchmark of the image side (issue 5): decode+preprocess per CPU core (pil, pil-draft), CLIP image
-embedding throughput per batch size and precision, end to end through the DataLoader driver, and
-the effect of pil-draft on crops and embeddings. Runs without Ray (torch + open_clip + pillow only).
+"""Benchmark of the image side (issue 5): decode+preprocess per CPU core (pil, pil-draft, and one
+decode cut into the default methods' two preprocessings), CLIP image embedding throughput per batch
+size and precision, end to end through the DataLoader driver for images.preprocess "shared" (one
+embedding per image) and "per-method" (clip + torchvision: two), and the effect of pil-draft on
+crops and embeddings. Runs without Ray (torch + open_clip + pillow only).
 
   python jobs/bench/bench_images.py --device cuda --n-images 4096 --workers 8,16 --out bench.json
 """
@@ -31,7 +33,14 @@ except ImportError:  # run from a checkout without installing the package
 
 from negrefine_ray.clip.image import ImageEmbedder, embed_crops, embed_files_local
 from negrefine_ray.clip.model import resolve_device
-from negrefine_ray.clip.preprocess import CropSpec, DecodeOptions, crop_spec_for_model, decode_crop
+from negrefine_ray.clip.preprocess import (
+    CropSpec,
+    DecodeOptions,
+    crop_spec_for_model,
+    decode_crop,
+    decode_crops,
+    variant_specs,
+)
 from negrefine_ray.config import ModelConfig
 
 PIL_OPTS, DRAFT_OPTS = DecodeOptions(), DecodeOptions(decode="pil-draft")
@@ -86,11 +95,20 @@ def rate(fn: Callable[[], int], min_seconds: float) -> float:
     return done / elapsed
 
 
+# images.preprocess -> the variants the default score methods need (stages.embed_images.image_variants)
+SETTINGS = {"shared": ("clip",), "per-method": ("clip", "torchvision")}
+
+
 def bench_decode(blobs: list[bytes], spec: CropSpec, seconds: float) -> dict[str, float]:
     """Single-process images/s (= per CPU core): full decode path per option, and its parts."""
 
     def run(options: DecodeOptions) -> Callable[[], int]:
         return lambda: sum(decode_crop(b, spec, options)[1] == "ok" for b in blobs)
+
+    per_method = list(variant_specs(spec, SETTINGS["per-method"]).values())
+
+    def run_per_method() -> int:  # one decode, one crop per variant
+        return sum(decode_crops(b, per_method, PIL_OPTS)[1] == "ok" for b in blobs)
 
     def decode_only() -> int:
         for b in blobs:
@@ -112,6 +130,7 @@ def bench_decode(blobs: list[bytes], spec: CropSpec, seconds: float) -> dict[str
         return {
             "pil": round(rate(run(PIL_OPTS), seconds), 1),
             "pil-draft": round(rate(run(DRAFT_OPTS), seconds), 1),
+            "pil_per_method_two_crops": round(rate(run_per_method, seconds), 1),
             "decode_only_pil": round(rate(decode_only, seconds), 1),
             "open_clip_transform_float": round(rate(reference_float, seconds), 1),
         }
@@ -135,8 +154,8 @@ def draft_effect(blobs: list[bytes], spec: CropSpec, embedder: ImageEmbedder) ->
     diff = np.abs(full.astype(np.int16) - fast.astype(np.int16))
     mse = float(np.mean(diff.astype(np.float64) ** 2))
     ok = np.array(["ok"] * len(blobs))
-    emb_full = embedder({"pixels": full, "status": ok})["embedding"]
-    emb_fast = embedder({"pixels": fast, "status": ok})["embedding"]
+    emb_full = embedder({"pixels@clip": full, "status": ok})["embedding@clip"]
+    emb_fast = embedder({"pixels@clip": fast, "status": ok})["embedding@clip"]
     cos = np.sum(emb_full * emb_fast, axis=1)
     return {
         "drafted_fraction": float(np.mean(diff.reshape(len(blobs), -1).max(axis=1) > 0)),
@@ -154,10 +173,10 @@ def bench_embed(args: argparse.Namespace, spec: CropSpec, device: str) -> list[d
     rows = []
     h, w = spec.out_size
     for precision in args.precisions:
-        embedder = ImageEmbedder(model_config(args, precision), spec, device=device)
+        embedder = ImageEmbedder(model_config(args, precision), {"clip": spec}, device=device)
         for batch in args.batch_sizes:
             pixels = np.random.default_rng(0).integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
-            host = {"pixels": pixels, "status": np.array(["ok"] * batch)}
+            host = {"pixels@clip": pixels, "status": np.array(["ok"] * batch)}
             on_device = torch.from_numpy(pixels).to(embedder.device)
 
             def from_host(host: dict[str, np.ndarray] = host, n: int = batch, e: Any = embedder) -> int:
@@ -182,20 +201,23 @@ def bench_embed(args: argparse.Namespace, spec: CropSpec, device: str) -> list[d
 def bench_end_to_end(args: argparse.Namespace, folder: Path, device: str) -> list[dict[str, Any]]:
     files = [(str(folder), p.name) for p in sorted(folder.iterdir())]
     spec = crop_spec_for_model(ModelConfig(**model_dict(args)))
-    embedder = ImageEmbedder(model_config(args, args.e2e_precision), spec, device=device)
-    embed_files_local(files[: args.e2e_batch], embedder, PIL_OPTS, workers=0, batch_size=args.e2e_batch)
     rows = []
-    for decode, options in (("pil", PIL_OPTS), ("pil-draft", DRAFT_OPTS)):
-        for workers in args.workers:
-            t0 = time.perf_counter()
-            out = embed_files_local(files, embedder, options, workers=workers, batch_size=args.e2e_batch)
-            seconds = time.perf_counter() - t0
-            rows.append(
-                {"decode": decode, "workers": workers, "batch": args.e2e_batch,
-                 "precision": embedder.precision, "images": len(files),
-                 "ok": int((out.status == "ok").sum()), "img_s": round(len(files) / seconds, 1)}
-            )  # fmt: skip
-            print(f"  e2e {rows[-1]}", file=sys.stderr)
+    for setting, variants in SETTINGS.items():
+        embedder = ImageEmbedder(
+            model_config(args, args.e2e_precision), variant_specs(spec, variants), device=device
+        )
+        embed_files_local(files[: args.e2e_batch], embedder, PIL_OPTS, workers=0, batch_size=args.e2e_batch)
+        for decode, options in (("pil", PIL_OPTS), ("pil-draft", DRAFT_OPTS)):
+            for workers in args.workers:
+                t0 = time.perf_counter()
+                out = embed_files_local(files, embedder, options, workers=workers, batch_size=args.e2e_batch)
+                seconds = time.perf_counter() - t0
+                rows.append(
+                    {"preprocess": setting, "variants": len(variants), "decode": decode, "workers": workers,
+                     "batch": args.e2e_batch, "precision": embedder.precision, "images": len(files),
+                     "ok": int((out["clip"].status == "ok").sum()), "img_s": round(len(files) / seconds, 1)}
+                )  # fmt: skip
+                print(f"  e2e {rows[-1]}", file=sys.stderr)
     return rows
 
 
@@ -222,9 +244,10 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {r['precision']} | {r['batch']} | {r['from_host_img_s']} | {r['device_resident_img_s']} |"
               for r in report["embed"]]  # fmt: skip
-    lines += ["", "| decode | workers | batch | precision | img/s end to end |", "|---|---|---|---|---|"]
-    lines += [f"| {r['decode']} | {r['workers']} | {r['batch']} | {r['precision']} | {r['img_s']} |"
-              for r in report["end_to_end"]]  # fmt: skip
+    lines += ["", "| images.preprocess | decode | workers | batch | precision | img/s end to end |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    keys = ("preprocess", "decode", "workers", "batch", "precision", "img_s")
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in report["end_to_end"]]
     return "\n".join(lines)
 
 
@@ -267,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         print(f"generated {data}", file=sys.stderr)
         blobs = {k: [p.read_bytes() for p in sorted((root / k).iterdir())][:128] for k in data}
-        probe = ImageEmbedder(model_config(args, args.e2e_precision), spec, device=device)
+        probe = ImageEmbedder(model_config(args, args.e2e_precision), {"clip": spec}, device=device)
         report: dict[str, Any] = {
             "machine": {
                 "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",

@@ -1,14 +1,16 @@
 """CLIP image encoding for the embed-images stage: uint8 crops -> L2-normalised embeddings.
 
-Pure core `embed_crops` (torch); `ImageEmbedder`, the actor (batch columns pixels, status ->
-embedding, other columns except pixels passed through); and two drivers that return rows in order:
-`embed_rows_ray` (CPU decode tasks feeding a pools.ActorPool, ray_vllm.md 1.4) and `embed_files_local`
-(the same actor fed by a torch DataLoader, where Ray is absent: jobs/bench uses it).
+Pure core `embed_crops` (torch); `ImageEmbedder`, the actor (batch columns status and one
+pixels@<variant> per preprocessing variant -> embedding@<variant>, other columns passed through);
+and two drivers that return each variant's rows in order: `embed_rows_ray` (CPU decode tasks
+feeding a pools.ActorPool, ray_vllm.md 1.4) and `embed_files_local` (the same actor fed by a torch
+DataLoader, where Ray is absent: jobs/bench uses it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -24,14 +26,16 @@ from negrefine_ray.clip.preprocess import (
     crop_spec,
     decode_rows,
     normalise,
+    pixels_column,
     read_and_decode,
+    variant_specs,
 )
 from negrefine_ray.config import ImagesConfig, ModelConfig
+from negrefine_ray.core.methods import embedding_name
 from negrefine_ray.errors import StageError
 from negrefine_ray.pools import ROW, ActorPool, PoolPlan, PoolSpec, reassemble, require_columns
 
 DECODE_BATCH = 64  # rows per decode task: ~10 MB of 224x224 crops, small enough to stream
-EMBED_COLUMNS = ("embedding", "status", "detail")  # what the stage keeps of each row
 
 
 def embed_crops(model: torch.nn.Module, crops: torch.Tensor, spec: CropSpec, precision: str) -> torch.Tensor:
@@ -45,39 +49,44 @@ def embed_crops(model: torch.nn.Module, crops: torch.Tensor, spec: CropSpec, pre
 
 
 class ImageEmbedder:
-    """Actor: loads CLIP once; batch columns pixels (N, H, W, 3) uint8 (numpy from Ray, a CPU tensor
-    from the DataLoader) + status (N,) -> embedding (N, D) float32, zeros where status is not "ok".
-    Other columns except pixels pass through. `device` is where the pool plan runs it; inference
-    runs at model.precision resolved for that device (clip.resolve_precision)."""
+    """Actor: loads CLIP once; batch columns status (N,) and, per variant of `specs`, pixels@<variant>
+    (N, H, W, 3) uint8 (numpy from Ray, a CPU tensor from the DataLoader) -> embedding@<variant>
+    (N, D) float32, zeros where status is not "ok". Other columns except the pixels pass through.
+    `device` is where the pool plan runs it; inference runs at model.precision resolved for that
+    device (clip.resolve_precision)."""
 
-    def __init__(self, model: ModelConfig, spec: CropSpec, *, device: str = "cpu") -> None:
+    def __init__(self, model: ModelConfig, specs: Mapping[str, CropSpec], *, device: str = "cpu") -> None:
         self.device = resolve_device(device)
         self.model, preprocess, self.weights = create_clip(model, self.device)
-        self.spec = spec
-        if crop_spec(preprocess) != self.spec:
+        self.specs = dict(specs)
+        mine = variant_specs(crop_spec(preprocess), list(self.specs))
+        if mine != self.specs:
             raise StageError(
-                f"The crops were made with {self.spec} but {model.arch}'s open_clip preprocessing is "
-                f"{crop_spec(preprocess)}; the open_clip versions of the driver and workers differ."
+                f"The crops were made with {self.specs} but {model.arch}'s open_clip preprocessing gives "
+                f"{mine}; the open_clip versions of the driver and workers differ."
             )
         self.precision = resolve_precision(self.device, model.precision)
-        h, w = self.spec.out_size
-        probe = torch.zeros((1, h, w, 3), dtype=torch.uint8, device=self.device)
-        self.dim = int(embed_crops(self.model, probe, self.spec, self.precision).shape[1])
+        spec = next(iter(self.specs.values()))
+        probe = torch.zeros((1, *spec.out_size, 3), dtype=torch.uint8, device=self.device)
+        self.dim = int(embed_crops(self.model, probe, spec, self.precision).shape[1])
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        require_columns(batch, ("pixels", "status"), "ImageEmbedder")
+        pixels = [pixels_column(v) for v in self.specs]
+        require_columns(batch, ("status", *pixels), "ImageEmbedder")
         ok = np.asarray(batch["status"]) == OK
-        out = np.zeros((len(ok), self.dim), dtype=np.float32)
-        if ok.any():
-            pixels = batch["pixels"]
-            if isinstance(pixels, torch.Tensor):  # DataLoader: shared-memory, maybe pinned, tensor
-                crops = pixels if ok.all() else pixels[torch.from_numpy(ok)]
-            else:  # Ray: boolean indexing copies, so the tensor never aliases the read-only batch
-                crops = torch.from_numpy(np.asarray(pixels)[ok])
-            crops = crops.to(self.device, non_blocking=crops.is_pinned())
-            out[ok] = embed_crops(self.model, crops, self.spec, self.precision).cpu().numpy()
-        rest = {k: v for k, v in batch.items() if k != "pixels"}
-        return {**rest, "embedding": out}
+        rest = {k: v for k, v in batch.items() if k not in pixels}
+        for variant, spec in self.specs.items():
+            out = np.zeros((len(ok), self.dim), dtype=np.float32)
+            if ok.any():
+                crops = batch[pixels_column(variant)]
+                if isinstance(crops, torch.Tensor):  # DataLoader: shared-memory, maybe pinned, tensor
+                    crops = crops if ok.all() else crops[torch.from_numpy(ok)]
+                else:  # Ray: boolean indexing copies, so the tensor never aliases the read-only batch
+                    crops = torch.from_numpy(np.asarray(crops)[ok])
+                crops = crops.to(self.device, non_blocking=crops.is_pinned())
+                out[ok] = embed_crops(self.model, crops, spec, self.precision).cpu().numpy()
+            rest[embedding_name(variant)] = out
+        return rest
 
 
 def image_pool_spec(images: ImagesConfig, model: ModelConfig) -> PoolSpec:
@@ -96,8 +105,13 @@ def image_pool_spec(images: ImagesConfig, model: ModelConfig) -> PoolSpec:
     )
 
 
-def _result(columns: dict[str, np.ndarray]) -> EmbedResult:
-    return EmbedResult(columns["status"].astype(str), columns["detail"].astype(str), columns["embedding"])
+def _results(columns: dict[str, np.ndarray], variants: Sequence[str]) -> dict[str, EmbedResult]:
+    status, detail = columns["status"].astype(str), columns["detail"].astype(str)
+    return {v: EmbedResult(status, detail, columns[embedding_name(v)]) for v in variants}
+
+
+def _columns(variants: Sequence[str]) -> tuple[str, ...]:
+    return ("status", "detail", *(embedding_name(v) for v in variants))
 
 
 def embed_rows_ray(
@@ -107,49 +121,53 @@ def embed_rows_ray(
     *,
     batch_size: int,
     options: DecodeOptions,
-    spec: CropSpec,
+    specs: Mapping[str, CropSpec],
     embedder_cls: type = ImageEmbedder,
-) -> EmbedResult:
-    """Run `work` (columns row = 0..N-1, root, path, status) through decode tasks and the actor pool
-    of the fitted `plan`; rows come back in `work`'s order."""
+) -> dict[str, EmbedResult]:
+    """Run `work` (columns row = 0..N-1, root, path, status) through decode tasks (one decode and
+    one crop per variant of `specs` per file) and the actor pool of the fitted `plan`; returns each
+    variant's rows in `work`'s order."""
     import ray
 
     blocks = [work.slice(i, DECODE_BATCH) for i in range(0, work.num_rows, DECODE_BATCH)]
     decoded = ray.data.from_arrow(blocks).map_batches(
         cast(Any, decode_rows),
-        fn_kwargs={"spec": spec, "options": options},
+        fn_kwargs={"specs": dict(specs), "options": options},
         batch_size=DECODE_BATCH,
         num_cpus=plan.pool.task_cpus,
         batch_format="numpy",
         udf_modifying_row_count=False,
     )
-    pool = ActorPool(embedder_cls, {"model": model, "spec": spec, "device": plan.device}, plan, batch_size)
+    args = {"model": model, "specs": dict(specs), "device": plan.device}
+    pool = ActorPool(embedder_cls, args, plan, batch_size)
     batches = pool.apply(decoded).iter_batches(batch_size=None, batch_format="numpy")
-    return _result(reassemble(batches, work.num_rows, EMBED_COLUMNS, stage="embed-images"))
+    columns = reassemble(batches, work.num_rows, _columns(list(specs)), stage="embed-images")
+    return _results(columns, list(specs))
 
 
 class _DecodeDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    def __init__(self, files: Sequence[tuple[str, str]], spec: CropSpec, options: DecodeOptions) -> None:
-        self.files, self.spec, self.options = list(files), spec, options
+    def __init__(
+        self, files: Sequence[tuple[str, str]], specs: Mapping[str, CropSpec], options: DecodeOptions
+    ) -> None:
+        self.files, self.specs, self.options = list(files), dict(specs), options
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray, str, str]:
-        crop, status, detail = read_and_decode(*self.files[i], self.spec, self.options)
-        h, w = self.spec.out_size
-        return i, crop if crop is not None else np.zeros((h, w, 3), np.uint8), status, detail
+    def __getitem__(self, i: int) -> tuple[int, list[np.ndarray], str, str]:
+        crops, status, detail = read_and_decode(*self.files[i], tuple(self.specs.values()), self.options)
+        if crops is None:
+            crops = [np.zeros((*spec.out_size, 3), np.uint8) for spec in self.specs.values()]
+        return i, crops, status, detail
 
 
-def _collate(items: list[tuple[int, np.ndarray, str, str]]) -> dict[str, Any]:
+def _collate(items: list[tuple[int, list[np.ndarray], str, str]], variants: Sequence[str]) -> dict[str, Any]:
     rows, crops, status, detail = zip(*items, strict=True)
-    return {
-        ROW: np.array(rows),
-        # A tensor travels from the worker through shared memory; a numpy array would be pickled.
-        "pixels": torch.from_numpy(np.stack(crops)),
-        "status": np.array(status),
-        "detail": np.array(detail),
+    # A tensor travels from the worker through shared memory; a numpy array would be pickled.
+    pixels = {
+        pixels_column(v): torch.from_numpy(np.stack([c[j] for c in crops])) for j, v in enumerate(variants)
     }
+    return {ROW: np.array(rows), "status": np.array(status), "detail": np.array(detail), **pixels}
 
 
 def embed_files_local(
@@ -159,17 +177,18 @@ def embed_files_local(
     *,
     workers: int = 4,
     batch_size: int = 256,
-) -> EmbedResult:
+) -> dict[str, EmbedResult]:
     """The Ray stage without Ray: a torch DataLoader (`workers` decode processes) feeds `embedder`.
-    `files` are (root, path) pairs; results come back in their order."""
+    `files` are (root, path) pairs; each variant's results come back in their order."""
+    variants = list(embedder.specs)
     loader = torch.utils.data.DataLoader(
-        _DecodeDataset(files, embedder.spec, options),
+        _DecodeDataset(files, embedder.specs, options),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=functools.partial(_collate, variants=variants),
         pin_memory=embedder.device.startswith("cuda"),
         prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
     batches = (embedder(batch) for batch in loader)
-    return _result(reassemble(batches, len(files), EMBED_COLUMNS, stage="embed-images"))
+    return _results(reassemble(batches, len(files), _columns(variants), stage="embed-images"), variants)

@@ -1,9 +1,11 @@
 """Image reading, decoding and CLIP preprocessing to uint8 crops, every failure recorded (no Ray/GPU).
 
 Follows the reference loaders (torchvision's pil_loader: `Image.open(f).convert("RGB")`) and the
-model's own open_clip eval transform (methods.md 3.5: bicubic resize of the short side, centre crop),
-stopping before ToTensor: crops are (H, W, 3) uint8 and `normalise` finishes the transform on the
-accelerator, so `normalise(crop)` equals open_clip's output (ToTensor divides the same uint8 by 255).
+references' transforms (core.methods.PREPROCESSING: the model's own open_clip eval transform, or
+torchvision's Resize + CenterCrop with another interpolation or resize size), stopping before
+ToTensor: crops are (H, W, 3) uint8 and `normalise` finishes the transform on the accelerator, so
+`normalise(crop)` equals the reference transform's output (ToTensor divides the same uint8 by 255).
+An image is decoded once and cut into one crop per preprocessing ("variant") asked for.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -21,6 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from negrefine_ray.clip.model import register_bundled_configs, resolve_weights
 from negrefine_ray.config import ImagesConfig, ModelConfig
+from negrefine_ray.core.methods import PREPROCESSING
 from negrefine_ray.data.datasets import read_file
 from negrefine_ray.errors import NegRefineError
 
@@ -181,19 +184,31 @@ def resize_crop(img: Image.Image, spec: CropSpec) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def _apply_draft(img: ImageFile.ImageFile, spec: CropSpec) -> None:
-    """JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below the resize target."""
+def _apply_draft(img: ImageFile.ImageFile, specs: Sequence[CropSpec]) -> None:
+    """JPEG draft mode: libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below any resize target."""
     if img.format != "JPEG":
         return
-    width, height = spec.resized_size(*img.size)
-    side = max(width, height) if len(spec.resize) == 2 else None  # squash: keep both sides covered
-    img.draft(img.mode, (side, side) if side else (width, height))
+    width = height = 0
+    for spec in specs:
+        w, h = spec.resized_size(*img.size)
+        if len(spec.resize) == 2:  # squash: keep both sides covered
+            w = h = max(w, h)
+        width, height = max(width, w), max(height, h)
+    img.draft(img.mode, (width, height))
 
 
 def decode_crop(data: bytes, spec: CropSpec, options: DecodeOptions) -> tuple[np.ndarray | None, str, str]:
-    """Decode one file's bytes into a (H, W, 3) uint8 crop.
+    """Decode one file's bytes into a (H, W, 3) uint8 crop: `decode_crops` with one spec."""
+    crops, status, detail = decode_crops(data, (spec,), options)
+    return (None if crops is None else crops[0]), status, detail
 
-    Returns (crop or None, status, detail): status "ok" or a failure kind ("empty", "not-an-image",
+
+def decode_crops(
+    data: bytes, specs: Sequence[CropSpec], options: DecodeOptions
+) -> tuple[list[np.ndarray] | None, str, str]:
+    """Decode one file's bytes once into one (H, W, 3) uint8 crop per spec.
+
+    Returns (crops or None, status, detail): status "ok" or a failure kind ("empty", "not-an-image",
     "too-large", "corrupt"); detail is the error text for failures and "" otherwise. Animated images
     give their first frame.
     """
@@ -207,11 +222,12 @@ def decode_crop(data: bytes, spec: CropSpec, options: DecodeOptions) -> tuple[np
             if img.width * img.height > options.max_pixels:
                 return None, "too-large", f"{img.width}x{img.height} exceeds {options.max_pixels:,} pixels"
             if options.decode == "pil-draft" and isinstance(img, ImageFile.ImageFile):
-                _apply_draft(img, spec)
+                _apply_draft(img, specs)
             img.load()
             if options.exif == "transpose":
                 img = ImageOps.exif_transpose(img)
-            return resize_crop(to_rgb(img, options), spec), OK, ""
+            rgb = to_rgb(img, options)
+            return [resize_crop(rgb, spec) for spec in specs], OK, ""
     except UnidentifiedImageError:
         # Pillow's message names the BytesIO object by memory address; artifacts must not vary by run.
         return None, "not-an-image", "cannot identify image file: no image format matches its bytes"
@@ -270,6 +286,30 @@ def crop_spec_for_model(cfg: ModelConfig) -> CropSpec:
     return crop_spec(image_transform_v2(PreprocessCfg(**pp), is_train=False))
 
 
+def variant_specs(model_spec: CropSpec, variants: Sequence[str]) -> dict[str, CropSpec]:
+    """The CropSpec of each PREPROCESSING variant for a model whose own eval transform is
+    `model_spec`: "clip" is `model_spec` itself; the others resize the short side of the image to
+    round(S * resize_ratio) with their interpolation, then centre-crop S x S, S the model's (square)
+    input size, and normalise with the model's mean and std."""
+    out = {}
+    for name in variants:
+        variant = PREPROCESSING.get(name)
+        if variant is None:
+            raise NegRefineError(f"unknown image preprocessing '{name}'; known: {', '.join(PREPROCESSING)}.")
+        if variant.interpolation is None:
+            out[name] = model_spec
+            continue
+        h, w = model_spec.out_size
+        if h != w:
+            raise NegRefineError(
+                f"image preprocessing '{name}' centre-crops a square, but the model's input is {h}x{w}; "
+                "set images.preprocess = 'shared' to use the model's own transform for every method."
+            )
+        resize = (round(h * variant.resize_ratio),)
+        out[name] = CropSpec(resize, (h, w), variant.interpolation, model_spec.mean, model_spec.std)
+    return out
+
+
 def decode_options(images: ImagesConfig) -> DecodeOptions:
     """DecodeOptions from the [images] section."""
     return DecodeOptions(
@@ -282,36 +322,44 @@ def decode_options(images: ImagesConfig) -> DecodeOptions:
 
 
 def read_and_decode(
-    root: str, path: str, spec: CropSpec, options: DecodeOptions
-) -> tuple[np.ndarray | None, str, str]:
-    """(crop or None, status, detail) of one listed file: "missing"/"unreadable" or decode_crop's."""
+    root: str, path: str, specs: Sequence[CropSpec], options: DecodeOptions
+) -> tuple[list[np.ndarray] | None, str, str]:
+    """(crops or None, status, detail) of one listed file: "missing"/"unreadable" or decode_crops'."""
     try:
         data = read_file(root, path)
     except FileNotFoundError:
         return None, "missing", "file not found"
     except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, e.g. a NUL in the path
         return None, "unreadable", f"{type(exc).__name__}: {exc}"
-    return decode_crop(data, spec, options)
+    return decode_crops(data, specs, options)
 
 
-def decode_rows(rows: dict[str, np.ndarray], spec: CropSpec, options: DecodeOptions) -> dict[str, Any]:
-    """Ray task: columns row, root, path (and optionally the listing's status) -> row, status, detail,
-    pixels (N, H, W, 3) uint8. A row whose listing status is a failure kind is passed on, not read."""
-    h, w = spec.out_size
+def pixels_column(variant: str) -> str:
+    """The batch column holding a variant's (N, H, W, 3) uint8 crops."""
+    return f"pixels@{variant}"
+
+
+def decode_rows(
+    rows: dict[str, np.ndarray], specs: Mapping[str, CropSpec], options: DecodeOptions
+) -> dict[str, Any]:
+    """Ray task: columns row, root, path (and optionally the listing's status) -> row, status, detail
+    and per variant of `specs` its crops, `pixels@<variant>` (N, H, W, 3) uint8, zeros for failures.
+    Each file is read and decoded once. A row whose listing status is a failure kind is passed on."""
     n = len(rows["path"])
-    pixels = np.zeros((n, h, w, 3), dtype=np.uint8)
+    pixels = {v: np.zeros((n, *spec.out_size, 3), dtype=np.uint8) for v, spec in specs.items()}
     listed = rows["status"] if "status" in rows else np.full(n, "")
     statuses, details = [], []
     for i, (root, path, known) in enumerate(zip(rows["root"], rows["path"], listed, strict=True)):
         if known:
-            crop, status, detail = None, str(known), LISTED_DETAILS.get(str(known), "found while listing")
+            crops, status, detail = None, str(known), LISTED_DETAILS.get(str(known), "found while listing")
         else:
-            crop, status, detail = read_and_decode(str(root), str(path), spec, options)
-        if crop is not None:
-            pixels[i] = crop
+            crops, status, detail = read_and_decode(str(root), str(path), tuple(specs.values()), options)
+        for variant, crop in zip(specs, crops or (), strict=False):
+            pixels[variant][i] = crop
         statuses.append(status)
         details.append(detail)
-    return {"row": rows["row"], "status": np.array(statuses), "detail": np.array(details), "pixels": pixels}
+    out = {"row": rows["row"], "status": np.array(statuses), "detail": np.array(details)}
+    return {**out, **{pixels_column(v): p for v, p in pixels.items()}}
 
 
 def normalise(crops: torch.Tensor, spec: CropSpec) -> torch.Tensor:

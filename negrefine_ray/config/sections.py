@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from negrefine_ray.core.methods import MINING_METHODS, SCORE_METHODS
+from negrefine_ray.core.methods import MINING_METHODS, PREPROCESSING, SCORE_METHODS
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
 
 
@@ -160,6 +160,12 @@ class ImagesConfig:
     symlinks: Literal["follow", "within-root"] = field(
         default="follow", metadata=_choices("follow", "within-root")
     )
+    # Which preprocessing each method's images get (core.methods.PREPROCESSING): "per-method" (each
+    # method as its reference: NegLabel/CSP/DNM bilinear, NegRefine/MCM the model's bicubic transform;
+    # each image decoded once, one crop and one embedding per distinct preprocessing), "shared" (the
+    # model's own transform for every method: one embedding per image, the speed option) or one
+    # preprocessing name for every method.
+    preprocess: str = field(default="per-method", metadata=_choices("per-method", "shared", *PREPROCESSING))
 
 
 @dataclass(frozen=True)
@@ -221,6 +227,12 @@ class ScoreConfig:
     k_neg: int = field(default=5, metadata=_range(1))
     permutation_device: Literal["cpu", "cuda"] = field(default="cpu", metadata=_choices("cpu", "cuda"))
     permutation_seed: Literal["fixed", "run"] = field(default="fixed", metadata=_choices("fixed", "run"))
+    # NegRefine's de-duplicated negatives: "shuffled" (a random order seeded with run.seed, as the
+    # reference's list(set(...)) gives, so the M mod G the grouped score drops are random ones) or
+    # "ranked" (mine's order: the most ID-like adjectives are dropped). README, Faithfulness.
+    negrefine_order: Literal["shuffled", "ranked"] = field(
+        default="shuffled", metadata=_choices("shuffled", "ranked")
+    )
     group_seed: int = field(default=0, metadata=_range(0))
     dnm_temperature: float = field(default=0.01, metadata=_range(0.0))
     dnm_tau: float = field(default=0.5, metadata=_range(0.0, 1.0))

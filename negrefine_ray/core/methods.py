@@ -1,6 +1,7 @@
 """The method catalogue: one frozen entry per OOD method (MCM, NegLabel, CSP, NegRefine, DNM) that says
 what each stage needs to know about it: its pool rule (corpus), text views (embed-text), mining rule
-(mine), scoring function (score) and score columns and report rows (score, report). The config's
+(mine), image preprocessing (embed-images), scoring function (score) and score columns and report
+rows (score, report). The config's
 method choices come from here too. Pure (standard library and errors.py only): config.py imports it.
 
 Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and a
@@ -11,6 +12,7 @@ in stages/embed_text.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -51,6 +53,32 @@ CANDIDATE_VIEWS: dict[str, TextView] = {
     ),
     "ensemble": TextView(
         "csp-noun8", "nouns x 8 templates, suffix phrases x 4 (CSP, NegRefine)", "csp-adj4", phrases=True
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """An image preprocessing a reference evaluates with (methods.md 1.6, 2.6, 3.5, 4.4, 5.7), relative
+    to the model's image size S: `interpolation` None is the model's own open_clip eval transform;
+    otherwise torchvision's Resize(round(S * resize_ratio)) of the short side with `interpolation`,
+    then CenterCrop(S), with the model's mean and std (clip.preprocess.variant_specs builds them)."""
+
+    description: str
+    interpolation: str | None = None
+    resize_ratio: float = 1.0
+
+
+# Each distinct preprocessing is one embedding column of embed-images (`embedding@<name>`).
+PREPROCESSING: dict[str, Preprocess] = {
+    "clip": Preprocess("the model's open_clip transform: bicubic Resize(S), CenterCrop(S) (NegRefine, MCM)"),
+    "torchvision": Preprocess(
+        "torchvision's default bilinear Resize(S), CenterCrop(S) (NegLabel, CSP, DNM)", "bilinear"
+    ),
+    "openood": Preprocess(
+        "OpenOOD's test transform: bicubic Resize(S * 256/224), CenterCrop(S) (InterNeg)",
+        "bicubic",
+        256 / 224,
     ),
 }
 
@@ -102,6 +130,7 @@ class Method:
     candidate_view: str | None = None  # how its candidate words (and so its negatives) are embedded
     filtered: bool = False  # its negatives go through NegFilter (mine adds the filter inputs)
     column: str = "{row}"
+    preprocess: str = "clip"  # the PREPROCESSING its reference embeds images with
 
     @property
     def mines(self) -> bool:
@@ -121,16 +150,16 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),
+        Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),  # App. B: CLIP's
         Method(
             "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped", rows=(Row("neglabel"),),
             pool=Pool("all 27 published files, ID names kept (methods.md 1.3)"),
-            mining=Mining("id-distance"), candidate_view="single_raw",
+            mining=Mining("id-distance"), candidate_view="single_raw", preprocess="torchvision",
         ),
         Method(
             "csp", "CSP", id_view="csp_noun8", scorer="grouped", rows=(Row("csp"),),
             pool=Pool("without noun.person/quantity/group and adj.pert (2.4)", CSP_EXCLUDED),
-            mining=Mining("id-distance", csp_guard=True), candidate_view="ensemble",
+            mining=Mining("id-distance", csp_guard=True), candidate_view="ensemble", preprocess="torchvision",
         ),
         Method(
             "negrefine", "NegRefine", id_view="csp_noun8", scorer="negrefine",
@@ -148,12 +177,30 @@ METHODS: dict[str, Method] = {
             "dnm", "DNM", id_view="the_nice_raw", scorer="dnm", rows=(Row("dnm"),),
             pool=Pool("CSP's files, ID names kept (4.1)", CSP_EXCLUDED),
             mining=Mining("density"), candidate_view="single_raw", column="{row}@{ood}",
+            preprocess="torchvision",
         ),
     )
 }  # fmt: skip
 
 SCORE_METHODS: tuple[str, ...] = tuple(METHODS)
 MINING_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.mines)
+
+
+def embedding_name(variant: str) -> str:
+    """The images.parquet column (and batch column) of a preprocessing variant's image embeddings."""
+    return f"embedding@{variant}"
+
+
+def image_preprocessing(methods: Sequence[str], setting: str) -> dict[str, str]:
+    """Method -> the PREPROCESSING name its images are embedded with under `images.preprocess`:
+    "per-method" (each as its reference), "shared" (the model's own transform for all: one embedding
+    per image, the fast option) or one PREPROCESSING name for every method."""
+    if setting == "per-method":
+        return {m: get_method(m).preprocess for m in methods}
+    variant = "clip" if setting == "shared" else setting
+    if variant not in PREPROCESSING:
+        raise unknown_name("images.preprocess", setting, ["per-method", "shared", *PREPROCESSING])
+    return dict.fromkeys(methods, variant)
 
 
 def get_method(name: str) -> Method:

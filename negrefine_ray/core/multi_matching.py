@@ -19,31 +19,52 @@ from negrefine_ray.errors import StageError
 PairEmbedder = Callable[[list[str]], np.ndarray]
 
 
+# How NegRefine's de-duplicated negatives are ordered, which decides the M mod G the grouped score
+# drops (methods.md 0.6 step 1, 3.2 step 1, 3.4): "shuffled" (default) puts the nouns and then the
+# adjectives each in a seeded random order, as the reference's `list(set(...))` leaves them in a
+# random one; "ranked" keeps mine's order, so the last-ranked (most ID-like) adjectives are dropped.
+NEGREFINE_ORDERS = ("shuffled", "ranked")
+
+
 @dataclass(frozen=True)
 class RefinedNegatives:
     """NegRefine's cleaned negatives (3.2 step 1, first occurrence per part of speech), nouns then
-    adjectives in mine order, and per negative set the (M_s,) int64 indices of its negatives in the
-    final [nouns | adjectives] order: set None = unfiltered, set J = judge J's kept labels."""
+    adjectives, each in the order `refined_negatives` was asked for, and per negative set the (M_s,)
+    int64 indices of its negatives in that final [nouns | adjectives] order (increasing: a judge's
+    kept labels keep the order of its input, as the reference's do): set None = unfiltered, set J =
+    judge J's kept labels."""
 
     labels: list[str]
     pos: list[str]
     sets: dict[str | None, np.ndarray]
 
 
-def _nouns_first(index: Sequence[int], pos: Sequence[str]) -> np.ndarray:
-    nouns = [i for i in index if pos[i] == "noun"]
-    return np.array(nouns + [i for i in index if pos[i] != "noun"], dtype=np.int64)
+def negative_order(pos: Sequence[str], order: str, seed: int) -> np.ndarray:
+    """Indices of the negatives (in mine order, part of speech `pos`) in the final order: nouns
+    first, then adjectives; with "shuffled" each part permuted by numpy's PCG64 seeded with `seed`
+    (nouns drawn first), with "ranked" each part in mine order."""
+    if order not in NEGREFINE_ORDERS:
+        raise StageError(f"unknown NegRefine negative order '{order}'; known: {', '.join(NEGREFINE_ORDERS)}.")
+    nouns = np.array([i for i, p in enumerate(pos) if p == "noun"], dtype=np.int64)
+    others = np.array([i for i, p in enumerate(pos) if p != "noun"], dtype=np.int64)
+    if order == "shuffled":
+        rng = np.random.default_rng(seed)
+        nouns, others = rng.permutation(nouns), rng.permutation(others)
+    return np.concatenate([nouns, others])
 
 
-def refined_negatives(negatives: pa.Table, kept: Mapping[str, pa.Table]) -> RefinedNegatives:
-    """The unfiltered set from mine/negatives.parquet and each judge's from its kept.parquet."""
+def refined_negatives(
+    negatives: pa.Table, kept: Mapping[str, pa.Table], *, order: str = "shuffled", seed: int = 0
+) -> RefinedNegatives:
+    """The unfiltered set from mine/negatives.parquet and each judge's from its kept.parquet, in
+    `order` (NEGREFINE_ORDERS) drawn with `seed` (the run seed)."""
     rows = negatives.filter(pc.equal(negatives.column("method"), "negrefine"))
     if "filter_input" not in rows.column_names or rows.num_rows == 0:
         raise StageError("mine/negatives.parquet has no NegRefine negatives with filter inputs; rerun mine.")
     rows = rows.filter(pc.fill_null(rows.column("filter_input"), False)).sort_by("rank")
     labels, pos = rows.column("clean_label").to_pylist(), rows.column("pos").to_pylist()
-    order = _nouns_first(range(len(labels)), pos)
-    labels, pos = [labels[i] for i in order], [pos[i] for i in order]
+    final = negative_order(pos, order, seed)
+    labels, pos = [labels[i] for i in final], [pos[i] for i in final]
     where = {(p, label): i for i, (p, label) in enumerate(zip(pos, labels, strict=True))}
     sets: dict[str | None, np.ndarray] = {None: np.arange(len(labels), dtype=np.int64)}
     for judge, table in kept.items():
@@ -54,7 +75,7 @@ def refined_negatives(negatives: pa.Table, kept: Mapping[str, pa.Table]) -> Refi
                 f"filter/{judge}/kept.parquet keeps {len(unknown)} label(s) that NegRefine did not mine, "
                 f"e.g. {unknown[0]}; rerun the filter stage on this run's mine output."
             )
-        sets[judge] = _nouns_first([where[k] for k in keys], pos)
+        sets[judge] = np.sort(np.array([where[k] for k in keys], dtype=np.int64))
     return RefinedNegatives(labels, pos, sets)
 
 

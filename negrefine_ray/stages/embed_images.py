@@ -1,10 +1,12 @@
 """Stage embed-images: dataset listings -> CPU decode tasks (uint8 crops) -> CLIP actor pool -> Parquet.
 
 Ray's batch-inference pattern (methods.md 3.5; ray_vllm.md 1.4): a stateless task reads and decodes
-with the model's own open_clip preprocessing, one `ImageEmbedder` actor per GPU (or CPU) normalises,
-encodes and L2-normalises (clip/image.py; the pool is sized and fitted by pools.py). Output:
-images.parquet (dataset, role, path, label, status, embedding fixed_size_list<float32>[D], null
-unless status is "ok") in listing order, and failures.parquet.
+each file once and cuts one crop per preprocessing the scored methods need (core.methods
+PREPROCESSING, images.preprocess), one `ImageEmbedder` actor per GPU (or CPU) normalises, encodes
+and L2-normalises each (clip/image.py; the pool is sized and fitted by pools.py). Output:
+images.parquet (dataset, role, path, label, status, one embedding@<variant>
+fixed_size_list<float32>[D] per preprocessing, null unless status is "ok") in listing order, and
+failures.parquet.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,8 +30,15 @@ from negrefine_ray.clip.image_cache import (
     image_cache_key,
 )
 from negrefine_ray.clip.model import resolve_precision, resolve_weights
-from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK, crop_spec_for_model, decode_options
+from negrefine_ray.clip.preprocess import (
+    FAILURE_KINDS,
+    OK,
+    crop_spec_for_model,
+    decode_options,
+    variant_specs,
+)
 from negrefine_ray.config import JobConfig
+from negrefine_ray.core.methods import PREPROCESSING, embedding_name, image_preprocessing
 from negrefine_ray.data.datasets import Listing, list_datasets
 from negrefine_ray.data.presets import resolve_datasets
 from negrefine_ray.errors import StageError
@@ -52,10 +62,18 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
             "device": m.device,
         },
         "decode": decode_options(config.images).describe(),
+        "variants": list(image_variants(config)),
         "symlinks": config.images.symlinks,
         "datasets": [dataclasses.asdict(d) for d in resolve_datasets(config)],
         "seed": config.run.seed,
     }
+
+
+def image_variants(config: JobConfig) -> tuple[str, ...]:
+    """The distinct preprocessings (core.methods.PREPROCESSING, in its order) the scored methods'
+    images need under images.preprocess; one embedding column each."""
+    chosen = set(image_preprocessing(config.score.methods, config.images.preprocess).values())
+    return tuple(v for v in PREPROCESSING if v in chosen) or ("clip",)
 
 
 def embed_images_sources(config: JobConfig) -> dict[str, str]:
@@ -72,13 +90,13 @@ def _failure_counts(status: np.ndarray) -> dict[str, int]:
     return {k: int(np.count_nonzero(status == k)) for k in FAILURE_KINDS if np.any(status == k)}
 
 
-def check_failed_fraction(listing: Listing, result: EmbedResult, limit: float) -> None:
+def check_failed_fraction(listing: Listing, status: np.ndarray, detail: np.ndarray, limit: float) -> None:
     """Raise a StageError naming counts per kind and examples when too much of a dataset failed."""
-    n, bad = listing.table.num_rows, np.flatnonzero(result.status != OK)
+    n, bad = listing.table.num_rows, np.flatnonzero(status != OK)
     if n and len(bad) / n > limit:
-        kinds = ", ".join(f"{k} {v}" for k, v in _failure_counts(result.status).items())
+        kinds = ", ".join(f"{k} {v}" for k, v in _failure_counts(status).items())
         paths = listing.table.column("path")
-        examples = "; ".join(f"{paths[i].as_py()}: {result.status[i]} ({result.detail[i]})" for i in bad[:3])
+        examples = "; ".join(f"{paths[i].as_py()}: {status[i]} ({detail[i]})" for i in bad[:3])
         raise StageError(
             f"dataset '{listing.name}': {len(bad):,} of {n:,} images ({len(bad) / n:.1%}) are unreadable "
             f"({kinds}), above images.max_failed_fraction = {limit:g}. E.g. {examples}. Fix or remove "
@@ -101,17 +119,30 @@ def check_listing(listing: Listing, limit: float) -> None:
         )
 
 
-def _output_tables(listing: Listing, result: EmbedResult) -> tuple[pa.Table, pa.Table]:
-    """(images rows, failure rows) of one dataset in listing order."""
-    t, ok = listing.table, result.status == OK
+def combined_status(results: Sequence[EmbedResult]) -> tuple[np.ndarray, np.ndarray]:
+    """(status, detail) of each row over its variants' results: the first failure, else "ok". One
+    decode feeds every variant, so they agree unless a variant came from an older cache entry."""
+    status, detail = results[0].status.astype(object), results[0].detail.astype(object)
+    for r in results[1:]:
+        later = (status == OK) & (r.status != OK)
+        status[later], detail[later] = r.status[later], r.detail[later]
+    return status.astype(str), detail.astype(str)
+
+
+def _output_tables(listing: Listing, results: Mapping[str, EmbedResult]) -> tuple[pa.Table, pa.Table]:
+    """(images rows with one embedding@<variant> column per variant, failure rows) of one dataset in
+    listing order."""
+    t = listing.table
+    status, detail = combined_status(list(results.values()))
+    ok = status == OK
     images = pa.table(
         {
             "dataset": t.column("dataset"),
             "role": t.column("role"),
             "path": t.column("path"),
             "label": t.column("label"),
-            "status": pa.array(result.status.tolist(), pa.string()),
-            "embedding": embedding_column(result.embedding, ok),
+            "status": pa.array(status.tolist(), pa.string()),
+            **{embedding_name(v): embedding_column(r.embedding, ok) for v, r in results.items()},
         }
     )
     bad = pa.array(np.flatnonzero(~ok))
@@ -119,18 +150,21 @@ def _output_tables(listing: Listing, result: EmbedResult) -> tuple[pa.Table, pa.
         {
             "dataset": t.column("dataset").take(bad),
             "path": t.column("path").take(bad),
-            "status": pa.array(result.status[~ok].tolist(), pa.string()),
-            "detail": pa.array(result.detail[~ok].tolist(), pa.string()),
+            "status": pa.array(status[~ok].tolist(), pa.string()),
+            "detail": pa.array(detail[~ok].tolist(), pa.string()),
         }
     )
     return images, failures
 
 
+Embed = Callable[[pa.Table, Sequence[str]], dict[str, EmbedResult]]  # (work rows, variants) -> results
+
+
 def _embed_listings(
-    listings: dict[str, Listing], embed: Callable[[pa.Table], EmbedResult]
-) -> dict[str, EmbedResult]:
-    """Embed the listings' rows (one listing per cache key) in one pass of `embed(work table)` and
-    return them by key."""
+    listings: dict[str, Listing], variants: Sequence[str], embed: Embed
+) -> dict[str, dict[str, EmbedResult]]:
+    """Embed the listings' rows in one pass of `embed` (every variant from one decode of each file)
+    and return them by listing key and variant."""
     parts = list(listings.values())
     sizes = [li.table.num_rows for li in parts]
     roots = [li.root for li, k in zip(parts, sizes, strict=True) for _ in range(k)]
@@ -143,62 +177,88 @@ def _embed_listings(
             "status": pa.concat_arrays([li.table.column("status").combine_chunks() for li in parts]),
         }
     )
-    out = embed(work)
-    results, bounds = {}, np.cumsum([0, *sizes])
+    out = embed(work, variants)
+    results: dict[str, dict[str, EmbedResult]] = {}
+    bounds = np.cumsum([0, *sizes])
     for key, a, b in zip(listings, bounds[:-1], bounds[1:], strict=True):
-        results[key] = EmbedResult(out.status[a:b], out.detail[a:b], out.embedding[a:b])
+        results[key] = {
+            v: EmbedResult(r.status[a:b], r.detail[a:b], r.embedding[a:b]) for v, r in out.items()
+        }
     return results
 
 
-def _merge(reused: EmbedResult | None, fresh: EmbedResult | None, found: np.ndarray) -> EmbedResult:
-    """One dataset's rows: `reused` where `found`, `fresh` (in order) elsewhere."""
-    if reused is None or fresh is None:
-        result = reused if fresh is None else fresh
-        assert result is not None  # a listing has rows, so one of the two holds them
-        return result
+def _merge(
+    reused: EmbedResult | None, found: np.ndarray, fresh: EmbedResult | None, need: np.ndarray
+) -> EmbedResult:
+    """One dataset's rows of one variant: `reused` where `found`, else `fresh`, which holds the rows
+    of `need` (a superset of ~found) in order."""
+    if reused is None or not found.any():
+        assert fresh is not None and need.all()  # nothing reused: every row went through `embed`
+        return fresh
+    if fresh is None:
+        return reused
+    take = ~found
+    at = (np.cumsum(need) - 1)[take]
     status, detail, emb = reused.status.astype(object), reused.detail.astype(object), reused.embedding.copy()
-    status[~found], detail[~found], emb[~found] = fresh.status, fresh.detail, fresh.embedding
+    status[take], detail[take], emb[take] = fresh.status[at], fresh.detail[at], fresh.embedding[at]
     return EmbedResult(status.astype(str), detail.astype(str), emb)
 
 
+@dataclass(frozen=True)
+class _Todo:
+    """A dataset listing missing the cache entries of `variants` ({variant: (base, key)})."""
+
+    listing: Listing
+    variants: dict[str, tuple[str, str]]
+
+
 def _embed_with_cache(
-    listings: dict[str, tuple[str, Listing]],
-    cache: ImageEmbeddingCache,
-    embed: Callable[[pa.Table], EmbedResult],
-) -> tuple[dict[str, EmbedResult], dict[str, int]]:
-    """The datasets that missed their exact cache entry (key -> (base, listing)): unchanged files'
-    rows from earlier entries of their base, the rest through `embed` in one pass; each stored under
-    its key. Returns the results and, per key, how many rows went through `embed`."""
-    reused, work = {}, {}
-    for key, (base, li) in listings.items():
-        reused[key] = cache.reusable(base, li.table)
-        work[key] = dataclasses.replace(li, table=li.table.filter(pa.array(~reused[key][1])))
-    work = {key: li for key, li in work.items() if li.table.num_rows}
-    fresh = _embed_listings(work, embed) if work else {}
-    results = {}
-    for key, (base, li) in listings.items():
-        results[key] = _merge(reused[key][0], fresh.get(key), reused[key][1])
-        cache.put(base, key, li.table, results[key])
-    return results, {key: li.table.num_rows for key, li in work.items()}
+    todo: dict[str, _Todo], cache: ImageEmbeddingCache, embed: Embed
+) -> tuple[dict[str, dict[str, EmbedResult]], dict[str, int]]:
+    """Listings that missed exact cache entries of the same variants: each unchanged file's rows from
+    earlier entries of each variant's base, the files missing in any variant through `embed` (all
+    these variants, one decode) in one pass; each variant's rows stored under its key. Returns the
+    results by listing and variant and, per listing, how many rows went through `embed`."""
+    variants = list(next(iter(todo.values())).variants)
+    reused, need, work = {}, {}, {}
+    for ident, item in todo.items():
+        li = item.listing
+        reused[ident] = {v: cache.reusable(base, li.table) for v, (base, _) in item.variants.items()}
+        need[ident] = ~np.logical_and.reduce([found for _, found in reused[ident].values()])
+        work[ident] = dataclasses.replace(li, table=li.table.filter(pa.array(need[ident])))
+    work = {ident: li for ident, li in work.items() if li.table.num_rows}
+    fresh = _embed_listings(work, variants, embed) if work else {}
+    results: dict[str, dict[str, EmbedResult]] = {}
+    for ident, item in todo.items():
+        results[ident] = {}
+        for v, (base, key) in item.variants.items():
+            old, found = reused[ident][v]
+            result = _merge(old, found, fresh.get(ident, {}).get(v), need[ident])
+            cache.put(base, key, item.listing.table, result)
+            results[ident][v] = result
+    return results, {ident: li.table.num_rows for ident, li in work.items()}
 
 
-def _dataset_stats(listing: Listing, result: EmbedResult, key: str, embedded: int) -> dict[str, Any]:
+def _dataset_stats(
+    listing: Listing, status: np.ndarray, keys: dict[str, str], embedded: int
+) -> dict[str, Any]:
     return {
         "rows": listing.table.num_rows,
         "embedded": embedded,
         "listed": listing.total,
         "expected": listing.config.expected,
-        "ok": int(np.count_nonzero(result.status == OK)),
-        "failures": _failure_counts(result.status),
+        "ok": int(np.count_nonzero(status == OK)),
+        "failures": _failure_counts(status),
         "cached": embedded == 0,
-        "cache_key": key,
+        "cache_keys": keys,
         "root": listing.root,
         "duplicates": listing.duplicates,
     }
 
 
 def run_embed_images(ctx: StageContext) -> StageOutput:
-    """The stage: list, reuse cached datasets, embed the rest in one Ray pass, write the artifacts."""
+    """The stage: list, reuse cached datasets and variants, embed the rest (one Ray pass per set of
+    missing variants, each file decoded once per pass), write the artifacts."""
     t0, cfg = time.perf_counter(), ctx.config
     datasets = resolve_datasets(cfg)
     if not datasets:
@@ -208,44 +268,61 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         check_listing(li, cfg.images.max_failed_fraction)
     ctx.ray()
     plan = plan_pool(image_pool_spec(cfg.images, cfg.model), cluster_gpus())
-    spec, options = crop_spec_for_model(cfg.model), decode_options(cfg.images)
+    specs = variant_specs(crop_spec_for_model(cfg.model), image_variants(cfg))
+    options = decode_options(cfg.images)
     precision, weights = resolve_precision(plan.device, cfg.model.precision), resolve_weights(cfg.model)
-    preprocess = {"crop": spec.describe(), "decode": options.describe()}
-    bases = [
-        image_cache_base(weights.identity, cfg.model.arch, precision, preprocess, li.root) for li in listings
-    ]
-    keys = [image_cache_key(base, li.fingerprint()) for base, li in zip(bases, listings, strict=True)]
-    pairs = list(zip(keys, listings, strict=True))
+    preprocess = {v: {"crop": spec.describe(), "decode": options.describe()} for v, spec in specs.items()}
     cache = ImageEmbeddingCache(cfg.cache_dir / "image-embeddings")
-    results: dict[str, EmbedResult] = {}
-    for base, (key, li) in zip(bases, pairs, strict=True):
-        if (hit := cache.get(base, key, li.table.column("path").to_pylist())) is not None:
-            results[key] = hit
-    # a key shared by two datasets runs once
-    todo = {key: (base, li) for base, (key, li) in zip(bases, pairs, strict=True) if key not in results}
+    # (variant, listing) -> (base, key); a listing's identity is its root and fingerprint, so two
+    # datasets with the same files share their entries and run once
+    idents = [stable_hash([li.root, li.fingerprint()]) for li in listings]
+    results: dict[str, dict[str, EmbedResult]] = {ident: {} for ident in idents}
+    keys: dict[str, dict[str, str]] = {ident: {} for ident in idents}
+    todo: dict[str, _Todo] = {}
+    for ident, li in zip(idents, listings, strict=True):
+        for v in specs:
+            base = image_cache_base(weights.identity, cfg.model.arch, precision, preprocess[v], li.root)
+            key = keys[ident][v] = image_cache_key(base, li.fingerprint())
+            if (hit := cache.get(base, key, li.table.column("path").to_pylist())) is not None:
+                results[ident][v] = hit
+            elif v not in results[ident]:
+                todo.setdefault(ident, _Todo(li, {})).variants[v] = (base, key)
     embedded_rows: dict[str, int] = {}
     if todo:
 
-        def embed(work: pa.Table) -> EmbedResult:
+        def embed(work: pa.Table, variants: Sequence[str]) -> dict[str, EmbedResult]:
             nonlocal plan  # checked only when there is work: a cached run needs no free resources
             plan = fit_plan(plan)
             return embed_rows_ray(
-                work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options, spec=spec
-            )
+                work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options,
+                specs={v: specs[v] for v in variants},
+            )  # fmt: skip
 
-        fresh, embedded_rows = _embed_with_cache(todo, cache, embed)
-        results.update(fresh)
-    for key, li in pairs:
-        check_failed_fraction(li, results[key], cfg.images.max_failed_fraction)
-    tables = [_output_tables(li, results[key]) for key, li in pairs]
+        groups: dict[tuple[str, ...], dict[str, _Todo]] = {}
+        for ident, item in todo.items():
+            groups.setdefault(tuple(item.variants), {})[ident] = item
+        for group in groups.values():
+            fresh, rows = _embed_with_cache(group, cache, embed)
+            for ident, by_variant in fresh.items():
+                results[ident].update(by_variant)
+            embedded_rows.update(rows)
+    ordered = [{v: results[ident][v] for v in specs} for ident in idents]
+    statuses = [combined_status(list(by_variant.values())) for by_variant in ordered]
+    for li, (status, detail) in zip(listings, statuses, strict=True):
+        check_failed_fraction(li, status, detail, cfg.images.max_failed_fraction)
+    tables = [_output_tables(li, by_variant) for li, by_variant in zip(listings, ordered, strict=True)]
     write_parquet(ctx.out_dir / "images.parquet", pa.concat_tables([t[0] for t in tables]))
     write_parquet(ctx.out_dir / "failures.parquet", pa.concat_tables([t[1] for t in tables]))
 
-    status = np.concatenate([results[key].status for key in keys])
+    status = np.concatenate([s for s, _ in statuses])
     n, embedded = len(status), sum(embedded_rows.values())
     seconds = time.perf_counter() - t0
     failures = _failure_counts(status)
     mismatches = [m for li in listings if (m := li.expected_mismatch())]
+    per_dataset = {
+        li.name: _dataset_stats(li, s, keys[ident], embedded_rows.get(ident, 0))
+        for li, ident, (s, _) in zip(listings, idents, statuses, strict=True)
+    }
     stats = {
         "images": n,
         "embedded": embedded,
@@ -256,16 +333,15 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         "device": plan.device,
         "precision": precision,
         "weights": weights.identity,
+        "variants": list(specs),
         "preprocess": preprocess,
         "failures": failures,
         "expected_mismatches": mismatches,
-        "datasets": {
-            li.name: _dataset_stats(li, results[key], key, embedded_rows.get(key, 0)) for key, li in pairs
-        },
+        "datasets": per_dataset,
     }
     summary = (
-        f"{n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {plan.describe()}, "
-        f"{sum(failures.values()):,} unreadable"
+        f"{n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {len(specs)} preprocessing(s) "
+        f"({', '.join(specs)}), {plan.describe()}, {sum(failures.values()):,} unreadable"
         + (f", {n - embedded:,} from cache" if n > embedded else "")
         + (f", {len(mismatches)} count mismatch(es)" if mismatches else "")
     )

@@ -87,6 +87,7 @@ def evaluate(
             "label": row_label(columns[0]),
             "method": columns[0]["method"],
             "judge": columns[0]["judge"],
+            "preprocess": columns[0].get("preprocess", ""),
             "datasets": per_dataset,
             "average": {m: float(np.mean([per_dataset[d][m] for d in ood])) for m in metrics},
         }
@@ -121,13 +122,14 @@ def markdown_tables(result: Mapping[str, Any]) -> list[str]:
     average = f"Average of {len(ood)}" if failed else "Average"
     lines = [
         "AUROC ↑ / FPR95 ↓ in %; FPR95 is the NegLabel/CSP/NegRefine/DNM convention (ID positive, "
-        "methods.md 6.1). Several seeds: report-seeds.md in the job folder gives mean ± std.",
+        "methods.md 6.1). Several seeds: report-seeds.md in the job folder gives mean ± std. Images: "
+        "the preprocessing of each row's image embeddings (images.preprocess; README, Faithfulness).",
         "",
-        "| Method | " + " | ".join([*ood, *failed]) + f" | {average} |",
-        "|---|" + "---|" * (len(ood) + len(failed) + 1),
+        "| Method | Images | " + " | ".join([*ood, *failed]) + f" | {average} |",
+        "|---|---|" + "---|" * (len(ood) + len(failed) + 1),
     ]
     lines += [
-        f"| {e['label']} | "
+        f"| {e['label']} | {e.get('preprocess', '')} | "
         + " | ".join([*(_cell(e, k) for k in ood), *(["failed"] * len(failed)), _cell(e, "average")])
         + " |"
         for e in rows.values()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,14 @@ import torch
 from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core import scores
-from negrefine_ray.core.methods import CANDIDATE_VIEWS, METHODS, Method, TextView
+from negrefine_ray.core.methods import (
+    CANDIDATE_VIEWS,
+    METHODS,
+    Method,
+    TextView,
+    embedding_name,
+    image_preprocessing,
+)
 from negrefine_ray.core.multi_matching import (  # NegRefine's pure core (tests import it from here)
     PairEmbedder,
     RefinedNegatives,
@@ -36,7 +43,7 @@ from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.runfolder import StageContext, StageOutput
 from negrefine_ray.stages.embed_text import view_matrix
 
-IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status", "embedding")
+IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status")  # plus one embedding@<variant> each
 # Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch
 # is its own cache entry, so an interrupted stage re-encodes only the batches it had not finished.
 PAIR_BATCH = 131_072
@@ -61,6 +68,7 @@ class ScoreColumn:
     s_mm: bool = False  # NegRefine: whether alpha * S_MM is added
     seed: int | None = None  # the grouping permutation's seed
     ood_dataset: str | None = None  # DNM: the OOD dataset whose grouping made this column
+    preprocess: str = ""  # the image preprocessing (core.methods.PREPROCESSING) of its embeddings
 
 
 def score_column(
@@ -102,19 +110,23 @@ def _judges(config: JobConfig) -> list[str]:
 def score_settings(config: JobConfig) -> dict[str, Any]:
     score = {k: v for k, v in dataclasses.asdict(config.score).items() if k != "chunk_size"}
     score["methods"] = check_methods(config)
+    score["preprocess"] = image_preprocessing(score["methods"], config.images.preprocess)
     # The model embeds NegRefine's cleaned negatives and pair texts here, so it is part of the hash.
     model = {k: getattr(config.model, k) for k in ("arch", "pretrained", "init_seed", "precision")}
     return {
         "score": score,
         "grouping_seed": grouping_seed(config),
+        "negrefine_order_seed": config.run.seed if config.score.negrefine_order == "shuffled" else None,
         "judges": _judges(config),
         "model": model,
     }
 
 
-def ok_images(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) bool mask of the rows with status "ok" and their (n_ok, D) float32 embeddings."""
-    missing = [c for c in IMAGE_COLUMNS if c not in table.column_names]
+def ok_images(table: pa.Table, variants: Iterable[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(N,) bool mask of the rows with status "ok" and, per preprocessing variant, their (n_ok, D)
+    float32 embeddings (images.parquet column embedding@<variant>)."""
+    names = {v: embedding_name(v) for v in dict.fromkeys(variants)}
+    missing = [c for c in (*IMAGE_COLUMNS, *names.values()) if c not in table.column_names]
     if missing:
         raise StageError(
             f"images.parquet lacks columns {missing} (has {table.column_names}); rerun embed-images."
@@ -122,7 +134,8 @@ def ok_images(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
     if not ok.any():
         raise StageError(f"none of the {table.num_rows:,} images has status 'ok'; nothing to score.")
-    return ok, column_matrix(table.filter(pa.array(ok)), "embedding")
+    rows = table.filter(pa.array(ok))
+    return ok, {v: column_matrix(rows, name) for v, name in names.items()}
 
 
 def method_negatives(negatives: pa.Table, method: str) -> np.ndarray:
@@ -139,15 +152,24 @@ class _Scorer:
     """Scores of the ok images, added column by column with their catalogue entries. A method's entry
     names its function here (`Method.scorer`): `score_<scorer>(method)` adds the method's columns."""
 
-    def __init__(self, ctx: StageContext, image: np.ndarray, ood_of: np.ndarray) -> None:
-        """`ood_of` (n_ok,) object: each ok row's OOD dataset name, None for ID rows."""
+    def __init__(
+        self,
+        ctx: StageContext,
+        images: Mapping[str, np.ndarray],
+        ood_of: np.ndarray,
+        preprocess: Mapping[str, str],
+    ) -> None:
+        """`images`: the ok rows' embeddings per preprocessing variant; `preprocess`: each method's
+        variant; `ood_of` (n_ok,) object: each ok row's OOD dataset name, None for ID rows."""
         sc = ctx.config.score
         if sc.permutation_device == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
                 "score.permutation_device = 'cuda' but the process running the score stage sees no GPU; "
                 "run it on a GPU machine or set score.permutation_device = 'cpu'."
             )
-        self.ctx, self.image, self.sc, self.seed = ctx, image, sc, grouping_seed(ctx.config)
+        self.ctx, self.images, self.sc, self.seed = ctx, images, sc, grouping_seed(ctx.config)
+        self.preprocess = dict(preprocess)
+        self.image = next(iter(images.values()))  # the current method's (set by `use`)
         self.ood_of, self.ood = ood_of, list(dict.fromkeys(d for d in ood_of.tolist() if d is not None))
         self.ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
         self.mined = read_parquet(ctx.input("mine", "negatives.parquet"))
@@ -157,7 +179,12 @@ class _Scorer:
         self.seconds: dict[str, float] = {}
         self.pairs: dict[str, Any] | None = None
 
+    def use(self, method: Method) -> None:
+        """Score `method` next: its images are the embeddings of its preprocessing."""
+        self.image = self.images[self.preprocess[method.name]]
+
     def add(self, column: ScoreColumn, values: np.ndarray) -> None:
+        column = dataclasses.replace(column, preprocess=self.preprocess[column.method])
         self.columns[column.name] = values
         self.catalogue.append(column)
 
@@ -247,7 +274,7 @@ def _score_negrefine(s: _Scorer, method: Method) -> dict[str, Any]:
     ctx, view = s.ctx, CANDIDATE_VIEWS[method.candidate_view or ""]
     judges = _judges(ctx.config)
     kept = {j: read_parquet(ctx.input("filter", f"{j}/kept.parquet")) for j in judges}
-    refined = refined_negatives(s.mined, kept)
+    refined = refined_negatives(s.mined, kept, order=s.sc.negrefine_order, seed=ctx.config.run.seed)
     rows = {k: method.row(k, s_mm=True)[0] for k in refined.sets}  # negative set -> its final row
     use = [k for k in refined.sets if k is not None or s.sc.ablations or not judges]
     sets = {rows[k]: refined.sets[k] for k in use}
@@ -287,7 +314,7 @@ def _excluded(images: pa.Table, ok: np.ndarray) -> dict[str, dict[str, int]]:
 
 
 def _output_table(images: pa.Table, ok: np.ndarray, columns: Mapping[str, np.ndarray]) -> pa.Table:
-    table = images.select(list(IMAGE_COLUMNS[:-1]))
+    table = images.select(list(IMAGE_COLUMNS))
     for name, values in columns.items():
         full = np.full(images.num_rows, np.nan)
         full[ok] = values
@@ -299,16 +326,18 @@ def run_score(ctx: StageContext) -> StageOutput:
     config, t0 = ctx.config, time.perf_counter()
     methods = check_methods(config)
     images = read_parquet(ctx.input("embed-images", "images.parquet"))
-    ok, image = ok_images(images)
+    preprocess = image_preprocessing(methods, config.images.preprocess)
+    ok, embeddings = ok_images(images, preprocess.values())
     scored = images.filter(pa.array(ok))
     roles = scored.column("role").to_numpy(zero_copy_only=False)
     if not (roles == "id").any():
         raise StageError("no readable image has role 'id'; add an ID dataset to [[datasets]].")
     ood_of = scored.column("dataset").to_numpy(zero_copy_only=False).astype(object)
     ood_of[roles == "id"] = None
-    s = _Scorer(ctx, image, ood_of)
+    s = _Scorer(ctx, embeddings, ood_of, preprocess)
     for method in methods:
         start = time.perf_counter()
+        s.use(METHODS[method])
         _SCORERS[method](s, METHODS[method])
         s.seconds[method] = round(time.perf_counter() - start, 3)
     ood, pairs = s.ood, s.pairs
@@ -319,7 +348,7 @@ def run_score(ctx: StageContext) -> StageOutput:
     stats = {
         "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(s.columns),
         "ood_datasets": ood, "seeds": [s.seed], "negatives": s.negatives,
-        "pairs": pairs, "seconds": s.seconds,
+        "pairs": pairs, "seconds": s.seconds, "preprocess": preprocess,
     }  # fmt: skip
     summary = (
         f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(s.columns)} score columns "
