@@ -9,7 +9,6 @@ contribution to a pool-size difference.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import pytest
 from negrefine_ray.core.corpus import (
     CSP_EXCLUDED,
     ENTRY_SCHEMA,
+    NEGLABEL_FILE_ORDER,
     NEGREFINE_FILE_ORDER,
     POOL_RULES,
     POOL_SCHEMA,
@@ -296,6 +296,22 @@ def test_pool_rules_and_extra_files() -> None:
     assert extend_order(("b", "a"), ["c", "a", "0"]) == ("b", "a", "0", "c")
 
 
+def test_each_method_walks_its_own_file_order_unless_one_is_named() -> None:
+    """A word in noun.state and adj.all: NegRefine's order (noun.state before adj.all) makes it a noun
+    for CSP, NegRefine and DNM; NegLabel's (the adjective files before noun.state) an adjective.
+    mining.file_order names one order for every method instead."""
+    shared = _table([("noun.state", "calm"), ("adj.all", "calm"), ("noun.Tops", "entity")])
+
+    def pos(method: str, order: str = "per-method") -> str:
+        pool = get_pool_rule(method, order).pool(shared)
+        return dict(zip(pool.column("word").to_pylist(), pool.column("pos").to_pylist(), strict=True))["calm"]
+
+    assert [pos(m) for m in ("neglabel", "csp", "negrefine", "dnm")] == ["adj", "noun", "noun", "noun"]
+    assert pos("neglabel", "negrefine") == "noun" and pos("csp", "neglabel") == "adj"
+    with pytest.raises(NegRefineError, match="Did you mean 'sorted'"):
+        get_pool_rule("csp", "sortd")
+
+
 # --- word-list folders --------------------------------------------------------------------------
 
 
@@ -353,18 +369,6 @@ needs_neglabel = pytest.mark.skipif(
     not (os.environ.get(PUBLISHED_ENV) and os.environ.get(NEGLABEL_ENV)),
     reason=f"set {PUBLISHED_ENV} to a txtfiles/ folder and {NEGLABEL_ENV} to NegLabel's selected list",
 )
-# An order consistent with NegLabel's shipped selection, inferred from it (its own os.listdir order
-# is unknown): the 13 noun files that hold some shipped adjective come after the adjective files; the
-# other 11 must (nearly all) come before them to reach the 57,187-57,193 nouns the shipped counts
-# imply. Reordering files within a block changes no word's part of speech.
-NEGLABEL_CONSISTENT_ORDER = (
-    "noun.Tops", "noun.cognition", "noun.event", "noun.feeling", "noun.motive", "noun.phenomenon",
-    "noun.possession", "noun.process", "noun.relation", "noun.shape", "noun.time",
-    "adj.all", "adj.pert", "adj.ppl",
-    "noun.act", "noun.artifact", "noun.attribute", "noun.body", "noun.communication", "noun.group",
-    "noun.location", "noun.object", "noun.person", "noun.plant", "noun.quantity", "noun.state",
-    "noun.substance",
-)  # fmt: skip
 
 
 def _published() -> pa.Table:
@@ -390,7 +394,7 @@ def _adjective_of(phrase: str) -> str:
 
 def _phrase_of(entries: pa.Table) -> dict[str, str]:
     """Adjective -> its seed-0 CSP phrase, drawn as the embed-text stage draws them: csp_phrases over
-    the CSP-family pool's adjectives in pool order (NEGREFINE_FILE_ORDER, the default file order)."""
+    the CSP-family pool's adjectives in pool order (NEGREFINE_FILE_ORDER, these methods' file order)."""
     from negrefine_ray.stages.embed_text import _pool_adjectives
 
     pools = {m: POOL_RULES[m].pool(entries, _imagenet()) for m in ("csp", "negrefine")}
@@ -465,20 +469,21 @@ def test_wordnet_source_misses_most_shipped_phrases(entries: pa.Table) -> None:
 @needs_neglabel
 def test_neglabel_split_against_its_shipped_selection() -> None:
     """NegLabel keeps 15 % of each part of speech (methods.md 1.4); its shipped 8,578 nouns + 1,921
-    adjectives imply 57,187-57,193 nouns in its pool. The default file order (NegRefine's) makes 191
-    of the shipped adjectives nouns: 57,863 / 12,137 -> 8,679 + 1,820 (the same 10,499 in total).
-    NEGLABEL_CONSISTENT_ORDER gives the shipped split with every word in its shipped part of speech."""
+    adjectives imply 57,187-57,193 nouns in its pool. NegRefine's file order (NegLabel's default before)
+    makes 191 of the shipped adjectives nouns: 57,863 / 12,137 -> 8,679 + 1,820 (the same 10,499 in
+    total). NEGLABEL_FILE_ORDER, its default now, gives the shipped split with every word in its
+    shipped part of speech."""
     nouns, adjectives = _neglabel_selected()
     assert (len(nouns), len(adjectives), len(set(nouns) | set(adjectives))) == (8_578, 1_921, 10_499)
     published = _published()
-    default = POOL_RULES["neglabel"].pool(published)
+    default = get_pool_rule("neglabel", "negrefine").pool(published)  # NegRefine's order: the old default
     assert _pos_counts(default) == (57_863, 12_137)
     assert _selected_counts(default) == {"noun": 8_679, "adj": 1_820}
     pos = _by_pos(default)
     assert Counter(pos.get(w) for w in nouns) == {"noun": 8_578}
     assert Counter(pos.get(w) for w in adjectives) == {"adj": 1_730, "noun": 191}
-    rule = dataclasses.replace(POOL_RULES["neglabel"], order=NEGLABEL_CONSISTENT_ORDER)
-    consistent = rule.pool(published)
+    consistent = POOL_RULES["neglabel"].pool(published)  # its own order, the default
+    assert POOL_RULES["neglabel"].order == NEGLABEL_FILE_ORDER
     assert _pos_counts(consistent) == (57_189, 12_811)
     assert _selected_counts(consistent) == {"noun": 8_578, "adj": 1_921}
     pos = _by_pos(consistent)
@@ -490,15 +495,15 @@ def test_neglabel_pool_from_wordnet_against_its_shipped_selection(entries: pa.Ta
     """Built from WordNet 3.0 the NegLabel pool has 57,802 nouns / 12,992 adjectives (8,670 + 1,948
     selected); 29 shipped nouns (Malaysian states, concertinas, 'm3"'-style artefacts) and 11 shipped
     adjectives ('[thermal'-style artefacts) are not in it, and 'brachycephalic' is an adjective there.
-    NEGLABEL_CONSISTENT_ORDER then gives 57,085 / 13,709 (8,562 + 2,056)."""
+    NEGLABEL_FILE_ORDER then gives 57,085 / 13,709 (8,562 + 2,056)."""
     nouns, adjectives = _neglabel_selected()
     wordnet = _published_only(entries)
-    default = POOL_RULES["neglabel"].pool(wordnet)
+    default = get_pool_rule("neglabel", "negrefine").pool(wordnet)
     assert _pos_counts(default) == (57_802, 12_992)
     assert _selected_counts(default) == {"noun": 8_670, "adj": 1_948}
     pos = _by_pos(default)
     assert Counter(pos.get(w) for w in nouns) == {"noun": 8_548, None: 29, "adj": 1}
     assert Counter(pos.get(w) for w in adjectives) == {"adj": 1_720, "noun": 190, None: 11}
-    consistent = dataclasses.replace(POOL_RULES["neglabel"], order=NEGLABEL_CONSISTENT_ORDER).pool(wordnet)
+    consistent = POOL_RULES["neglabel"].pool(wordnet)
     assert _pos_counts(consistent) == (57_085, 13_709)
     assert _selected_counts(consistent) == {"noun": 8_562, "adj": 2_056}

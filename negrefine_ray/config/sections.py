@@ -111,9 +111,11 @@ class MiningConfig:
 
     methods: tuple[str, ...] = field(default=MINING_METHODS, metadata=_choices(*MINING_METHODS))
     # The order the references' os.listdir walked word-list files in decides which file owns a word
-    # two files share: "negrefine" reproduces NegRefine's logged pools; "sorted" is alphabetical.
-    file_order: Literal["negrefine", "sorted"] = field(
-        default="negrefine", metadata=_choices("negrefine", "sorted")
+    # two files share: "per-method" walks each method's own (NegLabel: one consistent with its shipped
+    # selection; CSP, NegRefine, DNM: the one reproducing NegRefine's logged pools); "negrefine",
+    # "neglabel" or "sorted" (alphabetical) walks that one for every method (core.corpus.FILE_ORDERS).
+    file_order: Literal["per-method", "negrefine", "neglabel", "sorted"] = field(
+        default="per-method", metadata=_choices("per-method", "negrefine", "neglabel", "sorted")
     )
     top_fraction: float = field(default=0.15, metadata=_range(0.0, 1.0))  # NegLabel/CSP/NegRefine
     negrefine_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))  # code: max; paper: 0.95

@@ -5,6 +5,7 @@ pool_index for the pool. No Ray, no CLIP."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,26 @@ NEGREFINE_FILE_ORDER: tuple[str, ...] = (
     "noun.act", "noun.body", "noun.object",
     "adj.pert", "noun.group", "noun.person", "noun.quantity",
 )  # fmt: skip
+# NegLabel's own os.listdir order is unknown too; this one is consistent with its shipped selection
+# (selected_neg_labels_in1k_10k.txt: 8,578 nouns + 1,921 adjectives, implying 57,187-57,193 nouns in
+# its pool): the 13 noun files holding some of its shipped adjectives come after the adjective files,
+# the other 11 before them. On the published lists it gives 57,189 nouns / 12,811 adjectives, so
+# exactly the shipped split with every shipped word in its shipped part of speech; NEGREFINE_FILE_ORDER
+# gives NegLabel 57,863 / 12,137 (8,679 + 1,820), 191 shipped adjectives being nouns there.
+NEGLABEL_FILE_ORDER: tuple[str, ...] = (
+    "noun.Tops", "noun.cognition", "noun.event", "noun.feeling", "noun.motive", "noun.phenomenon",
+    "noun.possession", "noun.process", "noun.relation", "noun.shape", "noun.time",
+    "adj.all", "adj.pert", "adj.ppl",
+    "noun.act", "noun.artifact", "noun.attribute", "noun.body", "noun.communication", "noun.group",
+    "noun.location", "noun.object", "noun.person", "noun.plant", "noun.quantity", "noun.state",
+    "noun.substance",
+)  # fmt: skip
 SORTED_ORDER: tuple[str, ...] = tuple(sorted(PUBLISHED_LEXNAMES))
-FILE_ORDERS: dict[str, tuple[str, ...]] = {"negrefine": NEGREFINE_FILE_ORDER, "sorted": SORTED_ORDER}
+FILE_ORDERS: dict[str, tuple[str, ...]] = {
+    "negrefine": NEGREFINE_FILE_ORDER,
+    "neglabel": NEGLABEL_FILE_ORDER,
+    "sorted": SORTED_ORDER,
+}
 
 RULES: tuple[str, ...] = ("first-lemma", "all-lemmas")
 
@@ -290,17 +309,30 @@ class PoolRule:
         )
 
 
-# The mining methods' pools, as the method catalogue declares them. Every rule walks
-# NEGREFINE_FILE_ORDER: the one order known to reproduce a reference's logged pool (NegRefine's); the
-# other repos' orders are unknown (machine-specific os.listdir).
+# The mining methods' pools, as the method catalogue declares them, each walking the file order its
+# catalogue entry names: NegLabel NEGLABEL_FILE_ORDER (consistent with its shipped selection), CSP,
+# NegRefine and DNM NEGREFINE_FILE_ORDER (reproduces NegRefine's logged pools; CSP's and DNM's own
+# orders are unknown, machine-specific os.listdir).
 POOL_RULES: dict[str, PoolRule] = {
-    m.name: PoolRule(m.name, m.pool.description, m.pool.exclude, m.pool.exclude_id_names_from)
+    m.name: PoolRule(
+        m.name,
+        m.pool.description,
+        m.pool.exclude,
+        m.pool.exclude_id_names_from,
+        FILE_ORDERS[m.pool.file_order],
+    )
     for m in METHODS.values()
     if m.pool is not None
 }
 
 
-def get_pool_rule(name: str) -> PoolRule:
+def get_pool_rule(name: str, file_order: str = "per-method") -> PoolRule:
+    """The pool rule of method `name`, walking its own file order ("per-method", mining.file_order's
+    default) or the FILE_ORDERS entry `file_order` names."""
     if name not in POOL_RULES:
         raise unknown_name("candidate pool rule", name, POOL_RULES)
-    return POOL_RULES[name]
+    if file_order == "per-method":
+        return POOL_RULES[name]
+    if file_order not in FILE_ORDERS:
+        raise unknown_name("file order (mining.file_order)", file_order, ["per-method", *FILE_ORDERS])
+    return dataclasses.replace(POOL_RULES[name], order=FILE_ORDERS[file_order])

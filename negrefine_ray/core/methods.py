@@ -90,6 +90,7 @@ class Pool:
     description: str
     exclude: tuple[str, ...] = ()
     exclude_id_names_from: str | None = None  # "noun": exact ID class names dropped from the nouns
+    file_order: str = "negrefine"  # the corpus.FILE_ORDERS entry its files are walked in (0.5)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ METHODS: dict[str, Method] = {
         Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),  # App. B: CLIP's
         Method(
             "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped", rows=(Row("neglabel"),),
-            pool=Pool("all 27 published files, ID names kept (methods.md 1.3)"),
+            pool=Pool("all 27 published files, ID names kept (methods.md 1.3)", file_order="neglabel"),
             mining=Mining("id-distance"), candidate_view="single_raw", preprocess="torchvision",
         ),
         Method(

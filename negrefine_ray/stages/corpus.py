@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 from negrefine_ray.artifacts import file_sha256, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.corpus import (
-    FILE_ORDERS,
     POOL_RULES,
     PUBLISHED_COUNTS,
     PUBLISHED_LEXNAMES,
+    get_pool_rule,
     read_wordlist_folder,
     wordnet_entries,
 )
@@ -82,8 +82,8 @@ def load_entries(config: JobConfig) -> tuple[pa.Table, str]:
 def pool_sizes(entries: pa.Table, id_labels: list[str], order: str) -> dict[str, dict[str, int]]:
     """Nouns and adjectives in each method's candidate pool (after cross-file de-duplication)."""
     sizes = {}
-    for name, rule in POOL_RULES.items():
-        pool = dataclasses.replace(rule, order=FILE_ORDERS[order]).pool(entries, id_labels)
+    for name in POOL_RULES:
+        pool = get_pool_rule(name, order).pool(entries, id_labels)
         pos = pool.column("pos").to_pylist()
         sizes[name] = {"noun": pos.count("noun"), "adj": pos.count("adj")}
     return sizes

@@ -24,7 +24,7 @@ from negrefine_ray.artifacts import column_matrix, embedding_column, read_parque
 from negrefine_ray.clip.text import l2_normalise
 from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
-from negrefine_ray.core.corpus import FILE_ORDERS, get_pool_rule
+from negrefine_ray.core.corpus import get_pool_rule
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
 from negrefine_ray.core.templates import csp_phrases, get_templates
@@ -54,10 +54,8 @@ def _encode(encoder: TextEncoder, texts: list[str], templates: str, raw: bool) -
 def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:
     """Each method's candidate pool, its files walked in `mining.file_order` (methods.md 0.5)."""
     id_labels = load_id_labels(config.labels.id_labels)
-    order = FILE_ORDERS[config.mining.file_order]
     return {
-        m: dataclasses.replace(get_pool_rule(m), order=order).pool(corpus, id_labels)
-        for m in config.mining.methods
+        m: get_pool_rule(m, config.mining.file_order).pool(corpus, id_labels) for m in config.mining.methods
     }
 
 
