@@ -190,7 +190,7 @@ def _ask(judge: WordNetJudge, label: str, id_label: str = "") -> bool | None:
     [
         ("costa rica", True, True),  # a country: an instance synset
         ("mount everest", True, True),
-        ("paris", False, True),  # the city is an instance, but Paris is also a plant genus
+        ("paris", True, True),  # the first sense, the city, is an instance (a plant genus is another)
         ("tench", False, True),  # a fish; its synset's lemma Tinca tinca is capitalised
         ("daisy", False, False),
         ("gooey landscape", False, False),  # not a WordNet noun: "no"
@@ -223,7 +223,7 @@ def test_wordnet_judge_from_the_factory(wordnet: WordNet, wordnet_cache: Path) -
     judge = make_judge(cfg, seed=0, cache_dir=wordnet_cache)
     assert isinstance(judge, WordNetJudge) and judge.name == "wn"
     assert judge.identity() == {
-        "backend": "wordnet", "proper_rule": "instance", "compound_head": False, "wordnet": "3.0",
+        "backend": "wordnet", "rules": 2, "proper_rule": "instance", "compound_head": False, "wordnet": "3.0",
     }  # fmt: skip
     answers = judge.answer(subcategory_questions("african daisy", ["daisy"]), PROMPTS)
     assert [(a.yes, a.raw) for a in answers] == [(False, "no")]
