@@ -285,7 +285,7 @@ def test_negrefine_order_meets_the_reconstructed_constraints() -> None:
 
 
 def test_pool_rules_and_extra_files() -> None:
-    assert set(POOL_RULES) == {"neglabel", "csp", "negrefine", "dnm"}
+    assert set(POOL_RULES) == {"neglabel", "csp", "negrefine", "dnm", "interneg"}
     assert POOL_RULES["neglabel"].exclude == () and POOL_RULES["dnm"].exclude == CSP_EXCLUDED
     with pytest.raises(NegRefineError, match="Did you mean 'neglabel'"):
         get_pool_rule("neglable")
@@ -353,6 +353,7 @@ def test_published_lists_give_the_logged_pools(entries: pa.Table) -> None:
         assert _pos_counts(_negrefine_pool(published, order, _imagenet())) == (spec_nouns, spec_adjectives)
     assert _pos_counts(POOL_RULES["csp"].pool(published)) == (47_260, 9_360)
     assert POOL_RULES["neglabel"].pool(published).num_rows == 70_000
+    assert _pos_counts(POOL_RULES["interneg"].pool(published, _imagenet())) == (58_101, 11_453)  # 5.2
     for name in PUBLISHED_LEXNAMES:
         ours = set(entries.filter(pc.equal(entries["lexname"], name)).column("word").to_pylist())
         theirs = set(published.filter(pc.equal(published["lexname"], name)).column("word").to_pylist())

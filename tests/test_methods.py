@@ -28,6 +28,8 @@ from negrefine_ray.config import JobConfig, MiningConfig, ScoreConfig, build_con
 from negrefine_ray.core import corpus, scores
 from negrefine_ray.core.methods import (
     CANDIDATE_VIEWS,
+    DEFAULT_MINING_METHODS,
+    DEFAULT_SCORE_METHODS,
     ID_VIEWS,
     METHODS,
     MINING_METHODS,
@@ -52,11 +54,14 @@ ADJS = ["gooey landscape", "rutted creature", "wildcat pattern"]
 
 
 def test_catalogue_names_and_display_names() -> None:
-    assert SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm")
-    assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm")
+    assert SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm", "interneg")
+    assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm", "interneg")
     assert {n: m.display for n, m in METHODS.items()} == {
         "mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "dnm": "DNM",
+        "interneg": "InterNeg",
     }  # fmt: skip
+    # InterNeg needs a prototype dataset, so it is not in the default method lists
+    assert SCORE_METHODS[:-1] == DEFAULT_SCORE_METHODS and MINING_METHODS[:-1] == DEFAULT_MINING_METHODS
     assert all(name == m.name for name, m in METHODS.items())
     with pytest.raises(NegRefineError, match=r"Unknown method 'neglable'\. Did you mean 'neglabel'"):
         get_method("neglable")
@@ -76,8 +81,10 @@ def test_every_entry_is_consistent(name: str) -> None:
     assert callable(getattr(score_stage._Scorer, f"score_{m.scorer}"))
     keys = [r.key for r in m.rows]
     assert len(set(keys)) == len(keys) and all(k.startswith(name) for k in keys)
-    assert len({(r.judge, r.s_mm) for r in m.rows}) == len(m.rows)  # Method.row finds one
-    assert all(m.row("j" if r.judge else None, r.s_mm)[0] == r.key.format(judge="j") for r in m.rows)
+    assert len({(r.judge, r.s_mm, r.visual) for r in m.rows}) == len(m.rows)  # Method.row finds one
+    assert all(
+        m.row("j" if r.judge else None, r.s_mm, r.visual)[0] == r.key.format(judge="j") for r in m.rows
+    )
     assert any(r.judge for r in m.rows) == m.filtered  # one row per judge iff it is filtered
     assert m.column_name("r", "d") in ("r", "r@d")
 
@@ -108,9 +115,11 @@ def test_pool_rules_and_config_choices_derive_from_the_catalogue() -> None:
     assert corpus.POOL_RULES["dnm"].exclude == corpus.CSP_EXCLUDED
     assert (config_module.MINING_METHODS, config_module.SCORE_METHODS) == (MINING_METHODS, SCORE_METHODS)
     fields = {f.name: f for f in dataclasses.fields(MiningConfig)}
-    assert fields["methods"].metadata["choices"] == MINING_METHODS == MiningConfig().methods
+    assert fields["methods"].metadata["choices"] == MINING_METHODS
+    assert MiningConfig().methods == DEFAULT_MINING_METHODS
     fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
-    assert fields["methods"].metadata["choices"] == SCORE_METHODS == ScoreConfig().methods
+    assert fields["methods"].metadata["choices"] == SCORE_METHODS
+    assert ScoreConfig().methods == DEFAULT_SCORE_METHODS
     assert set(score_stage._SCORERS) == set(METHODS)
 
 
@@ -123,7 +132,9 @@ def test_row_labels_come_from_the_catalogue() -> None:
     assert label("negrefine", "qwen") == "NegRefine w/o S_MM (qwen)"
     assert label("negrefine", s_mm=True) == "NegRefine w/o NegFilter"
     assert label("negrefine") == "NegRefine w/o NegFilter, w/o S_MM"
-    assert label("interneg") == "interneg"  # not in the catalogue: its name
+    assert label("interneg") == "InterNeg (textual)"
+    assert row_label({"method": "interneg", "judge": None, "s_mm": False, "visual": True}) == "InterNeg"
+    assert label("adaneg") == "adaneg"  # not in the catalogue: its name
 
 
 # --- the score stage on a hand-built run folder ---------------------------------------------------

@@ -43,14 +43,15 @@ def test_smoke_job_runs_then_resumes_without_work(ray_session: Any, tmp_path: Pa
     sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
             "--set", "corpus.max_words_per_lexname=40",
             "--set", f"datasets.demo-id.root={tmp_path / 'images' / 'id'}",
-            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}"]  # fmt: skip
+            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}",
+            "--set", f"datasets.demo-prototype.root={tmp_path / 'images' / 'prototype'}"]  # fmt: skip
     code, out = _run("run", SMOKE, *sets)
     assert code == 0, out
     for stage in (
         "corpus: 1,0",
         "mine: ",
         "filter: wordnet: ",
-        "embed-images: 49 images",
+        "embed-images: 1,049 images",
         "score: 48 images",
     ):
         assert stage in out, out
@@ -93,7 +94,8 @@ def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(
     sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
             "--set", "corpus.max_words_per_lexname=40", "--set", "run.seeds=[0, 1]",
             "--set", f"datasets.demo-id.root={tmp_path / 'images' / 'id'}",
-            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}"]  # fmt: skip
+            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}",
+            "--set", f"datasets.demo-prototype.root={tmp_path / 'images' / 'prototype'}"]  # fmt: skip
     code, out = _run("run", SMOKE, *sets)
     assert code == 0, out
     job = tmp_path / "smoke"

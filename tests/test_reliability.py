@@ -40,6 +40,7 @@ def _sets(tmp: Path, images: Path, cache: Path | None = None) -> list[str]:
         "corpus.max_words_per_lexname": 40,
         "datasets.demo-id.root": images / "id",
         "datasets.demo-ood.root": images / "ood",
+        "datasets.demo-prototype.root": images / "prototype",
     }
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from negrefine_ray.core.methods import MINING_METHODS, PREPROCESSING, SCORE_METHODS
+from negrefine_ray.core.methods import (
+    DEFAULT_MINING_METHODS,
+    DEFAULT_SCORE_METHODS,
+    MINING_METHODS,
+    PREPROCESSING,
+    SCORE_METHODS,
+)
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
 
 
@@ -109,7 +115,7 @@ class MiningConfig:
     """Negative-label mining (methods.md 1.4, 2.4, 3.1, 4.2); `methods` are the catalogue's methods
     that mine (negrefine_ray.core.methods)."""
 
-    methods: tuple[str, ...] = field(default=MINING_METHODS, metadata=_choices(*MINING_METHODS))
+    methods: tuple[str, ...] = field(default=DEFAULT_MINING_METHODS, metadata=_choices(*MINING_METHODS))
     # The order the references' os.listdir walked word-list files in decides which file owns a word
     # two files share: "per-method" walks each method's own (NegLabel: one consistent with its shipped
     # selection; CSP, NegRefine, DNM: the one reproducing NegRefine's logged pools); "negrefine",
@@ -131,7 +137,8 @@ class DatasetConfig:
     """One image dataset (a `[[datasets]]` table). `root` is a local path or a pyarrow/fsspec URI."""
 
     name: str = field(metadata=_NAME)
-    role: Literal["id", "ood"] = field(metadata=_choices("id", "ood"))
+    # "prototype": labelled ID training images for InterNeg's class prototypes (methods.md 5.2)
+    role: Literal["id", "ood", "prototype"] = field(metadata=_choices("id", "ood", "prototype"))
     root: str
     format: Literal["imagefolder", "imagelist", "imagenet-val", "files"] = field(
         metadata=_choices("imagefolder", "imagelist", "imagenet-val", "files")
@@ -139,6 +146,7 @@ class DatasetConfig:
     image_list: str = ""  # the list file of format "imagelist" (and imagenet-val's ground truth)
     expected: int = field(default=0, metadata=_range(0))  # expected image count; 0 = unknown
     limit: int = field(default=0, metadata=_range(0))  # 0 = all; >0 = a seeded sample of that size
+    per_class: int = field(default=0, metadata=_range(0))  # 0 = all; >0 = a seeded sample per label
 
 
 @dataclass(frozen=True)
@@ -219,7 +227,7 @@ class ScoreConfig:
     references' CUDA randperm (needs a GPU in the driver process); "cpu" is machine-independent.
     """
 
-    methods: tuple[str, ...] = field(default=SCORE_METHODS, metadata=_choices(*SCORE_METHODS))
+    methods: tuple[str, ...] = field(default=DEFAULT_SCORE_METHODS, metadata=_choices(*SCORE_METHODS))
     ablations: bool = True  # NegRefine's NegFilter on/off x S_MM on/off columns
     n_groups: int = field(default=100, metadata=_range(1))
     logit_scale: float = field(default=100.0, metadata=_range(0.0))
@@ -243,6 +251,27 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class InterNegConfig:
+    """InterNeg (methods.md 5): inter-modal textual negatives against ID image prototypes (a dataset of
+    role "prototype") and negatives inverted online from confident OOD images; defaults are its
+    scripts' (5.1). `shuffles`: stream orders run.seed, run.seed + 1, ...; its scores depend on the
+    order (5.5), so the manifest gives each metric's mean and std over them."""
+
+    n_negatives: int = field(default=2000, metadata=_range(1))  # M textual negatives (ood_number)
+    k_extra: int = field(default=2000, metadata=_range(0))  # inverted negatives used (extra_text_length)
+    threshold: float = field(default=0.35, metadata=_range(0.0))  # beta: below it, inverted (> 1: all)
+    n_groups: int = field(default=5, metadata=_range(1))  # 5: Four-OOD, Far-OOD; 1: Near-OOD
+    batch_size: int = field(default=256, metadata=_range(1))  # images per step of the online stream
+    shuffles: int = field(default=1, metadata=_range(1))
+    steps: int = field(default=10, metadata=_range(1))  # inversion: AdamW steps
+    lr: float = field(default=0.02, metadata=_range(0.0))
+    weight_decay: float = field(default=0.01, metadata=_range(0.0))
+    # The score's arithmetic: "fp32" (default) or "fp16", the reference's (its scores are quantised,
+    # so metrics see ties; methods.md 5.6).
+    precision: Literal["fp32", "fp16"] = field(default="fp32", metadata=_choices("fp32", "fp16"))
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: one field per `[section]` of the job file."""
 
@@ -258,6 +287,7 @@ class JobConfig:
     filter: FilterConfig = FilterConfig()
     judges: tuple[JudgeConfig, ...] = ()
     score: ScoreConfig = ScoreConfig()
+    interneg: InterNegConfig = InterNegConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""

@@ -75,9 +75,15 @@ NEGLABEL_FILE_ORDER: tuple[str, ...] = (
     "noun.substance",
 )  # fmt: skip
 SORTED_ORDER: tuple[str, ...] = tuple(sorted(PUBLISHED_LEXNAMES))
+# InterNeg takes set(noun lines) and set(adjective lines) and drops every adjective that is also a
+# noun (methods.md 5.2): walking every noun file before the adjective files gives those sets.
+INTERNEG_FILE_ORDER: tuple[str, ...] = tuple(
+    sorted(n for n in PUBLISHED_LEXNAMES if n.startswith("noun."))
+) + tuple(sorted(n for n in PUBLISHED_LEXNAMES if n.startswith("adj.")))
 FILE_ORDERS: dict[str, tuple[str, ...]] = {
     "negrefine": NEGREFINE_FILE_ORDER,
     "neglabel": NEGLABEL_FILE_ORDER,
+    "interneg": INTERNEG_FILE_ORDER,
     "sorted": SORTED_ORDER,
 }
 
@@ -201,14 +207,17 @@ def candidate_pool(
     """The candidate pool: entries of the included lexnames (None: all in `entries`) minus `exclude`,
     walked file by file in `order`; the first file holding a string (stripped, exact match) owns it,
     as the references' dict over `os.listdir` does (methods.md 0.5). With `exclude_id_names_from`
-    ("noun" for NegRefine, 3.1) exact, case-sensitive `id_names` are then dropped from that part of
-    speech only; such a word has still claimed its string, so no later file brings it back.
+    ("noun" for NegRefine, 3.1; "both" for InterNeg, 5.2) exact, case-sensitive `id_names` are then
+    dropped from that part of speech only; such a word has still claimed its string, so no later file
+    brings it back.
     Returns POOL_SCHEMA rows in pool order; `pool_index` counts 0..n-1."""
     _check_columns(entries)
     selected = _selected_lexnames(entries, include, exclude)
     walk = _walk_order(selected, order)
-    if exclude_id_names_from not in (None, "noun", "adj"):
-        raise NegRefineError(f"exclude_id_names_from = {exclude_id_names_from!r}; use 'noun', 'adj' or None.")
+    if exclude_id_names_from not in (None, "noun", "adj", "both"):
+        raise NegRefineError(
+            f"exclude_id_names_from = {exclude_id_names_from!r}; use 'noun', 'adj', 'both' or None."
+        )
     id_set = frozenset(id_names) if exclude_id_names_from else frozenset()
     keep, kept_words = _first_owners(entries, walk, id_set, exclude_id_names_from)
     pool = entries.select(ENTRY_SCHEMA.names).take(pa.array(keep, pa.int64()))
@@ -235,7 +244,7 @@ def _first_owners(
             if word in seen:
                 continue
             seen.add(word)
-            if pos == id_pos and word in id_set:
+            if id_pos in (pos, "both") and word in id_set:
                 continue
             keep.append(row)
             kept_words.append(word)

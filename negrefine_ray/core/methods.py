@@ -1,8 +1,8 @@
-"""The method catalogue: one frozen entry per OOD method (MCM, NegLabel, CSP, NegRefine, DNM) that says
-what each stage needs to know about it: its pool rule (corpus), text views (embed-text), mining rule
-(mine), image preprocessing (embed-images), scoring function (score) and score columns and report
-rows (score, report). The config's
-method choices come from here too. Pure (standard library and errors.py only): config.py imports it.
+"""The method catalogue: one frozen entry per OOD method (MCM, NegLabel, CSP, NegRefine, DNM,
+InterNeg) that says what each stage needs to know about it: its pool rule (corpus), text views
+(embed-text), mining rule (mine, or score for InterNeg), image preprocessing (embed-images), scoring
+function (score) and score columns and report rows (score, report). The config's method choices come
+from here too. Pure (standard library and errors.py only): config.py imports it.
 
 Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and a
 `score_<scorer>` method on score_stage's scorer that calls it (or an existing scorer). A new mining
@@ -45,6 +45,7 @@ ID_VIEWS: dict[str, TextView] = {
     "csp_noun8": TextView("csp-noun8", "raw-mean of the 8 noun templates (CSP, NegRefine)"),
     "bare": TextView("bare", "the bare string (NegFilter's nearest ID labels)"),
     "mcm": TextView("mcm", "'a photo of a {}' (MCM)"),
+    "interneg_nice": TextView("interneg-nice", "'The nice {}.' (InterNeg)"),
 }
 # Embedding columns of embed-text/candidates.parquet: how a method embeds its candidate words.
 CANDIDATE_VIEWS: dict[str, TextView] = {
@@ -53,6 +54,9 @@ CANDIDATE_VIEWS: dict[str, TextView] = {
     ),
     "ensemble": TextView(
         "csp-noun8", "nouns x 8 templates, suffix phrases x 4 (CSP, NegRefine)", "csp-adj4", phrases=True
+    ),
+    "interneg": TextView(
+        "interneg-nice", "'The nice {}.' nouns, 'This is a {} photo.' adjectives", "interneg-adj"
     ),
 }
 
@@ -95,11 +99,13 @@ class Pool:
 
 @dataclass(frozen=True)
 class Mining:
-    """How the mine stage selects a method's negatives from its pool. "id-distance": the top fraction
-    farthest from the ID labels by the `quantile` of cosines, with CSP's max-cosine guard (1.4, 2.4,
-    3.1); "density": DNM's lowest-density fraction (4.2). A str `quantile` names a [mining] key."""
+    """How a method's negatives are selected from its pool. "id-distance": the top fraction farthest
+    from the ID labels by the `quantile` of cosines, with CSP's max-cosine guard (1.4, 2.4, 3.1);
+    "density": DNM's lowest-density fraction (4.2), both in the mine stage; "inter-modal": InterNeg's
+    admissibility and deviation against ID image prototypes (5.3), in the score stage, which has the
+    prototype images. A str `quantile` names a [mining] key."""
 
-    rule: Literal["id-distance", "density"]
+    rule: Literal["id-distance", "density", "inter-modal"]
     quantile: float | str = 0.95
     csp_guard: bool = False
 
@@ -113,6 +119,7 @@ class Row:
     label: str = "{method}"
     judge: bool = False  # one row per judge (over its kept negatives); False: no NegFilter
     s_mm: bool = False  # NegRefine: alpha * S_MM added
+    visual: bool = False  # InterNeg: with the negatives inverted online from confident OOD images
 
 
 @dataclass(frozen=True)
@@ -132,17 +139,25 @@ class Method:
     filtered: bool = False  # its negatives go through NegFilter (mine adds the filter inputs)
     column: str = "{row}"
     preprocess: str = "clip"  # the PREPROCESSING its reference embeds images with
+    default: bool = True  # in the default score.methods/mining.methods (InterNeg needs prototype images)
 
     @property
     def mines(self) -> bool:
         return self.pool is not None
 
-    def row(self, judge: str | None = None, s_mm: bool = False) -> tuple[str, str]:
+    @property
+    def mined_in_score(self) -> bool:
+        """Its negatives are selected in the score stage (InterNeg's need the prototype images)."""
+        return self.mining is not None and self.mining.rule == "inter-modal"
+
+    def row(self, judge: str | None = None, s_mm: bool = False, visual: bool = False) -> tuple[str, str]:
         """(key, label) of the row of a score over `judge`'s kept negatives (None: no NegFilter)."""
         for r in self.rows:
-            if r.judge == (judge is not None) and r.s_mm == s_mm:
+            if r.judge == (judge is not None) and r.s_mm == s_mm and r.visual == visual:
                 return r.key.format(judge=judge), r.label.format(method=self.display, judge=judge)
-        raise ValueError(f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}.")
+        raise ValueError(
+            f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}, visual={visual}."
+        )
 
     def column_name(self, row: str, ood: str | None = None) -> str:
         return self.column.format(row=row, ood=ood)
@@ -180,11 +195,21 @@ METHODS: dict[str, Method] = {
             mining=Mining("density"), candidate_view="single_raw", column="{row}@{ood}",
             preprocess="torchvision",
         ),
+        Method(
+            "interneg", "InterNeg", id_view="interneg_nice", scorer="interneg",
+            rows=(Row("interneg_text", "{method} (textual)"), Row("interneg", visual=True)),
+            pool=Pool("all 27 files, nouns before adjectives, ID names dropped from both (5.2)",
+                      exclude_id_names_from="both", file_order="interneg"),
+            mining=Mining("inter-modal"), candidate_view="interneg", column="{row}@{ood}",
+            preprocess="openood", default=False,
+        ),
     )
 }  # fmt: skip
 
 SCORE_METHODS: tuple[str, ...] = tuple(METHODS)
 MINING_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.mines)
+DEFAULT_SCORE_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.default)
+DEFAULT_MINING_METHODS: tuple[str, ...] = tuple(m for m in MINING_METHODS if METHODS[m].default)
 
 
 def embedding_name(variant: str) -> str:

@@ -250,11 +250,31 @@ def sample_indices(n: int, limit: int, seed: int, name: str) -> np.ndarray:
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
+def sample_per_class(labels: list[int], per_class: int, seed: int, name: str) -> np.ndarray:
+    """Sorted indices of a seeded sample of up to `per_class` rows of each label (all rows of a label
+    with fewer; everything when per_class is 0), e.g. InterNeg's 16 prototype images per class. Each
+    label draws from its own generator, seeded by (run.seed, the dataset name's hash, the label)."""
+    if per_class <= 0:
+        return np.arange(len(labels))
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    keep: list[int] = []
+    for label, rows in by_label.items():
+        if len(rows) <= per_class:
+            keep += rows
+            continue
+        rng = np.random.default_rng([seed, int(stable_hash(name)[:15], 16), label & (2**63 - 1)])
+        keep += [rows[j] for j in rng.choice(len(rows), size=per_class, replace=False)]
+    return np.sort(np.array(keep, dtype=np.int64))
+
+
 Symlinks = Literal["follow", "within-root"]
 
 
 def list_dataset(ds: DatasetConfig, seed: int = 0, *, symlinks: Symlinks = "follow") -> Listing:
-    """List one dataset (any format) into LISTING_SCHEMA rows, then apply its seeded `limit` sample.
+    """List one dataset (any format) into LISTING_SCHEMA rows, then apply its seeded `per_class` and
+    `limit` samples.
 
     Bad input is refused with a NegRefineError naming the file (and line) and the fix: a file or
     folder name that is not UTF-8 (Arrow cannot hold it, so it is not a recorded failure), a list that
@@ -280,6 +300,8 @@ def list_dataset(ds: DatasetConfig, seed: int = 0, *, symlinks: Symlinks = "foll
             f"datasets.{ds.name}.format = {ds.format!r} is unknown; use imagefolder, imagelist, "
             f"imagenet-val or files."
         )
+    if ds.per_class:
+        rows = [rows[i] for i in sample_per_class([r[1] for r in rows], ds.per_class, seed, ds.name)]
     keep = sample_indices(len(rows), ds.limit, seed, ds.name)
     kept = [rows[i] for i in keep]
     n = len(kept)

@@ -1,5 +1,6 @@
 """Generated image datasets for the smoke job and demos: an ImageFolder-style ID set, a flat OOD
-folder and one corrupt file (which the pipeline must record and count, not crash on). The images are
+folder and one corrupt file (which the pipeline must record and count, not crash on), and a small
+prototype image per ImageNet class for InterNeg (folders c0000..c0999, in label order). The images are
 textures, not photographs: metrics computed on them with any CLIP are meaningless."""
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ def _texture(rng: np.random.Generator, size: tuple[int, int], tint: np.ndarray) 
     return Image.fromarray(np.clip(field + tint, 0, 255).astype(np.uint8))
 
 
-def make_demo_images(root: Path, *, per_class: int = 8, n_ood: int = 24, seed: int = 0) -> Path:
+def make_demo_images(
+    root: Path, *, per_class: int = 8, n_ood: int = 24, prototype_classes: int = 1000, seed: int = 0
+) -> Path:
     """Write `root/id/<class>/*.jpg`, `root/ood/*.jpg` (plus `root/ood/broken.jpg`, a truncated
-    JPEG); replaces an existing `root`. Returns `root`."""
+    JPEG) and `root/prototype/c<k>/p.jpg`, one 48x48 texture for each of `prototype_classes` labels;
+    replaces an existing `root`. Returns `root`."""
     rng = np.random.default_rng(seed)
     if root.exists():
         shutil.rmtree(root)
@@ -40,4 +44,8 @@ def make_demo_images(root: Path, *, per_class: int = 8, n_ood: int = 24, seed: i
         _texture(rng, size, rng.uniform(40, 220, 3)).save(ood / f"ood_{i:03d}.jpg", quality=90)
     good = (ood / "ood_000.jpg").read_bytes()
     (ood / "broken.jpg").write_bytes(good[: len(good) // 3])
+    for k in range(prototype_classes):
+        folder = root / "prototype" / f"c{k:04d}"
+        folder.mkdir(parents=True)
+        _texture(rng, (48, 48), rng.uniform(40, 220, 3)).save(folder / "p.jpg", quality=90)
     return root

@@ -30,9 +30,9 @@ from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
 from negrefine_ray.core.templates import csp_phrases, get_templates
 from negrefine_ray.runfolder import StageContext, StageOutput
 
-# The candidate table has a base view over every candidate and a phrase view over the CSP family's
-# pools; a third candidate view needs its own code in _candidate_table (this unpacking fails first).
-SINGLE, ENSEMBLE = CANDIDATE_VIEWS
+# The candidate table has a base view over every candidate, a phrase view over the CSP family's pools
+# and per further view (InterNeg's) one column over the pools of the methods using it.
+SINGLE, ENSEMBLE, *OTHER_VIEWS = CANDIDATE_VIEWS
 CSP_FAMILY = tuple(m.name for m in METHODS.values() if m.candidate_view == ENSEMBLE)  # CSP's phrases
 
 
@@ -103,18 +103,30 @@ def _candidate_table(encoder: TextEncoder, pools: dict[str, pa.Table], seed: int
     adj_vectors = dict(zip(csp_adjs, ens_adjs, strict=True))
     dim = single.shape[1]
     ensemble_rows = [vectors.get(w) for w in nouns] + [adj_vectors.get(a) for a in adjs]
-    ensemble = pa.array(
-        [None if v is None else v.tolist() for v in ensemble_rows], type=pa.list_(pa.float32(), dim)
-    )
+    columns = {ENSEMBLE: _sparse_column(ensemble_rows, dim)}
+    for name in OTHER_VIEWS:
+        view = CANDIDATE_VIEWS[name]
+        users = [pools[m] for m in pools if METHODS[m].candidate_view == name]
+        if not users:
+            continue
+        mine_nouns, mine_adjs = _distinct(users, "noun"), _distinct(users, "adj")
+        vec = dict(zip(mine_nouns, _encode(encoder, mine_nouns, view.templates, view.raw), strict=True))
+        adj_vec = dict(zip(mine_adjs, _encode(encoder, mine_adjs, view.adj_templates, view.raw), strict=True))
+        columns[name] = _sparse_column([vec.get(w) for w in nouns] + [adj_vec.get(a) for a in adjs], dim)
     return pa.table(
         {
             "word": nouns + adjs,
             "pos": ["noun"] * len(nouns) + ["adj"] * len(adjs),
             "phrase": [None] * len(nouns) + [phrase_of.get(a) for a in adjs],
             SINGLE: embedding_column(single),
-            ENSEMBLE: ensemble,
+            **columns,
         }
     )
+
+
+def _sparse_column(rows: Sequence[np.ndarray | None], dim: int) -> pa.Array:
+    """fixed_size_list<float32>[dim] with nulls where a word is outside the view's pools."""
+    return pa.array([None if v is None else v.tolist() for v in rows], type=pa.list_(pa.float32(), dim))
 
 
 def run_embed_text(ctx: StageContext) -> StageOutput:

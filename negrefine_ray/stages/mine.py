@@ -33,6 +33,7 @@ from negrefine_ray.core.mining import (
 )
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.stages.embed_text import SINGLE as SINGLE_VIEW
 from negrefine_ray.stages.embed_text import method_pools, view_matrix
 
 
@@ -120,9 +121,18 @@ def run_mine(ctx: StageContext) -> StageOutput:
     cands = read_parquet(ctx.input("embed-text", "candidates.parquet"))
     ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
     encoder = TextEncoder(config, ctx.ray)
-    tables, stats = [], {}
+    tables, pools, stats = [], [], {}
     for name, pool in method_pools(config, corpus).items():
         method = get_method(name)
+        pos = pool.column("pos").to_pylist()
+        if method.mined_in_score:  # InterNeg: the score stage selects, against the prototype images
+            pools.append(_scored_pool(method, pool, cands))
+            stats[name] = {
+                "pool_nouns": pos.count("noun"),
+                "pool_adjectives": pos.count("adj"),
+                "selected_in": "score",
+            }
+            continue
         result, emb = _select(method, pool, cands, ids, config)
         take = pa.array(result.indices)
         labels = np.array(_labels(method, pool, cands), dtype=object)[result.indices].tolist()
@@ -141,18 +151,56 @@ def run_mine(ctx: StageContext) -> StageOutput:
         if method.filtered:
             table = _negrefine_extras(table, encoder, ids, config.mining.n_nearest)
         tables.append(table)
-        pos = pool.column("pos").to_pylist()
         stats[name] = {
             "pool_nouns": pos.count("noun"),
             "pool_adjectives": pos.count("adj"),
             "selected_nouns": result.counts.get("noun", 0),
             "selected_adjectives": result.counts.get("adj", 0),
         }
+    if not tables:  # only methods selected in score (InterNeg alone): no rows, the usual columns
+        dim = len(cands.column(SINGLE_VIEW)[0].as_py())
+        tables.append(
+            pa.table(
+                {
+                    "method": pa.array([], pa.string()),
+                    "rank": pa.array([], pa.int32()),
+                    "label": pa.array([], pa.string()),
+                    "pos": pa.array([], pa.string()),
+                    "embedding": embedding_column(np.zeros((0, dim), np.float32)),
+                }
+            )
+        )
     negatives = pa.concat_tables(tables, promote_options="default")
     write_parquet(ctx.out_dir / "negatives.parquet", negatives)
+    artifacts = ["negatives.parquet"]
+    if pools:
+        write_parquet(ctx.out_dir / "pools.parquet", pa.concat_tables(pools))
+        artifacts.append("pools.parquet")
     summary = "; ".join(
         f"{m}: {s['pool_nouns']:,}+{s['pool_adjectives']:,} candidates -> "
-        f"{s['selected_nouns']:,} nouns + {s['selected_adjectives']:,} adjectives"
+        + (
+            "selected in score"
+            if "selected_in" in s
+            else f"{s['selected_nouns']:,} nouns + {s['selected_adjectives']:,} adjectives"
+        )
         for m, s in stats.items()
     )
-    return StageOutput(("negatives.parquet",), summary, stats)
+    return StageOutput(tuple(artifacts), summary, stats)
+
+
+def _scored_pool(method: Method, pool: pa.Table, cands: pa.Table) -> pa.Table:
+    """The whole candidate pool of a method the score stage selects from (mine/pools.parquet): method,
+    pool_index, word, pos, lexname and its candidate view's embedding (unit rows)."""
+    index = {key: i for i, key in enumerate(_keys(cands))}
+    rows = pa.array([index[key] for key in _keys(pool)], pa.int64())
+    emb = view_matrix(cands.take(rows), method.candidate_view or "")
+    return pa.table(
+        {
+            "method": [method.name] * pool.num_rows,
+            "pool_index": pool.column("pool_index"),
+            "word": pool.column("word"),
+            "pos": pool.column("pos"),
+            "lexname": pool.column("lexname"),
+            "embedding": embedding_column(emb),
+        }
+    )

@@ -38,7 +38,9 @@ def row_label(column: Mapping[str, Any]) -> str:
     """A score row as the papers name it (its method's catalogue entry), e.g. "NegRefine w/o S_MM
     (wordnet)"; a method the catalogue does not know keeps its name."""
     method = METHODS.get(column["method"])
-    return method.row(column["judge"], column["s_mm"])[1] if method else str(column["method"])
+    if method is None:
+        return str(column["method"])
+    return method.row(column["judge"], column["s_mm"], column.get("visual", False))[1]
 
 
 def _by_row(catalogue: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:

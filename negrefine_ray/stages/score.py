@@ -69,15 +69,16 @@ class ScoreColumn:
     seed: int | None = None  # the grouping permutation's seed
     ood_dataset: str | None = None  # DNM: the OOD dataset whose grouping made this column
     preprocess: str = ""  # the image preprocessing (core.methods.PREPROCESSING) of its embeddings
+    visual: bool = False  # InterNeg: with the negatives inverted online from its stream's images
 
 
 def score_column(
     method: Method, judge: str | None = None, *, s_mm: bool = False, seed: int | None = None,
-    ood: str | None = None,
+    ood: str | None = None, visual: bool = False,
 ) -> ScoreColumn:  # fmt: skip
     """A column of `method` with the row and name its catalogue entry gives it."""
-    row, _ = method.row(judge, s_mm)
-    return ScoreColumn(method.column_name(row, ood), row, method.name, judge, s_mm, seed, ood)
+    row, _ = method.row(judge, s_mm, visual)
+    return ScoreColumn(method.column_name(row, ood), row, method.name, judge, s_mm, seed, ood, visual=visual)
 
 
 def grouping_seed(config: JobConfig) -> int:
@@ -117,6 +118,10 @@ def score_settings(config: JobConfig) -> dict[str, Any]:
         "score": score,
         "grouping_seed": grouping_seed(config),
         "negrefine_order_seed": config.run.seed if config.score.negrefine_order == "shuffled" else None,
+        # InterNeg's online streams and inversions are seeded with the run seed
+        "interneg": {**dataclasses.asdict(config.interneg), "seed": config.run.seed}
+        if "interneg" in config.score.methods
+        else None,
         "judges": _judges(config),
         "model": model,
     }
@@ -158,6 +163,7 @@ class _Scorer:
         images: Mapping[str, np.ndarray],
         ood_of: np.ndarray,
         preprocess: Mapping[str, str],
+        prototype_rows: pa.Table | None = None,
     ) -> None:
         """`images`: the ok rows' embeddings per preprocessing variant; `preprocess`: each method's
         variant; `ood_of` (n_ok,) object: each ok row's OOD dataset name, None for ID rows."""
@@ -178,6 +184,20 @@ class _Scorer:
         self.negatives: dict[str, dict[str, int]] = {}
         self.seconds: dict[str, float] = {}
         self.pairs: dict[str, Any] | None = None
+        self.extra: dict[str, Any] = {}  # a scorer's own manifest entries
+        self.prototype_rows = prototype_rows
+
+    def prototypes(self, method: Method) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (P,), embeddings (P, D)) of the readable role-"prototype" images in the method's
+        preprocessing (InterNeg's class prototypes, methods.md 5.2)."""
+        rows = self.prototype_rows
+        if rows is None or rows.num_rows == 0:
+            raise StageError(
+                f"{method.display} needs readable images of a dataset with role 'prototype'; "
+                "none were embedded."
+            )
+        labels = rows.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+        return labels, column_matrix(rows, embedding_name(self.preprocess[method.name]))
 
     def use(self, method: Method) -> None:
         """Score `method` next: its images are the embeddings of its preprocessing."""
@@ -243,6 +263,12 @@ class _Scorer:
     def score_negrefine(self, method: Method) -> None:
         """NegRefine per judge and its ablations (3.3-3.4), see _score_negrefine."""
         self.pairs = _score_negrefine(self, method)
+
+    def score_interneg(self, method: Method) -> None:
+        """InterNeg, textual and textual + visual (5.3-5.5), see stages/score_interneg.py."""
+        from negrefine_ray.stages.score_interneg import run_interneg
+
+        run_interneg(self, method)
 
 
 def _embed_refined(refined: RefinedNegatives, encoder: Any, view: TextView) -> np.ndarray:
@@ -327,6 +353,10 @@ def run_score(ctx: StageContext) -> StageOutput:
     methods = check_methods(config)
     images = read_parquet(ctx.input("embed-images", "images.parquet"))
     preprocess = image_preprocessing(methods, config.images.preprocess)
+    # role "prototype": InterNeg's labelled ID training images, used for its prototypes, never scored
+    is_prototype = pc.equal(images.column("role"), "prototype")
+    prototype_rows = images.filter(pc.and_(is_prototype, pc.equal(images.column("status"), "ok")))
+    images = images.filter(pc.invert(is_prototype))
     ok, embeddings = ok_images(images, preprocess.values())
     scored = images.filter(pa.array(ok))
     roles = scored.column("role").to_numpy(zero_copy_only=False)
@@ -334,7 +364,7 @@ def run_score(ctx: StageContext) -> StageOutput:
         raise StageError("no readable image has role 'id'; add an ID dataset to [[datasets]].")
     ood_of = scored.column("dataset").to_numpy(zero_copy_only=False).astype(object)
     ood_of[roles == "id"] = None
-    s = _Scorer(ctx, embeddings, ood_of, preprocess)
+    s = _Scorer(ctx, embeddings, ood_of, preprocess, prototype_rows)
     for method in methods:
         start = time.perf_counter()
         s.use(METHODS[method])
@@ -348,7 +378,7 @@ def run_score(ctx: StageContext) -> StageOutput:
     stats = {
         "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(s.columns),
         "ood_datasets": ood, "seeds": [s.seed], "negatives": s.negatives,
-        "pairs": pairs, "seconds": s.seconds, "preprocess": preprocess,
+        "pairs": pairs, "seconds": s.seconds, "preprocess": preprocess, **s.extra,
     }  # fmt: skip
     summary = (
         f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(s.columns)} score columns "
