@@ -225,6 +225,7 @@ def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     keys = ("negatives", "kept", "dropped", "per_group")
     used = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("score", {}).get("negatives", {}).items()]
     lines += ["", *_table(["Score set", "M", "Used (M')", "Dropped", "Per group (Q)"], used)]
+    lines += _interneg_lines(stats.get("score", {}).get("interneg"))
     pairs = stats.get("score", {}).get("pairs")
     if pairs:
         lines += [
@@ -234,6 +235,26 @@ def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
             "texts encoded.",
         ]
     return lines
+
+
+def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
+    """InterNeg's selection against its prototypes and each OOD stream's inversion counts."""
+    if not interneg:
+        return []
+    sel, protos = interneg["selection"], interneg["prototypes"]
+    lines = [
+        "",
+        f"InterNeg: prototypes from {protos['images']:,} images of {protos['classes']:,} classes (at least "
+        f"{protos['min_per_class']} per class; {len(protos['short'])} classes below the asked number); "
+        f"admissible {sel['admissible_nouns']:,} of {sel['pool_nouns']:,} nouns and "
+        f"{sel['admissible_adjectives']:,} of {sel['pool_adjectives']:,} adjectives; selected "
+        f"{sel['selected_nouns']:,} nouns + {sel['selected_adjectives']:,} adjectives.",
+        "",
+    ]
+    keys = ("activated", "inverted", "kept", "activated_id", "kept_id")
+    rows = [[d, v["images"], *(v["counts"].get(k) for k in keys)] for d, v in interneg["streams"].items()]
+    header = ["InterNeg stream", "Images", "Activated", "Inversions", "Kept", "Activated ID", "Kept ID"]
+    return lines + _table(header, rows)
 
 
 def run_sections(config: JobConfig, table: pa.Table, manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:
