@@ -22,7 +22,7 @@ from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.clip.model import create_clip
 from negrefine_ray.clip.preprocess import DecodeOptions, crop_spec, crop_spec_for_model, variant_specs
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
-from negrefine_ray.core.methods import PREPROCESSING
+from negrefine_ray.core.methods import TEST_PREPROCESSING
 from negrefine_ray.errors import StageError
 from negrefine_ray.pools import plan_pool
 from negrefine_ray.runfolder import StageContext
@@ -156,11 +156,11 @@ def test_dataloader_path_equals_direct_open_clip(tmp_path: Path) -> None:
     files = [tmp_path / f"{i}.jpg" for i in range(5)]
     for i, f in enumerate(files):
         save(f, noise(30 + 9 * i, 70 - 5 * i))
-    embedder = ImageEmbedder(TINY, variant_specs(crop_spec_for_model(TINY), list(PREPROCESSING)))
+    embedder = ImageEmbedder(TINY, variant_specs(crop_spec_for_model(TINY), list(TEST_PREPROCESSING)))
     pairs = [(str(tmp_path), f.name) for f in files] + [(str(tmp_path), "gone.jpg")]
     for workers in (0, 2):
         results = embed_files_local(pairs, embedder, DecodeOptions(), workers=workers, batch_size=2)
-        assert list(results) == list(PREPROCESSING)
+        assert list(results) == list(TEST_PREPROCESSING)
         for variant, out in results.items():
             assert out.status.tolist() == ["ok"] * 5 + ["missing"]
             np.testing.assert_allclose(out.embedding[:5], direct_embeddings(files, variant), atol=1e-5)

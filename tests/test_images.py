@@ -22,11 +22,12 @@ from negrefine_ray.clip.preprocess import (
     decode_crop,
     decode_crops,
     normalise,
+    random_resized_crop,
     to_rgb,
     variant_specs,
 )
 from negrefine_ray.config import ModelConfig
-from negrefine_ray.core.methods import PREPROCESSING
+from negrefine_ray.core.methods import PREPROCESSING, TEST_PREPROCESSING
 from negrefine_ray.errors import NegRefineError
 
 RNG = np.random.default_rng(0)
@@ -224,7 +225,7 @@ def reference_geometry(variant: str, spec: CropSpec) -> Callable[[Image.Image], 
     return T.Compose([resize, T.CenterCrop(size)])
 
 
-@pytest.mark.parametrize("variant", list(PREPROCESSING))
+@pytest.mark.parametrize("variant", list(TEST_PREPROCESSING))
 @pytest.mark.parametrize("name", list(odd_modes()))
 def test_each_variant_is_bit_exact_with_its_reference_transform(
     name: str, variant: str, spec: CropSpec, preprocess: Callable[[Image.Image], torch.Tensor]
@@ -283,3 +284,36 @@ def test_one_decode_gives_every_variant_and_draft_covers_the_largest(spec: CropS
     _apply_draft(img, specs)  # type: ignore[arg-type]
     largest = max(s.resized_size(1600, 1200)[1] for s in specs)
     assert img.size[1] >= largest and img.size[1] < 2 * largest
+
+
+def test_augmented_crops_are_seeded_per_file_and_follow_torchvision(spec: CropSpec) -> None:
+    """InterNeg's prototype augmentation: RandomResizedCrop + flip drawn from (run seed, path), so a
+    rerun gives the same crops; each crop is torchvision's resized_crop of the drawn box."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    aug = variant_specs(spec, ["augment"], seed=3)["augment"]
+    assert aug.augment_seed == 3 and "augment_seed" in aug.describe()
+    assert "augment_seed" not in spec.describe()  # test transforms keep their old cache keys
+    img = textured(320, 200)
+    crops = {key: random_resized_crop(img, aug, key) for key in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")}
+    assert all(c.shape == (*aug.out_size, 3) for c in crops.values())
+    np.testing.assert_array_equal(crops["a.jpg"], random_resized_crop(img, aug, "a.jpg"))
+    assert len({c.tobytes() for c in crops.values()}) == 4  # each file its own box
+    other = dataclasses.replace(aug, augment_seed=4)
+    assert not np.array_equal(crops["a.jpg"], random_resized_crop(img, other, "a.jpg"))
+    # The box and flip replayed from the same generator, cut by torchvision itself.
+    import hashlib
+    import math
+
+    rng = np.random.default_rng([3, int(hashlib.sha256(b"a.jpg").hexdigest()[:15], 16)])
+    while True:
+        target = 320 * 200 * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= 320 and 0 < h <= 200:
+            top, left = int(rng.integers(0, 200 - h + 1)), int(rng.integers(0, 320 - w + 1))
+            break
+    box = F.resized_crop(img, top, left, h, w, list(aug.out_size), InterpolationMode.BICUBIC)
+    expected = np.asarray(F.hflip(box) if rng.random() < 0.5 else box)
+    np.testing.assert_array_equal(crops["a.jpg"], expected)

@@ -10,7 +10,9 @@ An image is decoded once and cut into one crop per preprocessing ("variant") ask
 
 from __future__ import annotations
 
+import hashlib
 import io
+import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -62,6 +64,7 @@ class CropSpec:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    augment_seed: int | None = None  # set: RandomResizedCrop(crop) + flip, drawn per image (training)
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -77,18 +80,24 @@ class CropSpec:
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def describe(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as JSON (it keys the image cache; a test transform leaves out augment_seed, so
+        entries written before augmentation existed stay valid)."""
+        out = asdict(self)
+        if out["augment_seed"] is None:
+            del out["augment_seed"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CropSpec:
         """Inverse of `describe` (lists, as JSON gives them, become tuples)."""
-        crop = data["crop"]
+        crop, seed = data["crop"], data.get("augment_seed")
         return cls(
             resize=tuple(int(v) for v in data["resize"]),
             crop=None if crop is None else (int(crop[0]), int(crop[1])),
             interpolation=str(data["interpolation"]),
             mean=tuple(float(v) for v in data["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in data["std"]),  # type: ignore[arg-type]
+            augment_seed=None if seed is None else int(seed),
         )
 
 
@@ -171,8 +180,43 @@ def to_rgb(img: Image.Image, options: DecodeOptions) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def resize_crop(img: Image.Image, spec: CropSpec) -> np.ndarray:
-    """(H, W, 3) uint8: torchvision Resize (PIL resample, antialiased) then CenterCrop of an RGB image."""
+def random_resized_crop(img: Image.Image, spec: CropSpec, key: str) -> np.ndarray:
+    """(H, W, 3) uint8: torchvision's RandomResizedCrop(spec.crop, scale (0.08, 1), ratio (3/4, 4/3))
+    with spec.interpolation, then a horizontal flip with probability 0.5, drawn by numpy's PCG64 seeded
+    with (spec.augment_seed, a stable hash of `key`, the file's path): the same crop every run. The
+    parameter search follows torchvision's get_params (10 tries, then the central crop of clamped
+    aspect ratio); crop then resize, as its resized_crop does on PIL images."""
+    assert spec.crop is not None and spec.augment_seed is not None
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
+    rng = np.random.default_rng([spec.augment_seed, digest])
+    width, height = img.size
+    area, log_ratio = width * height, (math.log(3 / 4), math.log(4 / 3))
+    for _ in range(10):
+        target = area * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            break
+    else:  # torchvision's fallback: the central crop, its aspect ratio clamped to the range
+        w, h = width, height
+        if width / height < 3 / 4:
+            h = round(width / (3 / 4))
+        elif width / height > 4 / 3:
+            w = round(height * 4 / 3)
+        top, left = (height - h) // 2, (width - w) // 2
+    ch, cw = spec.crop
+    out = img.crop((left, top, left + w, top + h)).resize((cw, ch), _PIL_FILTERS[spec.interpolation])
+    if rng.random() < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def resize_crop(img: Image.Image, spec: CropSpec, key: str = "") -> np.ndarray:
+    """(H, W, 3) uint8: torchvision Resize (PIL resample, antialiased) then CenterCrop of an RGB image;
+    with spec.augment_seed, `random_resized_crop` drawn for `key` (the file's path)."""
+    if spec.augment_seed is not None:
+        return random_resized_crop(img, spec, key)
     size = spec.resized_size(*img.size)
     if size != img.size:
         img = img.resize(size, _PIL_FILTERS[spec.interpolation])
@@ -204,7 +248,7 @@ def decode_crop(data: bytes, spec: CropSpec, options: DecodeOptions) -> tuple[np
 
 
 def decode_crops(
-    data: bytes, specs: Sequence[CropSpec], options: DecodeOptions
+    data: bytes, specs: Sequence[CropSpec], options: DecodeOptions, key: str = ""
 ) -> tuple[list[np.ndarray] | None, str, str]:
     """Decode one file's bytes once into one (H, W, 3) uint8 crop per spec.
 
@@ -227,7 +271,7 @@ def decode_crops(
             if options.exif == "transpose":
                 img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img, options)
-            return [resize_crop(rgb, spec) for spec in specs], OK, ""
+            return [resize_crop(rgb, spec, key) for spec in specs], OK, ""
     except UnidentifiedImageError:
         # Pillow's message names the BytesIO object by memory address; artifacts must not vary by run.
         return None, "not-an-image", "cannot identify image file: no image format matches its bytes"
@@ -286,7 +330,7 @@ def crop_spec_for_model(cfg: ModelConfig) -> CropSpec:
     return crop_spec(image_transform_v2(PreprocessCfg(**pp), is_train=False))
 
 
-def variant_specs(model_spec: CropSpec, variants: Sequence[str]) -> dict[str, CropSpec]:
+def variant_specs(model_spec: CropSpec, variants: Sequence[str], seed: int = 0) -> dict[str, CropSpec]:
     """The CropSpec of each PREPROCESSING variant for a model whose own eval transform is
     `model_spec`: "clip" is `model_spec` itself; the others resize the short side of the image to
     round(S * resize_ratio) with their interpolation, then centre-crop S x S, S the model's (square)
@@ -306,7 +350,8 @@ def variant_specs(model_spec: CropSpec, variants: Sequence[str]) -> dict[str, Cr
                 "set images.preprocess = 'shared' to use the model's own transform for every method."
             )
         resize = (round(h * variant.resize_ratio),)
-        out[name] = CropSpec(resize, (h, w), variant.interpolation, model_spec.mean, model_spec.std)
+        augment = seed if variant.augment else None  # the augmentation's draws: run.seed and the path
+        out[name] = CropSpec(resize, (h, w), variant.interpolation, model_spec.mean, model_spec.std, augment)
     return out
 
 
@@ -331,7 +376,7 @@ def read_and_decode(
         return None, "missing", "file not found"
     except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, e.g. a NUL in the path
         return None, "unreadable", f"{type(exc).__name__}: {exc}"
-    return decode_crops(data, specs, options)
+    return decode_crops(data, specs, options, path)
 
 
 def pixels_column(variant: str) -> str:

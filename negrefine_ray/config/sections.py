@@ -18,8 +18,8 @@ from negrefine_ray.core.methods import (
     DEFAULT_MINING_METHODS,
     DEFAULT_SCORE_METHODS,
     MINING_METHODS,
-    PREPROCESSING,
     SCORE_METHODS,
+    TEST_PREPROCESSING,
 )
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
 
@@ -175,7 +175,9 @@ class ImagesConfig:
     # each image decoded once, one crop and one embedding per distinct preprocessing), "shared" (the
     # model's own transform for every method: one embedding per image, the speed option) or one
     # preprocessing name for every method.
-    preprocess: str = field(default="per-method", metadata=_choices("per-method", "shared", *PREPROCESSING))
+    preprocess: str = field(
+        default="per-method", metadata=_choices("per-method", "shared", *TEST_PREPROCESSING)
+    )
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,11 @@ class InterNegConfig:
     # The score's arithmetic: "fp32" (default) or "fp16", the reference's (its scores are quantised,
     # so metrics see ties; methods.md 5.6).
     precision: Literal["fp32", "fp16"] = field(default="fp32", metadata=_choices("fp32", "fp16"))
+    # The prototype images' preprocessing: "augment" (the reference's RandomResizedCrop + flip, here
+    # seeded per image by run.seed and its path) or "center" (InterNeg's deterministic test transform).
+    prototype_preprocess: Literal["augment", "center"] = field(
+        default="augment", metadata=_choices("augment", "center")
+    )
 
 
 @dataclass(frozen=True)

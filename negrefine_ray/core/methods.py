@@ -66,11 +66,14 @@ class Preprocess:
     """An image preprocessing a reference evaluates with (methods.md 1.6, 2.6, 3.5, 4.4, 5.7), relative
     to the model's image size S: `interpolation` None is the model's own open_clip eval transform;
     otherwise torchvision's Resize(round(S * resize_ratio)) of the short side with `interpolation`,
-    then CenterCrop(S), with the model's mean and std (clip.preprocess.variant_specs builds them)."""
+    then CenterCrop(S), with the model's mean and std (clip.preprocess.variant_specs builds them).
+    `augment`: instead torchvision's RandomResizedCrop(S) with `interpolation` and a horizontal flip,
+    drawn per image from (run.seed, its path): a training transform, for InterNeg's prototypes only."""
 
     description: str
     interpolation: str | None = None
     resize_ratio: float = 1.0
+    augment: bool = False
 
 
 # Each distinct preprocessing is one embedding column of embed-images (`embedding@<name>`).
@@ -84,7 +87,14 @@ PREPROCESSING: dict[str, Preprocess] = {
         "bicubic",
         256 / 224,
     ),
+    "augment": Preprocess(
+        "RandomResizedCrop(S, bicubic) + horizontal flip, seeded per image (InterNeg's prototypes, 5.2)",
+        "bicubic",
+        augment=True,
+    ),
 }
+# The preprocessings images.preprocess may name for the scored images (test transforms).
+TEST_PREPROCESSING: tuple[str, ...] = tuple(k for k, v in PREPROCESSING.items() if not v.augment)
 
 
 @dataclass(frozen=True)
@@ -224,9 +234,18 @@ def image_preprocessing(methods: Sequence[str], setting: str) -> dict[str, str]:
     if setting == "per-method":
         return {m: get_method(m).preprocess for m in methods}
     variant = "clip" if setting == "shared" else setting
-    if variant not in PREPROCESSING:
-        raise unknown_name("images.preprocess", setting, ["per-method", "shared", *PREPROCESSING])
+    if variant not in TEST_PREPROCESSING:
+        raise unknown_name("images.preprocess", setting, ["per-method", "shared", *TEST_PREPROCESSING])
     return dict.fromkeys(methods, variant)
+
+
+def prototype_preprocessing(methods: Sequence[str], setting: str, prototype: str) -> str | None:
+    """The PREPROCESSING of role-"prototype" images (InterNeg's class prototypes) under
+    interneg.prototype_preprocess = `prototype`: "augment", or for "center" InterNeg's test
+    preprocessing under images.preprocess = `setting`; None when InterNeg is not among `methods`."""
+    if "interneg" not in methods:
+        return None
+    return "augment" if prototype == "augment" else image_preprocessing(["interneg"], setting)["interneg"]
 
 
 def get_method(name: str) -> Method:

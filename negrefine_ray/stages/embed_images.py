@@ -38,7 +38,12 @@ from negrefine_ray.clip.preprocess import (
     variant_specs,
 )
 from negrefine_ray.config import JobConfig
-from negrefine_ray.core.methods import PREPROCESSING, embedding_name, image_preprocessing
+from negrefine_ray.core.methods import (
+    PREPROCESSING,
+    embedding_name,
+    image_preprocessing,
+    prototype_preprocessing,
+)
 from negrefine_ray.data.datasets import Listing, list_datasets
 from negrefine_ray.data.presets import resolve_datasets
 from negrefine_ray.errors import StageError
@@ -63,10 +68,18 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
         },
         "decode": decode_options(config.images).describe(),
         "variants": list(image_variants(config)),
+        "prototype_variant": prototype_variant(config),
+        "seed_of_augment": config.run.seed,
         "symlinks": config.images.symlinks,
         "datasets": [dataclasses.asdict(d) for d in resolve_datasets(config)],
         "seed": config.run.seed,
     }
+
+
+def prototype_variant(config: JobConfig) -> str | None:
+    """The preprocessing of role-"prototype" images (core.methods.prototype_preprocessing)."""
+    c = config
+    return prototype_preprocessing(c.score.methods, c.images.preprocess, c.interneg.prototype_preprocess)
 
 
 def image_variants(config: JobConfig) -> tuple[str, ...]:
@@ -129,12 +142,17 @@ def combined_status(results: Sequence[EmbedResult]) -> tuple[np.ndarray, np.ndar
     return status.astype(str), detail.astype(str)
 
 
-def _output_tables(listing: Listing, results: Mapping[str, EmbedResult]) -> tuple[pa.Table, pa.Table]:
-    """(images rows with one embedding@<variant> column per variant, failure rows) of one dataset in
-    listing order."""
+def _output_tables(
+    listing: Listing, results: Mapping[str, EmbedResult], variants: Sequence[str]
+) -> tuple[pa.Table, pa.Table]:
+    """(images rows with one embedding@<variant> column per variant, null for the variants this
+    dataset was not embedded with, failure rows) of one dataset in listing order."""
     t = listing.table
     status, detail = combined_status(list(results.values()))
     ok = status == OK
+    dim = next(iter(results.values())).embedding.shape[1]
+    empty = np.zeros((t.num_rows, dim), np.float32)
+    nothing = np.zeros(t.num_rows, dtype=bool)
     images = pa.table(
         {
             "dataset": t.column("dataset"),
@@ -142,7 +160,12 @@ def _output_tables(listing: Listing, results: Mapping[str, EmbedResult]) -> tupl
             "path": t.column("path"),
             "label": t.column("label"),
             "status": pa.array(status.tolist(), pa.string()),
-            **{embedding_name(v): embedding_column(r.embedding, ok) for v, r in results.items()},
+            **{
+                embedding_name(v): embedding_column(results[v].embedding, ok)
+                if v in results
+                else embedding_column(empty, nothing)
+                for v in variants
+            },
         }
     )
     bad = pa.array(np.flatnonzero(~ok))
@@ -268,7 +291,16 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         check_listing(li, cfg.images.max_failed_fraction)
     ctx.ray()
     plan = plan_pool(image_pool_spec(cfg.images, cfg.model), cluster_gpus())
-    specs = variant_specs(crop_spec_for_model(cfg.model), image_variants(cfg))
+    test_variants, proto = image_variants(cfg), prototype_variant(cfg)
+    specs = variant_specs(
+        crop_spec_for_model(cfg.model),
+        list(dict.fromkeys([*test_variants, *filter(None, [proto])])),
+        cfg.run.seed,
+    )
+
+    def variants_of(li: Listing) -> tuple[str, ...]:
+        return (proto,) if proto and li.config.role == "prototype" else test_variants
+
     options = decode_options(cfg.images)
     precision, weights = resolve_precision(plan.device, cfg.model.precision), resolve_weights(cfg.model)
     preprocess = {v: {"crop": spec.describe(), "decode": options.describe()} for v, spec in specs.items()}
@@ -280,7 +312,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     keys: dict[str, dict[str, str]] = {ident: {} for ident in idents}
     todo: dict[str, _Todo] = {}
     for ident, li in zip(idents, listings, strict=True):
-        for v in specs:
+        for v in variants_of(li):
             base = image_cache_base(weights.identity, cfg.model.arch, precision, preprocess[v], li.root)
             key = keys[ident][v] = image_cache_key(base, li.fingerprint())
             if (hit := cache.get(base, key, li.table.column("path").to_pylist())) is not None:
@@ -306,11 +338,15 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
             for ident, by_variant in fresh.items():
                 results[ident].update(by_variant)
             embedded_rows.update(rows)
-    ordered = [{v: results[ident][v] for v in specs} for ident in idents]
+    ordered = [
+        {v: results[ident][v] for v in variants_of(li)} for ident, li in zip(idents, listings, strict=True)
+    ]
     statuses = [combined_status(list(by_variant.values())) for by_variant in ordered]
     for li, (status, detail) in zip(listings, statuses, strict=True):
         check_failed_fraction(li, status, detail, cfg.images.max_failed_fraction)
-    tables = [_output_tables(li, by_variant) for li, by_variant in zip(listings, ordered, strict=True)]
+    tables = [
+        _output_tables(li, by_variant, list(specs)) for li, by_variant in zip(listings, ordered, strict=True)
+    ]
     write_parquet(ctx.out_dir / "images.parquet", pa.concat_tables([t[0] for t in tables]))
     write_parquet(ctx.out_dir / "failures.parquet", pa.concat_tables([t[1] for t in tables]))
 

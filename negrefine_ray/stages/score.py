@@ -31,6 +31,7 @@ from negrefine_ray.core.methods import (
     TextView,
     embedding_name,
     image_preprocessing,
+    prototype_preprocessing,
 )
 from negrefine_ray.core.multi_matching import (  # NegRefine's pure core (tests import it from here)
     PairEmbedder,
@@ -196,8 +197,12 @@ class _Scorer:
                 f"{method.display} needs readable images of a dataset with role 'prototype'; "
                 "none were embedded."
             )
+        c = self.ctx.config
+        variant = prototype_preprocessing(
+            c.score.methods, c.images.preprocess, c.interneg.prototype_preprocess
+        )
         labels = rows.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-        return labels, column_matrix(rows, embedding_name(self.preprocess[method.name]))
+        return labels, column_matrix(rows, embedding_name(variant or self.preprocess[method.name]))
 
     def use(self, method: Method) -> None:
         """Score `method` next: its images are the embeddings of its preprocessing."""
