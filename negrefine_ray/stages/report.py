@@ -254,7 +254,12 @@ def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
     keys = ("activated", "inverted", "kept", "activated_id", "kept_id")
     rows = [[d, v["images"], *(v["counts"].get(k) for k in keys)] for d, v in interneg["streams"].items()]
     header = ["InterNeg stream", "Images", "Activated", "Inversions", "Kept", "Activated ID", "Kept ID"]
-    return lines + _table(header, rows)
+    lines += _table(header, rows)
+    spread = {d: v["shuffles"] for d, v in interneg["streams"].items() if "shuffles" in v}
+    for d, metrics in spread.items():
+        cells = ", ".join(f"{m} {100 * v['mean']:.2f} ± {100 * v['std']:.2f}" for m, v in metrics.items())
+        lines += ["", f"InterNeg over the stream orders of `interneg.shuffles`, {d}: {cells} (%)."]
+    return lines
 
 
 def run_sections(config: JobConfig, table: pa.Table, manifests: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -6,7 +6,8 @@ further negatives (core.interneg.run_online with clip.inversion's OnlineInverter
 Columns (one per OOD dataset d, like DNM's: InterNeg rescores the ID images in each dataset's
 stream): `interneg_text@d` (the textual negatives alone) and `interneg@d` (textual + visual, the
 stream of shuffle 0 = run.seed). With interneg.shuffles = N the streams of run.seed + 1 .. N - 1 run
-too and the manifest gives each metric's mean and std over the N.
+too and the manifest gives each metric's mean and std over the N. Each (dataset, shuffle) stream is a
+Ray task (one GPU each where there are GPUs), so they run in parallel.
 """
 
 from __future__ import annotations
@@ -79,17 +80,12 @@ def textual_negatives(
     return chosen.stack(nouns, adjs), base, stats
 
 
-def _inverter(config: JobConfig, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+def _inverter(config: JobConfig, seed: int, device: str) -> Callable[[np.ndarray], np.ndarray]:
     from negrefine_ray.clip.inversion import OnlineInverter
 
     cfg = config.interneg
     return OnlineInverter.load(
-        config.model,
-        seed=seed,
-        device=config.model.device,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
+        config.model, seed=seed, device=device, steps=cfg.steps, lr=cfg.lr, weight_decay=cfg.weight_decay
     )
 
 
@@ -102,25 +98,47 @@ def online_scores(
     protos: np.ndarray,
     base: np.ndarray,
     seed: int,
+    device: str = "cpu",
     invert: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """One OOD dataset's stream (its rows and the ID rows, `is_id`) in the order seeded by `seed`
-    (5.5): scores in row order and the counts of activated, inverted and kept embeddings."""
+    (5.5), inverting on `device`: scores in row order and the counts of activated, inverted and kept
+    embeddings."""
     cfg: InterNegConfig = config.interneg
     order = interneg.stream_order(int(is_id.sum()), int((~is_id).sum()), seed)
     # stream_order indexes [ID rows | OOD rows]; map it onto this table's rows
     rows = np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])
     return interneg.run_online(
         image, is_id, id_text=id_text, text_negs=text_negs, protos=protos, base=base,
-        invert=invert or _inverter(config, seed), order=rows[order], batch_size=cfg.batch_size,
+        invert=invert or _inverter(config, seed, device), order=rows[order], batch_size=cfg.batch_size,
         threshold=cfg.threshold, k_extra=cfg.k_extra, n_groups=cfg.n_groups,
         logit_scale=config.score.logit_scale, dtype=Precision[cfg.precision],  # type: ignore[arg-type]
     )  # fmt: skip
 
 
-def shuffle_spread(
-    config: JobConfig, columns: dict[int, np.ndarray], is_id: np.ndarray
-) -> dict[str, dict[str, float]]:
+def run_streams(
+    config: JobConfig, streams: list[tuple[np.ndarray, np.ndarray, int]], shared: dict[str, np.ndarray]
+) -> list[tuple[np.ndarray, dict[str, int]]]:
+    """Every (image rows, is_id, seed) stream as its own Ray task, all at once: one GPU each where the
+    cluster has GPUs and model.device allows (else one CPU), so OOD datasets and shuffles run in
+    parallel as far as the cluster fits them. `shared` (id_text, text_negs, protos, base) travels
+    through the object store once. Results in `streams` order."""
+    import ray
+
+    from negrefine_ray.pools import cluster_gpus
+
+    gpu = config.model.device != "cpu" and cluster_gpus() >= 1
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=2)(online_scores)
+    refs = {k: ray.put(v) for k, v in shared.items()}
+    device = "cuda" if gpu else "cpu"
+    pending = [
+        task.remote(config, ray.put(image), is_id, **refs, seed=seed, device=device)
+        for image, is_id, seed in streams
+    ]
+    return list(ray.get(pending))
+
+
+def shuffle_spread(columns: dict[int, np.ndarray], is_id: np.ndarray) -> dict[str, dict[str, float]]:
     """Mean and std over the shuffles of each metric of one OOD dataset's stream scores."""
     from negrefine_ray.core.metrics import compute_metrics
 
@@ -156,22 +174,27 @@ def run_interneg(scorer: Any, method: Method) -> None:
         dtype=dtype,  # type: ignore[arg-type]
     )  # fmt: skip
     is_id_all = np.array([d is None for d in scorer.ood_of], dtype=bool)
+    rows_of = {name: is_id_all | (scorer.ood_of == name) for name in scorer.ood}
+    jobs = [(name, s) for name in scorer.ood for s in range(cfg.shuffles)]
+    ctx.ray()
+    shared = {"id_text": id_text, "text_negs": text_negs, "protos": protos, "base": base}
+    results = run_streams(
+        config,
+        [(scorer.image[rows_of[name]], is_id_all[rows_of[name]], config.run.seed + s) for name, s in jobs],
+        shared,
+    )
+    out = dict(zip(jobs, results, strict=True))
     streams: dict[str, Any] = {}
     for name in scorer.ood:
-        rows = is_id_all | (scorer.ood_of == name)
+        rows = rows_of[name]
         values = np.full(scorer.image.shape[0], np.nan)
         values[rows] = textual[rows]
         scorer.add(score_column(method, ood=name), values)
-        image, is_id = scorer.image[rows], is_id_all[rows]
-        by_shuffle, counts = {}, {}
-        for s in range(cfg.shuffles):
-            by_shuffle[s], counts[s] = online_scores(
-                config, image, is_id, id_text, text_negs, protos, base, config.run.seed + s
-            )
         values = np.full(scorer.image.shape[0], np.nan)
-        values[rows] = by_shuffle[0]
+        values[rows] = out[name, 0][0]
         scorer.add(score_column(method, ood=name, visual=True, seed=config.run.seed), values)
-        streams[name] = {"counts": counts[0], "images": int(rows.sum())}
+        streams[name] = {"counts": out[name, 0][1], "images": int(rows.sum())}
         if cfg.shuffles > 1:
-            streams[name]["shuffles"] = shuffle_spread(config, by_shuffle, is_id)
+            by_shuffle = {s: out[name, s][0] for s in range(cfg.shuffles)}
+            streams[name]["shuffles"] = shuffle_spread(by_shuffle, is_id_all[rows])
     scorer.extra["interneg"] = {"prototypes": proto_stats, "selection": selection, "streams": streams}
