@@ -22,6 +22,11 @@ _EXPORTS = {
         "compute_metrics", "get_metric", "METRICS",
     ),
     "negrefine_ray.core.multi_matching": ("multi_matching_scores",),
+    "negrefine_ray.core.interneg": (
+        "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
+        "interneg_score", "stream_order", "run_online",
+    ),
+    "negrefine_ray.clip.inversion": ("invert_images",),
     "negrefine_ray.config": ("load_config",),
     "negrefine_ray.pipeline": ("run_job",),
 }  # fmt: skip
@@ -32,11 +37,26 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
     "pair_texts", "multi_matching", "negrefine", "dnm", "dnm_permutations",
     "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
     "compute_metrics", "get_metric", "METRICS",
-    "multi_matching_scores", "load_config", "run_job",
+    "multi_matching_scores",
+    "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
+    "interneg_score", "stream_order", "run_online", "invert_images",
+    "load_config", "run_job",
 ]  # fmt: skip
 
 if TYPE_CHECKING:
+    from negrefine_ray.clip.inversion import invert_images
     from negrefine_ray.config import load_config
+    from negrefine_ray.core.interneg import (
+        NegativeBank,
+        admissible,
+        base_similarity,
+        class_prototypes,
+        deviation,
+        interneg_score,
+        run_online,
+        select_interneg,
+        stream_order,
+    )
     from negrefine_ray.core.metrics import (
         METRICS,
         aupr_in,
