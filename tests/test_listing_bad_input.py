@@ -87,8 +87,8 @@ def test_nul_byte_in_list_is_refused_with_line_and_never_aborts_a_read(tmp_path:
     with pytest.raises(NegRefineError, match=r"list\.txt line 2: .*NUL"):
         parse_image_list("ok.jpg 1\na\x00b.jpg -1\n", "list.txt")
     spec = crop_spec_for_model(ModelConfig(**MODEL))
-    crop, status, detail = read_and_decode(str(tmp_path), "a\x00b.jpg", spec, DecodeOptions())
-    assert crop is None and status == "unreadable" and "NUL" in detail
+    crops, status, detail = read_and_decode(str(tmp_path), "a\x00b.jpg", (spec,), DecodeOptions())
+    assert crops is None and status == "unreadable" and "NUL" in detail
 
 
 # 3. Undecodable lists, a folder as list, labels outside int64
@@ -255,9 +255,10 @@ def test_decode_rows_does_not_read_rows_failed_at_listing(tmp_path: Path) -> Non
         "path": np.array(["a.jpg", "a.jpg", "gone.jpg"]),
         "status": np.array(["", "outside-root", "missing"]),
     }
-    out = decode_rows(rows, spec, DecodeOptions())
+    out = decode_rows(rows, {"clip": spec}, DecodeOptions())
     assert out["status"].tolist() == ["ok", "outside-root", "missing"]
-    assert out["detail"][2] == "file not found" and not out["pixels"][1].any()
+    assert out["detail"][2] == "file not found" and not out["pixels@clip"][1].any()
+    assert out["pixels@clip"][0].any()
 
 
 @pytest.mark.ray

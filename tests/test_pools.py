@@ -121,5 +121,7 @@ def test_column_checks_name_the_missing_columns_and_what_arrived() -> None:
         StageError, match=r"TextEmbedder needs columns text; text missing .* \['row', 'txt'\]"
     ):
         TextEmbedder.__new__(TextEmbedder)({"row": np.arange(2), "txt": np.array(["a", "b"])})
-    with pytest.raises(StageError, match=r"ImageEmbedder needs columns pixels, status; status missing"):
-        ImageEmbedder.__new__(ImageEmbedder)({"pixels": np.zeros((1, 2, 2, 3), np.uint8)})
+    embedder = ImageEmbedder.__new__(ImageEmbedder)
+    embedder.specs = {"clip": None}  # type: ignore[dict-item]  # the names are all the check reads
+    with pytest.raises(StageError, match=r"ImageEmbedder needs columns status, pixels@clip; status missing"):
+        embedder({"pixels@clip": np.zeros((1, 2, 2, 3), np.uint8)})
