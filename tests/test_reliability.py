@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
@@ -58,17 +59,21 @@ def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: 
         [result] = pipeline.run_pipeline(config, only=["embed-images"])
         return result.status
 
-    assert embed() == "ran" and read_parquet(images_parquet).num_rows == 20
+    def scored_rows() -> pa.Table:  # the ID and OOD rows (the smoke job also embeds InterNeg's prototypes)
+        table = read_parquet(images_parquet)
+        return table.filter(pc.not_equal(table.column("role"), "prototype"))
+
+    assert embed() == "ran" and scored_rows().num_rows == 20
     assert embed() == "skipped"
-    before = read_parquet(images_parquet)
+    before = scored_rows()
 
     shutil.copy(images / "ood" / "ood_001.jpg", images / "ood" / "ood_new.jpg")  # added
     shutil.copy(images / "id" / "tench" / "tench_001.jpg", images / "id" / "tench" / "tench_000.jpg")
     assert embed() == "ran"
-    after = read_parquet(images_parquet)
+    after = scored_rows()
     assert after.num_rows == 21 and "ood_new.jpg" in after.column("path").to_pylist()
     columns = [c for c in after.column_names if c.startswith("embedding@")]
-    assert columns == ["embedding@clip", "embedding@torchvision"]  # the smoke job's methods' references
+    assert columns == ["embedding@clip", "embedding@torchvision", "embedding@openood"]  # the smoke methods
     for column in columns:
         emb = {p: e for p, e in zip(after["path"].to_pylist(), after[column].to_pylist(), strict=True)}
         # The replaced image now has tench_001's content (equal up to batch-dependent float rounding).
@@ -81,7 +86,7 @@ def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: 
     (images / "id" / "goldfish" / "goldfish_000.jpg").touch()  # same bytes, new mtime
     assert embed() == "ran"
     assert read_json(config.run_dir / "embed-images" / "manifest.json")["stats"]["embedded"] == 1
-    touched = read_parquet(images_parquet)
+    touched = scored_rows()
     assert touched.drop_columns(columns).equals(after.drop_columns(columns))
     for column in columns:
         np.testing.assert_allclose(

@@ -37,7 +37,7 @@ from negrefine_ray.clip.preprocess import (
     decode_options,
     variant_specs,
 )
-from negrefine_ray.config import JobConfig
+from negrefine_ray.config import DatasetConfig, JobConfig
 from negrefine_ray.core.methods import (
     PREPROCESSING,
     embedding_name,
@@ -71,7 +71,7 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
         "prototype_variant": prototype_variant(config),
         "seed_of_augment": config.run.seed,
         "symlinks": config.images.symlinks,
-        "datasets": [dataclasses.asdict(d) for d in resolve_datasets(config)],
+        "datasets": [dataclasses.asdict(d) for d in stage_datasets(config)],
         "seed": config.run.seed,
     }
 
@@ -80,6 +80,13 @@ def prototype_variant(config: JobConfig) -> str | None:
     """The preprocessing of role-"prototype" images (core.methods.prototype_preprocessing)."""
     c = config
     return prototype_preprocessing(c.score.methods, c.images.preprocess, c.interneg.prototype_preprocess)
+
+
+def stage_datasets(config: JobConfig) -> list[DatasetConfig]:
+    """The datasets this stage embeds: every resolved one, except role-"prototype" datasets when no
+    scored method uses prototypes (InterNeg)."""
+    keep = prototype_variant(config) is not None
+    return [d for d in resolve_datasets(config) if keep or d.role != "prototype"]
 
 
 def image_variants(config: JobConfig) -> tuple[str, ...]:
@@ -95,7 +102,7 @@ def embed_images_sources(config: JobConfig) -> dict[str, str]:
     come from the embedding cache when the stage reruns."""
     return {
         li.name: stable_hash([li.fingerprint(), li.table.column("label").to_pylist()])
-        for li in list_datasets(resolve_datasets(config), config.run.seed, symlinks=config.images.symlinks)
+        for li in list_datasets(stage_datasets(config), config.run.seed, symlinks=config.images.symlinks)
     }
 
 
@@ -283,7 +290,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     """The stage: list, reuse cached datasets and variants, embed the rest (one Ray pass per set of
     missing variants, each file decoded once per pass), write the artifacts."""
     t0, cfg = time.perf_counter(), ctx.config
-    datasets = resolve_datasets(cfg)
+    datasets = stage_datasets(cfg)
     if not datasets:
         raise StageError("embed-images has no datasets; set images.preset and images.data_root, or add them.")
     listings = list_datasets(datasets, cfg.run.seed, symlinks=cfg.images.symlinks)
