@@ -30,11 +30,35 @@ def test_every_yaml_parses() -> None:
 def test_kuberay_pins_the_installed_ray_and_a_real_job() -> None:
     spec = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]
     assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__
-    module, job = re.fullmatch(r"python -m (\S+) run (\S+)", spec["entrypoint"]).groups()  # type: ignore[union-attr]
+    module, job = re.match(r"python -m (\S+) run (\S+)", spec["entrypoint"]).groups()  # type: ignore[union-attr]
     assert importlib.util.find_spec(module) is not None
     assert (REPO / job).is_file()
     head = spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
     assert all(isinstance(v, str) for v in head.values())  # KubeRay wants strings
+
+
+def test_kuberay_keeps_token_auth_and_shared_storage_on_every_pod() -> None:
+    """Every Ray container and the submitter read the token from the Secret (never a literal); the
+    head and every worker mount the shared claim, where the job writes its run folder and caches."""
+    spec = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]
+    cluster = spec["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    submitter = spec["submitterPodTemplate"]["spec"]
+    for pod in [*pods, submitter]:
+        for container in pod["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "negrefine-ray-token"
+            assert "value" not in env["RAY_AUTH_TOKEN"]
+    claim = yaml.safe_load((CLUSTER / "kuberay" / "shared-pvc.yaml").read_text())
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for pod in pods:
+        [volume] = pod["volumes"]
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert {"name": volume["name"], "mountPath": "/shared"} in pod["containers"][0]["volumeMounts"]
+    for key in ("run.output_dir=/shared/", "run.cache_dir=/shared/"):
+        assert key in spec["entrypoint"]
 
 
 def test_dockerfile_and_submit_script_agree_with_the_package() -> None:
