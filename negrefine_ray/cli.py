@@ -159,11 +159,15 @@ def doctor(
 
 
 def main() -> None:
+    from negrefine_ray.raysession import close_ray
+
     try:
         app()
     except NegRefineError as exc:  # raised outside a command body, e.g. while importing a stage
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    finally:
+        close_ray()
 
 
 if __name__ == "__main__":

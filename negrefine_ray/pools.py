@@ -97,6 +97,23 @@ def fit_plan(plan: PoolPlan) -> PoolPlan:
     return dataclasses.replace(plan, pool=fit_pool_on_cluster(plan.pool).pool)
 
 
+NODE = "node"  # the batch column an actor writes its Ray node id into (manifests count rows per node)
+
+
+def node_id() -> str:
+    """This process's Ray node id, or "local" outside Ray (the DataLoader path, in-process encoding)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def count_nodes(nodes: np.ndarray, into: dict[str, int] | None) -> None:
+    """Add the rows each node ran (a reassembled NODE column) to `into`, when given."""
+    if into is not None:
+        for node, n in zip(*np.unique(nodes.astype(str), return_counts=True), strict=True):
+            into[str(node)] = into.get(str(node), 0) + int(n)
+
+
 def cluster_gpus() -> float:
     """The connected Ray cluster's GPU count (the `cluster_gpus` of `plan_pool`)."""
     import ray
@@ -121,6 +138,8 @@ class ActorPool:
         return {
             "fn_constructor_kwargs": dict(self.constructor),
             "compute": ray.data.ActorPoolStrategy(size=self.plan.pool.actors),
+            # actors on as many nodes as fit (on one node: no effect); GPUs still place GPU actors
+            "scheduling_strategy": "SPREAD",
             "num_gpus": self.plan.pool.actor_gpus,
             "num_cpus": self.plan.pool.actor_cpus,
             "batch_size": self.batch_size,

@@ -31,3 +31,14 @@ def ensure_ray(cfg: RayConfig, override: str | None = None) -> None:
             num_gpus=None if cfg.num_gpus < 0 else cfg.num_gpus,
             include_dashboard=False,
         )
+
+
+def close_ray() -> None:
+    """Disconnect from Ray, if this process connected, before the interpreter tears down: leaving it
+    to Ray's atexit hook once crashed a job driver on exit (a segfault after every stage had
+    finished) on a multi-node cluster."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -76,6 +76,7 @@ def test_map_batches_arguments_come_from_the_plan() -> None:
     assert kwargs["compute"].min_size == kwargs["compute"].max_size == 3
     assert (kwargs["num_cpus"], kwargs["num_gpus"], kwargs["batch_size"]) == (0.5, 0.25, 64)
     assert kwargs["fn_constructor_kwargs"] == {"device": "cuda"} and kwargs["batch_format"] == "numpy"
+    assert kwargs["scheduling_strategy"] == "SPREAD"  # a pool's actors on as many nodes as fit
 
 
 def batch(rows: list[int], dim: int = 2) -> dict[str, Any]:

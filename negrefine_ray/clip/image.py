@@ -33,7 +33,17 @@ from negrefine_ray.clip.preprocess import (
 from negrefine_ray.config import ImagesConfig, ModelConfig
 from negrefine_ray.core.methods import embedding_name
 from negrefine_ray.errors import StageError
-from negrefine_ray.pools import ROW, ActorPool, PoolPlan, PoolSpec, reassemble, require_columns
+from negrefine_ray.pools import (
+    NODE,
+    ROW,
+    ActorPool,
+    PoolPlan,
+    PoolSpec,
+    count_nodes,
+    node_id,
+    reassemble,
+    require_columns,
+)
 
 DECODE_BATCH = 64  # rows per decode task: ~10 MB of 224x224 crops, small enough to stream
 
@@ -69,6 +79,7 @@ class ImageEmbedder:
         spec = next(iter(self.specs.values()))
         probe = torch.zeros((1, *spec.out_size, 3), dtype=torch.uint8, device=self.device)
         self.dim = int(embed_crops(self.model, probe, spec, self.precision).shape[1])
+        self.node = node_id()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         pixels = [pixels_column(v) for v in self.specs]
@@ -86,6 +97,7 @@ class ImageEmbedder:
                 crops = crops.to(self.device, non_blocking=crops.is_pinned())
                 out[ok] = embed_crops(self.model, crops, spec, self.precision).cpu().numpy()
             rest[embedding_name(variant)] = out
+        rest[NODE] = np.full(len(ok), self.node)
         return rest
 
 
@@ -123,10 +135,11 @@ def embed_rows_ray(
     options: DecodeOptions,
     specs: Mapping[str, CropSpec],
     embedder_cls: type = ImageEmbedder,
+    nodes: dict[str, int] | None = None,
 ) -> dict[str, EmbedResult]:
     """Run `work` (columns row = 0..N-1, root, path, status) through decode tasks (one decode and
     one crop per variant of `specs` per file) and the actor pool of the fitted `plan`; returns each
-    variant's rows in `work`'s order."""
+    variant's rows in `work`'s order. The rows each Ray node's actors embedded are added to `nodes`."""
     import ray
 
     blocks = [work.slice(i, DECODE_BATCH) for i in range(0, work.num_rows, DECODE_BATCH)]
@@ -141,7 +154,8 @@ def embed_rows_ray(
     args = {"model": model, "specs": dict(specs), "device": plan.device}
     pool = ActorPool(embedder_cls, args, plan, batch_size)
     batches = pool.apply(decoded).iter_batches(batch_size=None, batch_format="numpy")
-    columns = reassemble(batches, work.num_rows, _columns(list(specs)), stage="embed-images")
+    columns = reassemble(batches, work.num_rows, [*_columns(list(specs)), NODE], stage="embed-images")
+    count_nodes(columns[NODE], nodes)
     return _results(columns, list(specs))
 
 

@@ -27,7 +27,16 @@ from negrefine_ray.clip.model import (
 from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.core.templates import apply_templates
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.pools import ROW, ActorPool, PoolPlan, reassemble, require_columns
+from negrefine_ray.pools import (
+    NODE,
+    ROW,
+    ActorPool,
+    PoolPlan,
+    count_nodes,
+    node_id,
+    reassemble,
+    require_columns,
+)
 
 Precision = Literal["fp32", "fp16", "bf16"]
 EnsembleMode = Literal["raw-mean", "norm-mean"]
@@ -208,6 +217,7 @@ class TextEmbedder:
         self.tokenizer = get_tokenizer(model.arch)
         self.precision = resolve_precision(self.device, model.precision)
         self.batch_size = text.batch_size
+        self.node = node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, ("text",), "TextEmbedder")
@@ -216,14 +226,21 @@ class TextEmbedder:
             self.model, self.tokenizer, texts,
             batch_size=self.batch_size, device=self.device, precision=self.precision,
         )  # fmt: skip
-        return {**batch, "embedding": embedding}
+        return {**batch, "embedding": embedding, NODE: np.full(len(texts), self.node)}
 
 
 def embed_texts_ray(
-    texts: Sequence[str], model: ModelConfig, text: TextConfig, plan: PoolPlan, *, actor: type = TextEmbedder
+    texts: Sequence[str],
+    model: ModelConfig,
+    text: TextConfig,
+    plan: PoolPlan,
+    *,
+    actor: type = TextEmbedder,
+    nodes: dict[str, int] | None = None,
 ) -> np.ndarray:
     """`encode_texts` on the actor pool of the fitted `plan`, text.batch_size texts a batch; (n, D)
     float32 unnormalised, row i for texts[i] (rows come back in any order and are put back by index).
+    The texts each Ray node encoded are added to `nodes`.
     """
     import ray
 
@@ -236,4 +253,6 @@ def embed_texts_ray(
     blocks = ray.data.from_arrow([table.slice(i, size) for i in range(0, n, size)])
     pool = ActorPool(actor, {"model": model, "text": text, "device": plan.device}, plan, size)
     batches = pool.apply(blocks).iter_batches(batch_size=None, batch_format="numpy")
-    return reassemble(batches, n, ["embedding"], stage="text embedding")["embedding"]
+    out = reassemble(batches, n, ["embedding", NODE], stage="text embedding")
+    count_nodes(out[NODE], nodes)
+    return out["embedding"]

@@ -30,6 +30,7 @@ class TextEncoder:
         self._plan: PoolPlan | None = None
         self._local: tuple[Any, Any] | None = None
         self.encoded = 0  # texts actually run through CLIP (cache misses)
+        self.nodes: dict[str, int] = {}  # texts each Ray node's actors encoded
 
     def _pool_plan(self) -> PoolPlan:
         """The text pool by the one sizing rule; Ray is asked for its GPUs (and started) only when
@@ -68,7 +69,7 @@ class TextEncoder:
         if plan.device == "cpu" and len(texts) < self.config.text.local_below:
             return self._encode_here(texts)
         self.connect()  # a CPU plan may not have connected
-        return embed_texts_ray(texts, self.config.model, self.config.text, fit_plan(plan))
+        return embed_texts_ray(texts, self.config.model, self.config.text, fit_plan(plan), nodes=self.nodes)
 
     def _encode_here(self, texts: Sequence[str]) -> np.ndarray:
         from negrefine_ray.clip.model import create_clip, get_tokenizer

@@ -327,6 +327,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
             elif v not in results[ident]:
                 todo.setdefault(ident, _Todo(li, {})).variants[v] = (base, key)
     embedded_rows: dict[str, int] = {}
+    nodes: dict[str, int] = {}  # rows each Ray node's actors embedded
     if todo:
 
         def embed(work: pa.Table, variants: Sequence[str]) -> dict[str, EmbedResult]:
@@ -334,7 +335,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
             plan = fit_plan(plan)
             return embed_rows_ray(
                 work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options,
-                specs={v: specs[v] for v in variants},
+                specs={v: specs[v] for v in variants}, nodes=nodes,
             )  # fmt: skip
 
         groups: dict[tuple[str, ...], dict[str, _Todo]] = {}
@@ -373,6 +374,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         "seconds": round(seconds, 3),
         "images_per_s": round(n / seconds, 1),
         "actors": plan.describe(),
+        "nodes": nodes,
         "device": plan.device,
         "precision": precision,
         "weights": weights.identity,

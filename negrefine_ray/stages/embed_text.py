@@ -147,6 +147,7 @@ def run_embed_text(ctx: StageContext) -> StageOutput:
         "candidate_adjectives": pos.count("adj"),
         "pool_sizes": {m: p.num_rows for m, p in pools.items()},
         "texts_encoded": encoder.encoded,
+        "nodes": encoder.nodes,  # texts each Ray node encoded (none: in-process or all cached)
         "precision": encoder.precision,
     }
     summary = (
