@@ -150,12 +150,16 @@ def combined_status(results: Sequence[EmbedResult]) -> tuple[np.ndarray, np.ndar
 
 
 def _output_tables(
-    listing: Listing, results: Mapping[str, EmbedResult], variants: Sequence[str]
+    listing: Listing,
+    results: Mapping[str, EmbedResult],
+    variants: Sequence[str],
+    status: np.ndarray,
+    detail: np.ndarray,
 ) -> tuple[pa.Table, pa.Table]:
     """(images rows with one embedding@<variant> column per variant, null for the variants this
-    dataset was not embedded with, failure rows) of one dataset in listing order."""
+    dataset was not embedded with, failure rows) of one dataset in listing order; `status` and
+    `detail` are its rows' combined_status."""
     t = listing.table
-    status, detail = combined_status(list(results.values()))
     ok = status == OK
     dim = next(iter(results.values())).embedding.shape[1]
     empty = np.zeros((t.num_rows, dim), np.float32)
@@ -353,7 +357,8 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     for li, (status, detail) in zip(listings, statuses, strict=True):
         check_failed_fraction(li, status, detail, cfg.images.max_failed_fraction)
     tables = [
-        _output_tables(li, by_variant, list(specs)) for li, by_variant in zip(listings, ordered, strict=True)
+        _output_tables(li, by_variant, list(specs), *st)
+        for li, by_variant, st in zip(listings, ordered, statuses, strict=True)
     ]
     write_parquet(ctx.out_dir / "images.parquet", pa.concat_tables([t[0] for t in tables]))
     write_parquet(ctx.out_dir / "failures.parquet", pa.concat_tables([t[1] for t in tables]))
