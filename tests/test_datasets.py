@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from negrefine_ray.config import DatasetConfig, build_config
-from negrefine_ray.data.datasets import list_dataset, parse_image_list, sample_indices
+from negrefine_ray.data.datasets import list_dataset, parse_image_list, sample_indices, sample_per_class
 from negrefine_ray.data.file_walk import MISSING
 from negrefine_ray.data.presets import PRESETS, resolve_datasets
 from negrefine_ray.errors import NegRefineError
@@ -227,3 +227,17 @@ def test_preset_errors() -> None:
         resolve_datasets(build_config({"images": {"preset": "near"}}))
     with pytest.raises(NegRefineError, match="Did you mean 'imagenet_four'"):
         resolve_datasets(build_config({"images": {"preset": "imagenet_fuor", "data_root": "/d"}}))
+
+
+def test_per_class_sample_keeps_at_most_k_of_each_label_seeded() -> None:
+    """datasets.per_class (InterNeg's 16 prototype images per class): up to k rows of each label, all
+    rows of a smaller class, the same rows for the same seed, other rows for another seed."""
+    labels = [0] * 10 + [1] * 3 + [2] * 7
+    keep = sample_per_class(labels, 4, seed=0, name="train")
+    assert keep.tolist() == sorted(keep.tolist())
+    counts = np.bincount(np.array(labels)[keep], minlength=3)
+    assert counts.tolist() == [4, 3, 4]
+    assert np.array_equal(keep, sample_per_class(labels, 4, seed=0, name="train"))
+    others = [sample_per_class(labels, 4, seed=s, name="train") for s in range(1, 6)]
+    assert any(not np.array_equal(keep, o) for o in others)
+    assert sample_per_class(labels, 0, seed=0, name="train").tolist() == list(range(20))
