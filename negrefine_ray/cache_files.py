@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negrefine_ray.artifacts import atomic_path, embedding_matrix, write_text
+from negrefine_ray.artifacts import embedding_matrix
+from negrefine_ray.storage import Location, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,23 @@ class BadEntry(Exception):
     """A cache entry that failed verification; the message says why."""
 
 
-def checksum_path(path: Path) -> Path:
+def checksum_path(path: Location) -> Location:
     return path.with_name(path.name + ".sha256")
 
 
-def write_entry(path: Path, table: pa.Table) -> None:
-    """Write `table` to `path` (zstd Parquet, atomically), then its checksum sidecar. A crash between
-    the two leaves an entry without a checksum: a miss on the next read, never a wrong hit."""
+def write_entry(path: Location, table: pa.Table) -> None:
+    """Write `table` to `path` (zstd Parquet, atomically: a rename, or one PUT on an object store),
+    then its checksum sidecar. A crash between the two leaves an entry without a checksum: a miss on
+    the next read, never a wrong hit."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     data = sink.getvalue().to_pybytes()
     checksum_path(path).unlink(missing_ok=True)  # the old entry's checksum must not vouch for the new bytes
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    write_text(checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+    write_bytes_atomic(path, data)
+    write_bytes_atomic(checksum_path(path), f"{hashlib.sha256(data).hexdigest()}  {path.name}\n".encode())
 
 
-def read_entry(path: Path, parse: Callable[[pa.Table], T]) -> T | None:
+def read_entry(path: Location, parse: Callable[[pa.Table], T]) -> T | None:
     """`parse(table)` of the entry at `path` when its bytes match its checksum and `parse` accepts it
     (it raises BadEntry otherwise); None when there is no entry or it is bad (then it is deleted with
     a warning)."""
@@ -59,7 +59,7 @@ def read_entry(path: Path, parse: Callable[[pa.Table], T]) -> T | None:
         return None
 
 
-def _verified_table(path: Path) -> pa.Table:
+def _verified_table(path: Location) -> pa.Table:
     try:
         recorded = checksum_path(path).read_text().split()
     except FileNotFoundError:
@@ -80,7 +80,7 @@ def _verified_table(path: Path) -> pa.Table:
         raise BadEntry(f"unreadable Parquet ({type(exc).__name__}: {exc})") from exc
 
 
-def discard(path: Path, reason: str) -> None:
+def discard(path: Location, reason: str) -> None:
     """Log why the entry at `path` is bad and delete it with its checksum."""
     log.warning("Cache entry %s is bad (%s); deleted, it will be recomputed.", path, reason)
     for file in (path, checksum_path(path)):

@@ -60,6 +60,12 @@ def _load_target(target: Path, overrides: list[str] | None) -> JobConfig:
     return load_config(target, overrides or [])
 
 
+def _within(config: JobConfig, name: str = "") -> str:
+    """`name` in the run (its object-store URI, or the local folder), for the closing lines."""
+    base = config.run_location.partition("?")[0]
+    return f"{base}/{name}" if name else base
+
+
 def _fail(exc: NegRefineError) -> NoReturn:
     typer.echo(f"error: {exc}", err=True)
     raise typer.Exit(code=2)
@@ -86,8 +92,8 @@ def run(
         names = ", ".join(f"{s.name} ({s.planned_in})" for s in pending)
         typer.echo(f"not built yet, so not run: {names}")
     if len(set(config.run.seeds)) > 1 and until is None:
-        typer.echo(f"mean ± std over seeds: {config.run_dir / 'report-seeds.md'}")
-    typer.echo(f"results: {config.run_dir}")
+        typer.echo(f"mean ± std over seeds: {_within(config, 'report-seeds.md')}")
+    typer.echo(f"results: {_within(config)}")
 
 
 def _stage_command(name: str, help_text: str) -> None:
@@ -111,7 +117,7 @@ def _stage_command(name: str, help_text: str) -> None:
             )
         except NegRefineError as exc:
             _fail(exc)
-        typer.echo(f"results: {config.run_dir / name}")
+        typer.echo(f"results: {_within(config, name)}")
 
     command.__doc__ = help_text
     app.command(name=name)(command)

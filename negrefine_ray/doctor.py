@@ -25,7 +25,7 @@ def check_wordnet(config: JobConfig) -> Check:
 
     if config.corpus.source != "wordnet":
         return Check("wordnet", True, f"not needed: corpus.source = {config.corpus.source!r}")
-    ok, detail = wordnet_status(config.cache_dir)
+    ok, detail = wordnet_status(config.local_cache_dir)
     fix = (
         "on a machine with internet: python -m nltk.downloader wordnet; offline on Debian/Ubuntu: "
         "apt-get install wordnet-base wordnet-sense-index (negrefine-ray builds nltk's copy from it)"

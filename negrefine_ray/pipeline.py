@@ -15,7 +15,7 @@ from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.preflight import preflight
-from negrefine_ray.runfolder import Stage, StageResult, run_folder_lock, run_stage
+from negrefine_ray.runfolder import Stage, StageResult, remote_run, run_folder_lock, run_stage
 from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
 
@@ -121,10 +121,15 @@ def run_pipeline(
     planned = planned_stages(only, until)
     preflight(config, [s.name for s in planned])
     results: list[StageResult] = []
-    with run_folder_lock(config.run_dir):
+    remote = remote_run(config)
+    with run_folder_lock(config.run_dir, remote, config.run.lease_seconds):
         save_resolved_config(config)
+        if remote is not None:
+            remote.push_file("config.json")
         for stage in planned:
-            result = run_stage(stage, config, force=stage.name in forced, ray_address=ray_address)
+            result = run_stage(
+                stage, config, force=stage.name in forced, ray_address=ray_address, remote=remote
+            )
             results.append(result)
             if on_result is not None:
                 on_result(result)
@@ -168,6 +173,9 @@ def run_job(
         return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
     preflight(config, [s.name for s in planned_stages(until=until)])
     save_resolved_config(config)
+    remote = remote_run(config)
+    if remote is not None:
+        remote.push_file("config.json")
     results: list[StageResult] = []
     for seed in seeds:
         results += run_pipeline(
@@ -175,4 +183,7 @@ def run_job(
         )
     if until is None:
         write_seed_summary(config)
+        if remote is not None:
+            remote.push_file("metrics-seeds.json")
+            remote.push_file("report-seeds.md")
     return results

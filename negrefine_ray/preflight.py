@@ -12,11 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+import uuid
 from collections.abc import Collection
 from pathlib import Path
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.storage import Location, ObjectPath, location
 
 # Stages that load the CLIP model, and those that read the ID labels or the image datasets.
 CLIP_STAGES = frozenset({"embed-text", "embed-images", "score"})
@@ -24,8 +26,20 @@ LABEL_STAGES = frozenset({"corpus", "embed-text"})
 IMAGE_STAGES = frozenset({"embed-images"})
 
 
-def check_writable(folder: Path, key: str) -> None:
-    """Create `folder` if needed and write a probe file in it, or raise naming the key and the fix."""
+def check_writable(folder: Location, key: str) -> None:
+    """Create `folder` if needed and write a probe file in it, or raise naming the key and the fix.
+    An object-store folder gets a probe object, written and deleted."""
+    if isinstance(folder, ObjectPath):
+        probe = folder / f".write-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"{key}: cannot write in {folder}: {exc}; check the URI and the store's credentials "
+                f"(environment variables, never the job file)."
+            ) from exc
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe-"):
@@ -78,5 +92,5 @@ def preflight(config: JobConfig, stages: Collection[str]) -> None:
         raise
     except NegRefineError as exc:  # the same message, classified as a configuration error
         raise ConfigError(str(exc)) from exc
-    check_writable(config.run_dir, "run.output_dir")
+    check_writable(location(config.run_location), "run.output_dir")
     check_writable(config.cache_dir, "run.cache_dir")

@@ -30,6 +30,8 @@ from negrefine_ray import __version__
 from negrefine_ray.artifacts import file_sha256, read_json, stable_hash, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import StageError
+from negrefine_ray.run_mirror import RemoteRun
+from negrefine_ray.storage import ObjectPath, RunLease, is_uri
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -176,9 +178,16 @@ def _swap_in(staging: Path, final: Path) -> None:
 
 
 def run_stage(
-    stage: Stage, config: JobConfig, *, force: bool = False, ray_address: str | None = None
+    stage: Stage,
+    config: JobConfig,
+    *,
+    force: bool = False,
+    ray_address: str | None = None,
+    remote: RemoteRun | None = None,
 ) -> StageResult:
-    """Run `stage` unless its trusted output already exists (or `force`)."""
+    """Run `stage` unless its trusted output already exists (or `force`). With `remote` (an
+    object-store run), the finished stage is committed to the store, and a trusted one the store
+    lacks (its driver died before the upload) is committed now."""
     if stage.fn is None:
         raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
     run_dir = config.run_dir
@@ -187,6 +196,8 @@ def run_stage(
     final = run_dir / stage.name
     if not force and is_trusted(final, expected):
         manifest = read_json(final / MANIFEST)
+        if remote is not None and not remote.has(stage.name):
+            remote.push_stage(stage.name)
         return StageResult(stage.name, "skipped", manifest["summary"], 0.0)
     staging = run_dir / STAGING / f"{stage.name}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
@@ -214,12 +225,41 @@ def run_stage(
     }
     write_json(staging / MANIFEST, manifest)
     _swap_in(staging, final)
+    if remote is not None:
+        remote.push_stage(stage.name)
     return StageResult(stage.name, "ran", output.summary, seconds)
 
 
+def remote_run(config: JobConfig) -> RemoteRun | None:
+    """The object-store run of `config` with its local working copy, or None for a local run."""
+    if not is_uri(config.run.output_dir):
+        return None
+    return RemoteRun(ObjectPath.from_uri(config.run_location), config.run_dir)
+
+
 @contextmanager
-def run_folder_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder and clear staging debris of killed runs."""
+def run_folder_lock(
+    run_dir: Path, remote: RemoteRun | None = None, lease_seconds: float = 60.0
+) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder and clear staging debris of killed runs. With
+    `remote`, also hold the object-store run's lease (storage.RunLease) and pull its committed
+    stages into the working copy `run_dir`."""
+    if remote is None:
+        with _local_lock(run_dir):
+            yield
+        return
+    lease = RunLease(remote.remote, ttl=lease_seconds)
+    with _local_lock(run_dir):
+        lease.acquire()
+        try:
+            remote.pull()
+            yield
+        finally:
+            lease.release()
+
+
+@contextmanager
+def _local_lock(run_dir: Path) -> Iterator[None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = open(run_dir / ".lock", "w")  # noqa: SIM115 (closed by the with below)

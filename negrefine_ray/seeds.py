@@ -27,7 +27,7 @@ def job_seeds(config: JobConfig) -> list[int]:
 def seed_config(config: JobConfig, seed: int) -> JobConfig:
     """The job as run for one seed, in `<run>/seed-<seed>/`."""
     run = dataclasses.replace(
-        config.run, seed=seed, seeds=(), output_dir=str(config.run_dir), name=f"seed-{seed}"
+        config.run, seed=seed, seeds=(), output_dir=config.run_location, name=f"seed-{seed}"
     )
     return dataclasses.replace(config, run=run)
 

@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     labels = [e for pos, p in paths.items() for e in parse_log(p.read_text().splitlines(), pos)]
     cfg = judge_config(args.job, args.judge)
-    cache_dir = load_config(args.job).cache_dir if args.job else args.cache_dir
+    cache_dir = load_config(args.job).local_cache_dir if args.job else args.cache_dir
     judge = make_judge(cfg, seed=0, cache_dir=cache_dir)
     result = agreement(labels, judge)
     print(markdown(result, f"Judge '{cfg.name}' ({cfg.backend}) vs {args.logs}"))

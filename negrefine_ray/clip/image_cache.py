@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +24,7 @@ from negrefine_ray.cache_files import (
     write_entry,
 )
 from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK
+from negrefine_ray.storage import Location, glob, location
 
 _CACHE_VERSION = 2  # 2: entries per base folder, with each file's size and mtime
 
@@ -74,10 +74,10 @@ class ImageEmbeddingCache:
 
     MAX_DONORS = 4  # entries of a base searched for unchanged rows, newest first
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
+    def __init__(self, root: Location | str) -> None:
+        self.root = location(root) if isinstance(root, str) else root
 
-    def path(self, base: str, key: str) -> Path:
+    def path(self, base: str, key: str) -> Location:
         return self.root / base[:32] / f"{key}.parquet"
 
     def get(self, base: str, key: str, paths: Sequence[str]) -> EmbedResult | None:
@@ -94,7 +94,7 @@ class ImageEmbeddingCache:
         the rows found). Files of unknown size or mtime are never taken."""
         n = rows.num_rows
         found = np.zeros(n, dtype=bool)
-        files = [p for p in (self.root / base[:32]).glob("*.parquet") if p.is_file()]
+        files = glob(self.root / base[:32], "*.parquet")
         donors = sorted(files, key=lambda p: (-p.stat().st_mtime_ns, p.name))[: self.MAX_DONORS]
         wanted = {
             ident: i

@@ -7,7 +7,6 @@ fails verification (checksum, columns, non-finite values) is deleted and recompu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +21,7 @@ from negrefine_ray.cache_files import (
     write_entry,
 )
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.storage import Location, location
 
 _CACHE_VERSION = 1
 
@@ -63,10 +63,10 @@ class TextEmbeddingCache:
     Columns: text (string), embedding (fixed_size_list<float32>[D]). Written atomically; never pickled.
     """
 
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root).expanduser()
+    def __init__(self, root: Location | str) -> None:
+        self.root = location(root) if isinstance(root, str) else root
 
-    def path(self, key: str) -> Path:
+    def path(self, key: str) -> Location:
         return self.root / f"{key}.parquet"
 
     def get(self, key: str) -> tuple[list[str], np.ndarray] | None:
@@ -74,7 +74,7 @@ class TextEmbeddingCache:
         (then it is deleted with a warning)."""
         return read_entry(self.path(key), _parse_entry)
 
-    def put(self, key: str, texts: Sequence[str], embeddings: np.ndarray) -> Path:
+    def put(self, key: str, texts: Sequence[str], embeddings: np.ndarray) -> Location:
         """Store (n,) texts with their (n, D) embeddings under `key`; returns the file path."""
         if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
             raise NegRefineError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from negrefine_ray.core.methods import (
     TEST_PREPROCESSING,
 )
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
+from negrefine_ray.storage import Location, is_uri, local_copy_dir, location
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -42,8 +44,15 @@ class RunConfig:
     """Where results go and the run-wide seed."""
 
     name: str = field(default="run", metadata=_NAME)
+    # A local or shared path, or an object-store URI (s3://bucket/prefix, gs://...; storage.py).
     output_dir: str = "runs"
     cache_dir: str = "~/.cache/negrefine-ray"
+    # The driver's local scratch: its working copy of an object-store run folder, and what must be
+    # local files when cache_dir is a URI (WordNet's nltk copy).
+    local_dir: str = "~/.cache/negrefine-ray/local"
+    # An object-store run folder's lock is a lease renewed by its driver; a dead driver's lease
+    # expires after this many seconds (at once when it ran on the same host).
+    lease_seconds: float = field(default=60.0, metadata=_range(5.0))
     seed: int = field(default=0, metadata=_range(0))
     # Several seeds: one run folder per seed, then mean and std over seeds (negrefine_ray.seeds).
     seeds: tuple[int, ...] = ()
@@ -164,6 +173,9 @@ class ImagesConfig:
     num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
     gpus_per_actor: float = field(default=1.0, metadata=_range(0.0, 1.0))
     max_failed_fraction: float = field(default=0.01, metadata=_range(0.0, 1.0))
+    # While a pass runs, its finished rows are kept as partial cache entries at most this often
+    # (seconds; 0: after every batch), so a killed driver or failed pass resumes from them.
+    checkpoint_seconds: float = field(default=30.0, metadata=_range(0.0))
     # Symbolic links inside a dataset root: "follow" (torchvision's ImageFolder and the references
     # follow them wherever they point) or "within-root" (a link resolving outside the root is not read
     # and is recorded as a failure of kind "outside-root").
@@ -301,9 +313,29 @@ class JobConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @property
-    def run_dir(self) -> Path:
-        return Path(self.run.output_dir).expanduser() / self.run.name
+    def run_location(self) -> str:
+        """Where the run lives: the local run folder, or its object-store URI."""
+        if is_uri(self.run.output_dir):
+            base, sep, query = self.run.output_dir.partition("?")
+            return posixpath.join(base, self.run.name) + sep + query
+        return str(Path(self.run.output_dir).expanduser() / self.run.name)
 
     @property
-    def cache_dir(self) -> Path:
-        return Path(self.run.cache_dir).expanduser()
+    def run_dir(self) -> Path:
+        """The run folder the stages read and write: the run itself, or for an object-store run the
+        driver's working copy of it (run_mirror)."""
+        if is_uri(self.run.output_dir):
+            return local_copy_dir(Path(self.run.local_dir).expanduser(), self.run_location)
+        return Path(self.run_location)
+
+    @property
+    def cache_dir(self) -> Location:
+        """The caches' root: a local or shared folder, or an object-store prefix (storage.ObjectPath)."""
+        return location(self.run.cache_dir)
+
+    @property
+    def local_cache_dir(self) -> Path:
+        """What must be local files (WordNet's nltk copy): the cache folder, or with an object-store
+        cache a folder under run.local_dir."""
+        cache = self.cache_dir
+        return cache if isinstance(cache, Path) else Path(self.run.local_dir).expanduser() / "cache"

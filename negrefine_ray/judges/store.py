@@ -6,7 +6,6 @@ Columns: qid, yes (1 yes, 0 no, -1 invalid), p_yes, raw, latency_s."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.cache_files import check_columns, check_no_nulls, check_values, read_entry, write_entry
 from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges.base import Answer
+from negrefine_ray.storage import Location, glob
 
 ANSWER_SCHEMA = pa.schema(
     [("qid", pa.string()), ("yes", pa.int8()), ("p_yes", pa.float64()), ("raw", pa.string()),
@@ -24,7 +24,7 @@ YES_CODE: Mapping[bool | None, int] = {True: 1, False: 0, None: -1}
 YES_FROM_CODE: Mapping[int, bool] = {1: True, 0: False}  # any other code: invalid (None)
 
 
-def answer_store_root(cache_dir: Path, identity: dict[str, Any], prompts: PromptSet) -> Path:
+def answer_store_root(cache_dir: Location, identity: dict[str, Any], prompts: PromptSet) -> Location:
     """The store's folder under `cache_dir`, keyed by the judge's identity and the prompts."""
     key = stable_hash({"judge": identity, "prompts": [prompts.system, prompts.proper, prompts.subcategory]})
     return cache_dir / "answers" / key[:32]
@@ -35,11 +35,11 @@ class AnswerStore:
     a time; a shard is either complete or absent, so a crash loses at most the chunk in flight. A
     shard that fails verification (cache_files) is deleted and its questions count as unanswered."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Location) -> None:
         self.root = root
         self.answers: dict[str, Answer] = {}
         self._next = 0  # above every shard number seen, deleted ones included
-        for part in sorted(root.glob("part-*.parquet")):
+        for part in glob(root, "part-*.parquet"):
             self._next = max(self._next, _shard_number(part) + 1)
             for row in read_entry(part, _parse_shard) or []:
                 yes = YES_FROM_CODE.get(row["yes"])
@@ -68,13 +68,13 @@ class AnswerStore:
             schema=ANSWER_SCHEMA,
         )
         # Past every shard on disk (another store may share the folder) and every one ever seen here.
-        self._next = max([self._next, *(_shard_number(p) + 1 for p in self.root.glob("part-*.parquet"))])
+        self._next = max([self._next, *(_shard_number(p) + 1 for p in glob(self.root, "part-*.parquet"))])
         write_entry(self.root / f"part-{self._next:06d}.parquet", table)
         self._next += 1
         self.answers.update({a.qid: a for a in answers})
 
 
-def _shard_number(part: Path) -> int:
+def _shard_number(part: Location) -> int:
     digits = part.stem.removeprefix("part-")
     return int(digits) if digits.isdigit() else -1
 

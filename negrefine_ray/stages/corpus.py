@@ -65,7 +65,7 @@ def load_entries(config: JobConfig) -> tuple[pa.Table, str]:
     if config.corpus.source == "wordnet":
         from negrefine_ray.data.wordnet import load_wordnet
 
-        wn = load_wordnet(config.cache_dir)
+        wn = load_wordnet(config.local_cache_dir)
         return wordnet_entries(wn, wanted, config.corpus.rule), wn.source
     folder = Path(config.corpus.source).expanduser()
     entries = read_wordlist_folder(folder)

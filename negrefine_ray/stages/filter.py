@@ -218,7 +218,7 @@ def run_filter(ctx: StageContext) -> StageOutput:
     artifacts: list[str] = []
     runs: dict[str, JudgeRun] = {}
     for cfg in judge_configs(config):
-        judge = make_judge(cfg, seed=config.run.seed, cache_dir=config.cache_dir)
+        judge = make_judge(cfg, seed=config.run.seed, cache_dir=config.local_cache_dir)
         if backend_spec(cfg.backend).on_ray:
             ctx.ray()
         store = AnswerStore(answer_store_root(config.cache_dir, judge.identity(), prompts))

@@ -1,0 +1,290 @@
+"""Run folders and caches on object stores (s3://, gs://, any URI pyarrow.fs opens) or shared paths.
+
+`location(text)` is a local `Path` for a path and an `ObjectPath` for a URI. `ObjectPath` has the few
+pathlib methods the caches use, so the image-, text- and answer caches work on either unchanged.
+
+Object stores have no rename, so nothing here relies on one:
+- every object is written by one PUT (or one completed multipart upload), which makes it visible
+  whole or not at all; a writer killed mid-upload leaves no object;
+- a cache entry's sha256 sidecar is written after the entry, so an entry without a matching sidecar
+  is a miss, never a wrong hit (cache_files);
+- a stage's manifest is written after all its artifacts and lists each one's size and sha256, so it
+  is the commit record: a stage without a manifest, or whose artifacts do not match it, is redone
+  (runfolder, RemoteRun);
+- the run-folder lock is a lease object (RunLease), since there is no exclusive create either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from negrefine_ray.errors import ConfigError, StageError
+
+
+def is_uri(text: str) -> bool:
+    """True for "scheme://..." locations other than file://."""
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and scheme.isidentifier() and scheme != "file"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    st_size: int
+    st_mtime_ns: int
+
+
+class ObjectPath:
+    """A file or folder on a pyarrow.fs file system, addressed like a pathlib.Path."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str, uri: str) -> None:
+        self.fs, self.path, self.uri = fs, path.rstrip("/"), uri.rstrip("/")
+
+    @classmethod
+    def from_uri(cls, uri: str) -> ObjectPath:
+        try:
+            fs, path = pafs.FileSystem.from_uri(uri)
+        except (ValueError, OSError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise ConfigError(
+                f"Cannot open {uri!r} ({exc}); use a local path or a URI pyarrow supports."
+            ) from exc
+        base, _, query = uri.partition("?")
+        return cls(fs, path, base + ("?" + query if query else ""))
+
+    # -- naming -------------------------------------------------------------------------------------
+    def __truediv__(self, part: str) -> ObjectPath:
+        base, sep, query = self.uri.partition("?")
+        return ObjectPath(self.fs, posixpath.join(self.path, part), posixpath.join(base, part) + sep + query)
+
+    def __str__(self) -> str:
+        return self.uri.partition("?")[0]
+
+    def __repr__(self) -> str:
+        return f"ObjectPath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectPath) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0]
+
+    @property
+    def suffix(self) -> str:
+        return posixpath.splitext(self.name)[1]
+
+    @property
+    def parent(self) -> ObjectPath:
+        base, sep, query = self.uri.partition("?")
+        return ObjectPath(self.fs, posixpath.dirname(self.path), posixpath.dirname(base) + sep + query)
+
+    def with_name(self, name: str) -> ObjectPath:
+        return self.parent / name
+
+    # -- queries ------------------------------------------------------------------------------------
+    def _info(self) -> pafs.FileInfo:
+        return self.fs.get_file_info(self.path)
+
+    def is_file(self) -> bool:
+        return bool(self._info().type == pafs.FileType.File)
+
+    def is_dir(self) -> bool:
+        return bool(self._info().type == pafs.FileType.Directory)
+
+    def exists(self) -> bool:
+        return bool(self._info().type != pafs.FileType.NotFound)
+
+    def stat(self) -> FileStat:
+        info = self._info()
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(str(self))
+        return FileStat(int(info.size or 0), int(info.mtime_ns or 0))
+
+    def iterdir(self) -> Iterator[ObjectPath]:
+        selector = pafs.FileSelector(self.path, allow_not_found=True)
+        for info in sorted(self.fs.get_file_info(selector), key=lambda i: i.path):
+            yield self / info.base_name
+
+    def glob(self, pattern: str) -> Iterator[ObjectPath]:
+        """Children (one level) whose names match `pattern`, in name order."""
+        return (p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern))
+
+    # -- reads and writes ---------------------------------------------------------------------------
+    def read_bytes(self) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path) as stream:
+                return bytes(stream.read())
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if not self.exists():
+                raise FileNotFoundError(str(self)) from exc
+            raise
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def write_bytes(self, data: bytes) -> None:
+        """One PUT: the object appears whole, or (writer killed) not at all."""
+        with self.fs.open_output_stream(self.path) as stream:
+            stream.write(data)
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        try:
+            self.fs.delete_file(self.path)
+        except (FileNotFoundError, OSError):
+            if not missing_ok and not self.exists():
+                raise FileNotFoundError(str(self)) from None
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
+        """Object stores have no folders to make: a prefix exists once an object is under it."""
+
+    def rmtree(self) -> None:
+        self.fs.delete_dir_contents(self.path, missing_dir_ok=True)
+
+
+Location = Path | ObjectPath
+
+
+def location(text: str) -> Location:
+    """A local Path (user folder expanded) for a path, an ObjectPath for a URI."""
+    return ObjectPath.from_uri(text) if is_uri(text) else Path(text).expanduser()
+
+
+def glob(folder: Location, pattern: str) -> list[Location]:
+    """The files directly in `folder` whose names match `pattern`, in name order."""
+    found: list[Location] = [p for p in folder.glob(pattern) if p.is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def write_bytes_atomic(target: Location, data: bytes) -> None:
+    """Write `data` to `target` so that readers see the old content or the new, never a part: a
+    rename on local file systems, one PUT on object stores."""
+    if isinstance(target, ObjectPath):
+        target.write_bytes(data)
+        return
+    from negrefine_ray.artifacts import atomic_path
+
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def local_copy_dir(local_root: Path, uri: str) -> Path:
+    """The driver's working copy of the object-store folder `uri` under `local_root`."""
+    from negrefine_ray.artifacts import stable_hash
+
+    return local_root / "runs" / stable_hash(uri)[:16] / posixpath.basename(uri.partition("?")[0].rstrip("/"))
+
+
+class RunLease:
+    """The run-folder lock on an object store: a lease object `<run>/.lease.json` holding its owner,
+    host, process and a heartbeat renewed every `ttl / 4` seconds by a thread.
+
+    Acquire: a lease whose heartbeat is younger than `ttl`, or whose owner is a live process on this
+    host, refuses the run; otherwise write our lease, wait `settle` seconds and read it back: if
+    another driver's lease replaced ours (two drivers raced past the first read), we back off. Object
+    stores with read-after-write consistency (S3 since 2020, GCS) make this exclusive as long as a
+    PUT completes within `settle`. A driver killed without releasing leaves a lease that expires
+    after `ttl`; one killed on this host is recognised at once (its process is gone).
+    """
+
+    def __init__(self, run: ObjectPath, ttl: float = 60.0, settle: float = 1.0) -> None:
+        self.path, self.ttl, self.settle = run / ".lease.json", ttl, settle
+        self.owner = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self) -> dict[str, Any]:
+        return {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "heartbeat": time.time(),
+        }
+
+    def _read(self) -> dict[str, Any] | None:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # a torn or foreign file holds no lease
+        return data if isinstance(data, dict) else None
+
+    def _held_by_other(self, lease: dict[str, Any] | None) -> str | None:
+        if lease is None or lease.get("owner") == self.owner:
+            return None
+        age = time.time() - float(lease.get("heartbeat", 0))
+        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
+            return None
+        if age >= self.ttl:
+            return None
+        return (
+            f"process {lease.get('pid')} on {lease.get('host')}, heartbeat {age:.0f} s ago "
+            f"(the lease expires {self.ttl - age:.0f} s from now if that process is gone)"
+        )
+
+    def acquire(self) -> None:
+        import json
+
+        holder = self._held_by_other(self._read())
+        if holder is None:
+            self.path.write_text(json.dumps(self._record()))
+            time.sleep(self.settle)
+            holder = self._held_by_other(self._read())
+        if holder is not None:
+            raise StageError(
+                f"Run folder {self.path.parent} is in use by another negrefine-ray driver ({holder}); "
+                f"wait for it to finish or set run.name to another folder."
+            )
+        self._thread = threading.Thread(target=self._renew, name="negrefine-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        import json
+
+        while not self._stop.wait(self.ttl / 4):
+            self.path.write_text(json.dumps(self._record()))
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        lease = self._read()
+        if lease is not None and lease.get("owner") == self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,223 @@
+"""Run folders and caches on an object store, against a real S3-compatible server (moto's server
+mode, tests/s3_server.py): object paths, verified cache entries, the run lease, committing and
+pulling stages, and a whole job with its run folder and caches on the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from s3_server import S3Server, s3_server
+
+from negrefine_ray.artifacts import write_json, write_parquet
+from negrefine_ray.cache_files import checksum_path, read_entry, write_entry
+from negrefine_ray.clip.text_cache import TextEmbeddingCache
+from negrefine_ray.errors import StageError
+from negrefine_ray.run_mirror import RemoteRun
+from negrefine_ray.runfolder import _describe_artifact
+from negrefine_ray.storage import ObjectPath, RunLease, is_uri, location, write_bytes_atomic
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        server.make_bucket("negrefine")
+        yield server
+
+
+@pytest.fixture
+def prefix(s3: S3Server) -> ObjectPath:
+    """A fresh prefix in the bucket for each test."""
+    return ObjectPath.from_uri(s3.uri("negrefine", uuid.uuid4().hex[:8]))
+
+
+def test_locations_are_paths_or_object_paths() -> None:
+    assert is_uri("s3://b/x") and is_uri("gs://b") and not is_uri("runs") and not is_uri("file:///tmp")
+    assert location("~/x") == Path.home() / "x"
+
+
+def test_object_paths_read_write_list_and_delete(prefix: ObjectPath) -> None:
+    a = prefix / "d" / "part-000001.parquet"
+    assert not a.is_file() and not a.exists()
+    write_bytes_atomic(a, b"one")
+    (prefix / "d" / "part-000000.parquet").write_text("zero")
+    (prefix / "d" / "other.txt").write_text("x")
+    assert a.read_bytes() == b"one" and a.stat().st_size == 3 and a.stat().st_mtime_ns > 0
+    assert [p.name for p in (prefix / "d").glob("part-*.parquet")] == [
+        "part-000000.parquet",
+        "part-000001.parquet",
+    ]
+    assert a.stem == "part-000001" and a.parent == prefix / "d" and str(a).startswith("s3://negrefine/")
+    assert "endpoint_override" not in str(a)  # printed locations carry no connection options
+    with pytest.raises(FileNotFoundError):
+        (prefix / "missing").read_bytes()
+    a.unlink()
+    a.unlink(missing_ok=True)
+    assert not a.exists()
+    (prefix / "d").rmtree()
+    assert list((prefix / "d").iterdir()) == []
+
+
+def test_cache_entries_on_the_store_are_verified(prefix: ObjectPath) -> None:
+    cache = TextEmbeddingCache(prefix / "text-features")
+    emb = np.arange(6, dtype=np.float32).reshape(3, 2)
+    cache.put("k1", ["a", "b", "c"], emb)
+    texts, got = cache.get("k1")  # type: ignore[misc]
+    assert texts == ["a", "b", "c"] and np.array_equal(got, emb)
+    # a corrupted entry is a miss, and is deleted with its checksum
+    path = cache.path("k1")
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    assert cache.get("k1") is None
+    assert not path.exists() and not checksum_path(path).exists()
+    # an entry without its checksum (writer killed between the two PUTs) is a miss, never a hit
+    entry = prefix / "e.parquet"
+    write_entry(entry, pa.table({"x": [1]}))
+    checksum_path(entry).unlink()
+    assert read_entry(entry, lambda t: t) is None
+
+
+def _lease(prefix: ObjectPath, **record: object) -> None:
+    (prefix / ".lease.json").write_text(json.dumps(record))
+
+
+def test_the_run_lease_is_exclusive_and_expires(prefix: ObjectPath) -> None:
+    first = RunLease(prefix, ttl=30, settle=0.1)
+    first.acquire()
+    try:
+        with pytest.raises(StageError, match="in use by another negrefine-ray driver"):
+            RunLease(prefix, ttl=30, settle=0.1).acquire()
+    finally:
+        first.release()
+    assert not (prefix / ".lease.json").exists()
+    # a lease of a live process elsewhere holds until its heartbeat is older than the ttl
+    import time
+
+    _lease(prefix, owner="x", host="elsewhere", pid=1, heartbeat=time.time())
+    with pytest.raises(StageError, match="expires"):
+        RunLease(prefix, ttl=30, settle=0.1).acquire()
+    _lease(prefix, owner="x", host="elsewhere", pid=1, heartbeat=time.time() - 31)
+    taken = RunLease(prefix, ttl=30, settle=0.1)
+    taken.acquire()
+    taken.release()
+    # a lease of a dead process on this host is stale at once
+    dead = 2**22 + 12345
+    while True:
+        try:
+            os.kill(dead, 0)
+            dead += 1
+        except ProcessLookupError:
+            break
+    _lease(prefix, owner="x", host=socket.gethostname(), pid=dead, heartbeat=time.time())
+    again = RunLease(prefix, ttl=30, settle=0.1)
+    again.acquire()
+    again.release()
+
+
+def _stage_folder(root: Path, name: str, value: int) -> None:
+    write_parquet(root / name / "table.parquet", pa.table({"v": [value]}))
+    write_json(root / name / "sub" / "info.json", {"v": value})
+    artifacts = {a: _describe_artifact(root / name / a) for a in ("table.parquet", "sub/info.json")}
+    write_json(root / name / "manifest.json", {"stage": name, "hash": str(value), "artifacts": artifacts})
+
+
+def test_committed_stages_are_pulled_into_a_fresh_working_copy(prefix: ObjectPath, tmp_path: Path) -> None:
+    first = RemoteRun(prefix, tmp_path / "a")
+    _stage_folder(first.local, "corpus", 1)
+    first.push_stage("corpus")
+    assert first.has("corpus")
+    _stage_folder(first.local, "mine", 2)  # finished locally, never committed
+    second = RemoteRun(prefix, tmp_path / "b")
+    assert second.pull() == ["corpus"]
+    assert (second.local / "corpus" / "sub" / "info.json").read_text() == (
+        first.local / "corpus" / "sub" / "info.json"
+    ).read_text()
+    assert not (second.local / "mine").exists()
+    assert second.pull() == []  # the same manifest is not pulled twice
+    # a recommit replaces the old objects: nothing of the old attempt is left beside the new one
+    (prefix / "corpus" / "stray.bin").write_bytes(b"old")
+    _stage_folder(first.local, "corpus", 3)
+    first.push_stage("corpus")
+    assert sorted(p.name for p in (prefix / "corpus").iterdir()) == ["manifest.json", "sub", "table.parquet"]
+    assert second.pull() == ["corpus"]
+    assert json.loads((second.local / "corpus" / "sub" / "info.json").read_text()) == {"v": 3}
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_smoke_job_on_the_store_survives_a_killed_driver(s3: S3Server, tmp_path: Path) -> None:
+    """The smoke job with its run folder and caches on the S3 server, its driver killed (SIGKILL, by
+    PID) once the filter stage is committed; a second driver with an empty working copy resumes from
+    the store: the committed stages are skipped and the results equal the golden smoke results.
+    The driver connects to a one-worker cluster this test starts and stops by its folder, so killing
+    the driver leaves no Ray process behind."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import smoke_fingerprint
+
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(Path(sys.executable).parent / "ray"),
+           "PYTHON_BIN": sys.executable}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    cli = [sys.executable, "-m", "negrefine_ray"]
+    images = tmp_path / "images"
+    subprocess.run([*cli, "demo-images", str(images)], check=True, capture_output=True, timeout=300)
+    run_uri, cache_uri = s3.uri("negrefine", "job/runs"), s3.uri("negrefine", "job/cache")
+    cluster = Path(tempfile.mkdtemp(prefix="nrs.", dir="/tmp"))
+
+    def sets(local: str) -> list[str]:
+        pairs = {
+            "run.output_dir": run_uri, "run.cache_dir": cache_uri, "run.local_dir": tmp_path / local,
+            "corpus.max_words_per_lexname": 40, "datasets.demo-id.root": images / "id",
+            "datasets.demo-ood.root": images / "ood", "datasets.demo-prototype.root": images / "prototype",
+        }  # fmt: skip
+        return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
+
+    run = ObjectPath.from_uri(run_uri) / "smoke"
+    try:
+        subprocess.run(["bash", "cluster/local_cluster.sh", "start", str(cluster), "1", "2"],
+                       cwd=REPO, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
+        gcs = dict(line.split("=", 1) for line in (cluster / "cluster.env").read_text().splitlines())["GCS"]
+        job = [*cli, "run", "jobs/smoke.toml", "--address", gcs]
+        first = subprocess.Popen([*job, *sets("local-1")], cwd=REPO, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.monotonic() + 900
+        while not (run / "filter" / "manifest.json").is_file():
+            assert first.poll() is None, first.stdout.read() if first.stdout else ""
+            assert time.monotonic() < deadline, "the filter stage was not committed in time"
+            time.sleep(0.5)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        assert not (run / "report" / "manifest.json").exists()
+        second = subprocess.run([*job, *sets("local-2")], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=1200)  # fmt: skip
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    finally:
+        subprocess.run(
+            ["bash", "cluster/local_cluster.sh", "stop", str(cluster)], cwd=REPO, env=env, timeout=300
+        )
+    skipped = [line.split(":")[0] for line in second.stdout.splitlines() if "up to date, skipped" in line]
+    assert skipped == ["corpus", "embed-text", "mine", "filter"], second.stdout
+    assert f"results: {run}" in second.stdout
+    # the store holds the whole run: a third working copy pulled from it has the golden results
+    pulled = RemoteRun(run, tmp_path / "pulled" / "smoke")
+    assert set(pulled.pull()) == {"corpus", "embed-text", "mine", "filter", "embed-images", "score", "report"}
+    assert smoke_fingerprint.check(pulled.local) == []
+    assert (run / "config.json").is_file() and not (run / ".lease.json").exists()
+    cache = ObjectPath.from_uri(cache_uri)
+    assert {p.name for p in cache.iterdir()} >= {"text-features", "image-embeddings", "answers"}
+    # the drivers' local disks hold working copies and WordNet's files, never a cache entry
+    cache_folders = {"text-features", "image-embeddings", "answers"}
+    assert not [p for p in (tmp_path / "local-2").rglob("*") if cache_folders & set(p.parts)]
