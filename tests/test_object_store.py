@@ -221,3 +221,35 @@ def test_smoke_job_on_the_store_survives_a_killed_driver(s3: S3Server, tmp_path:
     # the drivers' local disks hold working copies and WordNet's files, never a cache entry
     cache_folders = {"text-features", "image-embeddings", "answers"}
     assert not [p for p in (tmp_path / "local-2").rglob("*") if cache_folders & set(p.parts)]
+
+
+def test_datasets_on_the_store_list_and_read_like_local_folders(s3: S3Server, tmp_path: Path) -> None:
+    """Image bytes come from the store: an ImageFolder uploaded to the server lists like the local
+    folder and every file decodes to the same pixels; a listed file gone from the store is "missing"."""
+    from PIL import Image
+
+    from negrefine_ray.clip.preprocess import CropSpec, DecodeOptions, read_and_decode
+    from negrefine_ray.config import DatasetConfig
+    from negrefine_ray.data.datasets import list_dataset
+
+    local = tmp_path / "folder"
+    remote = ObjectPath.from_uri(s3.uri("negrefine", f"data-{uuid.uuid4().hex[:8]}"))
+    for i, rel in enumerate(["b/one.jpg", "a/two.png", "a/sub/three.jpg"]):
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (40 + i, 30), (60 * i, 90, 200)).save(local / rel)
+        (remote / rel).write_bytes((local / rel).read_bytes())
+
+    def listing(root: str) -> list[tuple[str, int, int]]:
+        table = list_dataset(DatasetConfig(name="d", role="id", root=root, format="imagefolder")).table
+        return list(zip(*(table.column(c).to_pylist() for c in ("path", "label", "size")), strict=True))
+
+    remote_uri = s3.uri("negrefine", remote.path.split("/", 1)[1])
+    assert listing(remote_uri) == listing(str(local))
+    spec = CropSpec(resize=(24,), crop=(24, 24), interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
+    options = DecodeOptions()
+    for path, _, _ in listing(str(local)):
+        (want, *_), status, _ = read_and_decode(str(local), path, [spec], options)
+        (got, *_), status_remote, _ = read_and_decode(remote_uri, path, [spec], options)
+        assert status == status_remote == "ok" and np.array_equal(got, want)
+    (remote / "b" / "one.jpg").unlink()
+    assert read_and_decode(remote_uri, "b/one.jpg", [spec], options)[1] == "missing"
