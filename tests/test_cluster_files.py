@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -27,38 +28,67 @@ def test_every_yaml_parses() -> None:
         assert yaml.safe_load(path.read_text()), path
 
 
+def _kuberay() -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each KubeRay manifest's RayCluster spec and the pod specs of its submitter (RayJob only)."""
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    assert cluster["kind"] == "RayCluster"
+    return {
+        "rayjob": (job["rayClusterSpec"], [job["submitterPodTemplate"]["spec"]]),
+        "raycluster": (cluster["spec"], []),
+    }
+
+
 def test_kuberay_pins_the_installed_ray_and_a_real_job() -> None:
     spec = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]
-    assert spec["rayClusterSpec"]["rayVersion"] == ray.__version__
     module, job = re.match(r"python -m (\S+) run (\S+)", spec["entrypoint"]).groups()  # type: ignore[union-attr]
     assert importlib.util.find_spec(module) is not None
     assert (REPO / job).is_file()
-    head = spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
-    assert all(isinstance(v, str) for v in head.values())  # KubeRay wants strings
+    for cluster, _ in _kuberay().values():
+        assert cluster["rayVersion"] == ray.__version__
+        head = cluster["headGroupSpec"]["rayStartParams"]
+        assert head["num-cpus"] == "0"  # the head runs no work
+        assert all(isinstance(v, str) for v in head.values())  # KubeRay wants strings
+        [gpu] = cluster["workerGroupSpecs"]
+        assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] >= 1
 
 
 def test_kuberay_keeps_token_auth_and_shared_storage_on_every_pod() -> None:
     """Every Ray container and the submitter read the token from the Secret (never a literal); the
-    head and every worker mount the shared claim, where the job writes its run folder and caches."""
-    spec = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]
-    cluster = spec["rayClusterSpec"]
-    pods = [cluster["headGroupSpec"]["template"]["spec"]]
-    pods += [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
-    submitter = spec["submitterPodTemplate"]["spec"]
-    for pod in [*pods, submitter]:
-        for container in pod["containers"]:
-            env = {e["name"]: e for e in container["env"]}
-            assert env["RAY_AUTH_MODE"]["value"] == "token"
-            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "negrefine-ray-token"
-            assert "value" not in env["RAY_AUTH_TOKEN"]
+    head and every worker mount the shared claim, where the job writes its run folder and caches and
+    the model downloads go."""
     claim = yaml.safe_load((CLUSTER / "kuberay" / "shared-pvc.yaml").read_text())
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    for pod in pods:
-        [volume] = pod["volumes"]
-        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
-        assert {"name": volume["name"], "mountPath": "/shared"} in pod["containers"][0]["volumeMounts"]
+    for name, (cluster, submitters) in _kuberay().items():
+        pods = [cluster["headGroupSpec"]["template"]["spec"]]
+        pods += [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+        for pod in [*pods, *submitters]:
+            for container in pod["containers"]:
+                env = {e["name"]: e for e in container["env"]}
+                assert env["RAY_AUTH_MODE"]["value"] == "token", name
+                assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "negrefine-ray-token"
+                assert "value" not in env["RAY_AUTH_TOKEN"]
+        for pod in pods:
+            [volume] = pod["volumes"]
+            assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+            [container] = pod["containers"]
+            assert {"name": volume["name"], "mountPath": "/shared"} in container["volumeMounts"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["HF_HOME"].startswith("/shared/") and env["XDG_CACHE_HOME"].startswith("/shared/")
+    entrypoint = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())["spec"]["entrypoint"]
     for key in ("run.output_dir=/shared/", "run.cache_dir=/shared/"):
-        assert key in spec["entrypoint"]
+        assert key in entrypoint
+
+
+def test_launcher_has_gpu_workers_token_auth_and_a_loopback_dashboard() -> None:
+    config = yaml.safe_load((CLUSTER / "launcher" / "aws.yaml").read_text())
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    assert any(t["node_config"]["InstanceType"].startswith(("g", "p")) for t in types.values())
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head and "--num-cpus=0" in head
+    assert all("RAY_AUTH_MODE=token" in c for c in config["worker_start_ray_commands"] if "ray start" in c)
+    assert config["file_mounts"] == {"/home/ray/.ray/auth_token": "~/.ray/negrefine-ray-token"}
 
 
 def test_dockerfile_and_submit_script_agree_with_the_package() -> None:
