@@ -6,6 +6,7 @@ the results are. User-fixable errors print one message and exit with status 2.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -164,9 +165,21 @@ def doctor(
         raise typer.Exit(code=1)
 
 
+def _setup_logging() -> None:
+    """The package's log lines (progress without a terminal, warnings) on stderr with the time;
+    the library's own loggers (Ray, transformers) keep their settings."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    logger = logging.getLogger("negrefine_ray")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
     from negrefine_ray.raysession import close_ray
 
+    _setup_logging()
     try:
         app()
     except NegRefineError as exc:  # raised outside a command body, e.g. while importing a stage

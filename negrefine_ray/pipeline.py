@@ -16,13 +16,19 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.preflight import preflight
 from negrefine_ray.runfolder import Stage, StageResult, remote_run, run_folder_lock, run_stage
-from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
+from negrefine_ray.stages import corpus, embed_images, embed_text, filter_scope, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
 
 
 def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
     """Settings = the named config sections, whole."""
     return lambda cfg: {n: dataclasses.asdict(getattr(cfg, n)) for n in names}
+
+
+def _filter_settings(cfg: JobConfig) -> dict[str, Any]:
+    """The judges' settings, plus under filter.scope = "corpus" what the pools re-mined for
+    mining.filtered_by depend on (their selections read embed-text's candidates, hence its need)."""
+    return {**filter_stage.filter_settings(cfg), **filter_scope.reselection_settings(cfg)}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -52,10 +58,10 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "filter",
-        "NegFilter: LLM filtering of NegRefine's negative labels",
-        ("mine",),
+        "NegFilter: LLM filtering of NegRefine's negative labels (or of every candidate)",
+        ("embed-text", "mine"),
         1,
-        filter_stage.filter_settings,
+        _filter_settings,
         filter_stage.run_filter,
     ),
     Stage(

@@ -131,6 +131,7 @@ class ActorPool:
     constructor: Mapping[str, Any]
     plan: PoolPlan
     batch_size: int
+    resources: Mapping[str, float] = dataclasses.field(default_factory=dict)  # custom, per actor
 
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray
@@ -143,6 +144,7 @@ class ActorPool:
             "num_gpus": self.plan.pool.actor_gpus,
             "num_cpus": self.plan.pool.actor_cpus,
             "batch_size": self.batch_size,
+            **({"resources": dict(self.resources)} if self.resources else {}),
             "batch_format": "numpy",
             "udf_modifying_row_count": False,  # every actor maps rows 1:1
         }

@@ -35,7 +35,8 @@ from negrefine_ray.judges.llm import LLMJudge, chat
 from negrefine_ray.judges.pool import JudgeActor, _answers, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.wordnet import WordNetJudge
-from negrefine_ray.stages.filter import in_process_asker, run_judge
+from negrefine_ray.stages.filter import run_judge
+from negrefine_ray.stages.judging import in_process_asker
 
 pytest_plugins = ("conftest_wordnet",)
 
@@ -139,7 +140,12 @@ def test_judge_actor_answers_a_batch_with_the_fake_backend() -> None:
         "rank": np.array([q.rank for q in QUESTIONS]),
     }
     out = actor(batch)
-    assert set(out) == {"qid", "yes", "p_yes", "raw", "latency_s"} and out["yes"].dtype == np.int8
+    assert set(out) == {"qid", "yes", "p_yes", "raw", "latency_s", "prompt_tokens", "generated_tokens"}
+    assert out["yes"].dtype == np.int8
+    # the batch's tokens (the fake backend counts words) on its first row, so sums stay exact
+    words = sum(len(m["content"].split()) for q in QUESTIONS for m in chat(q, PROMPTS))
+    assert out["prompt_tokens"].tolist() == [words] + [0] * (len(QUESTIONS) - 1)
+    assert out["generated_tokens"].sum() == 0  # logprob mode generates nothing
     local = make_judge(FAKE, seed=0, cache_dir=Path(".")).answer(QUESTIONS, PROMPTS)
     assert [(a.qid, a.yes, a.p_yes) for a in _answers(out)] == [(a.qid, a.yes, a.p_yes) for a in local]
 

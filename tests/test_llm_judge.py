@@ -16,7 +16,7 @@ import pytest
 from negrefine_ray.config import JudgeConfig
 from negrefine_ray.core.negfilter import PROMPT_SETS, proper_question, subcategory_questions
 from negrefine_ray.judges.base import parse_yes_no
-from negrefine_ray.judges.llm import answer_with, chat, common_prefix_length, p_yes
+from negrefine_ray.judges.llm import answer_with, chat, common_prefix_length, llm_identity, p_yes
 from negrefine_ray.judges.pool import JudgeActor, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.transformers import TransformersBackend
@@ -127,3 +127,17 @@ def test_actor_pool_survives_an_engine_crash(
     local = {a.qid: a.p_yes for a in answer_with(backend, QUESTIONS, PROMPTS, SMOL, seed=0)}
     for qid, answer in store.answers.items():
         assert answer.p_yes == pytest.approx(local[qid], abs=1e-5)
+
+
+def test_the_system_prompt_can_go_into_the_user_turn() -> None:
+    """For chat templates without a system role (gemma-2): one user turn, the system prompt first;
+    the judge's identity (its answer store) changes only when this is not the default."""
+    q = QUESTIONS[0]
+    merged = chat(q, PROMPTS, "in-user-turn")
+    assert merged == [{"role": "user", "content": f"{PROMPTS.system}\n\n{q.user_prompt(PROMPTS)}"}]
+    assert [m["role"] for m in chat(q, PROMPTS)] == ["system", "user"]
+    assert "system_prompt" not in llm_identity(SMOL, 0)
+    assert (
+        llm_identity(dataclasses.replace(SMOL, system_prompt="in-user-turn"), 0)["system_prompt"]
+        == "in-user-turn"
+    )

@@ -81,11 +81,14 @@ def test_every_entry_is_consistent(name: str) -> None:
     assert callable(getattr(score_stage._Scorer, f"score_{m.scorer}"))
     keys = [r.key for r in m.rows]
     assert len(set(keys)) == len(keys) and all(k.startswith(name) for k in keys)
-    assert len({(r.judge, r.s_mm, r.visual) for r in m.rows}) == len(m.rows)  # Method.row finds one
+    assert len({(r.judge, r.s_mm, r.visual, r.pool) for r in m.rows}) == len(m.rows)  # Method.row finds one
     assert all(
-        m.row("j" if r.judge else None, r.s_mm, r.visual)[0] == r.key.format(judge="j") for r in m.rows
+        m.row("j" if r.judge else None, r.s_mm, r.visual, r.pool)[0] == r.key.format(judge="j")
+        for r in m.rows
     )
-    assert any(r.judge for r in m.rows) == m.filtered  # one row per judge iff it is filtered
+    assert any(r.judge and not r.pool for r in m.rows) == m.filtered  # one row per judge iff filtered
+    # and rows over the pool each judge of mining.filtered_by filtered iff it mines in the mine stage
+    assert any(r.pool for r in m.rows) == m.pool_filterable and all(r.judge for r in m.rows if r.pool)
     assert m.column_name("r", "d") in ("r", "r@d")
 
 
@@ -214,7 +217,7 @@ def _declared(config: JobConfig, ood: list[str]) -> dict[str, str]:
         for r in m.rows:
             if m.filtered and not config.score.ablations and not (r.s_mm and (r.judge or not JUDGES)):
                 continue
-            for judge in JUDGES if r.judge else [None]:
+            for judge in config.mining.filtered_by if r.pool else JUDGES if r.judge else [None]:
                 row = r.key.format(judge=judge)
                 for d in ood if "{ood}" in m.column else [None]:
                     out[m.column_name(row, d)] = row

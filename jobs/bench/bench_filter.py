@@ -1,6 +1,7 @@
 """Benchmark of NegFilter's LLM judge (issue 4) with the transformers backend: the reference's way
 (one prompt at a time, generate), batched P(yes) forward passes, and batched passes that reuse the
-shared prompt prefix's KV cache; extrapolated to NegRefine's workload (~8.4k labels, ~74k questions).
+shared prompt prefix's KV cache; extrapolated to NegRefine's workload (~8.4k labels, ~74k questions)
+and to `filter.scope = "corpus"` (at most ~0.9M questions) on one device and on 8 data-parallel replicas.
 
 `--shape qwen2.5-14b` times random weights of Qwen2.5-14B-Instruct's shape (bf16) with a real chat
 tokenizer (`--tokenizer`, a Hugging Face folder; SmolLM2's ChatML tokenizer stands in for Qwen's);
@@ -33,6 +34,11 @@ from negrefine_ray.judges.transformers import TransformersBackend
 
 REFERENCE_QUESTIONS = 73_037  # NegRefine's logged LLM calls (methods.md 3.2)
 REFERENCE_SECONDS = 8_368.32
+# filter.scope = "corpus": 81,675 labels of the WordNet pool (57,690 nouns, 13,702 adjectives, 10,283
+# adjective phrases), one proper-noun question each and up to 10 subcategory questions for the
+# others: at most ~0.9M questions per judge (the sequential rule stops at a label's first "yes").
+# Projected with data parallelism: one replica per GPU.
+CORPUS_QUESTIONS = 900_000
 QWEN25_14B = {  # Qwen2.5-14B-Instruct's public config, vocabulary set by the tokenizer
     "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 48, "num_attention_heads": 40,
     "num_key_value_heads": 8, "max_position_embeddings": 32768, "rope_theta": 1_000_000.0,
@@ -117,6 +123,8 @@ def main() -> None:
         result[key] = {
             "prompts_per_s": len(chats) / seconds,
             "seconds_for_reference_workload": REFERENCE_QUESTIONS * seconds / len(chats),
+            "seconds_for_corpus_scope": CORPUS_QUESTIONS * seconds / len(chats),
+            "seconds_for_corpus_scope_on_8_replicas": CORPUS_QUESTIONS * seconds / len(chats) / 8,
         }
         print(key, json.dumps(result[key]), flush=True)
     result["reference_seconds"] = REFERENCE_SECONDS

@@ -230,6 +230,7 @@ def check_references(job: JobConfig) -> None:
                 f"filter.judges[{i}] = {name!r} is not a judge of this job.{did_you_mean(name, judges)} "
                 f"Known: {', '.join(sorted(judges))}; add a [[judges]] entry named {name!r} or fix the name."
             )
+    _check_filtered_by(job)
     if job.images.preset:
         from negrefine_ray.data.presets import PRESETS
 
@@ -238,6 +239,29 @@ def check_references(job: JobConfig) -> None:
                 f"images.preset = {job.images.preset!r} is unknown.{did_you_mean(job.images.preset, PRESETS)}"
                 f" Known: {', '.join(sorted(PRESETS))}; or leave it empty and list [[datasets]]."
             )
+
+
+def _check_filtered_by(job: JobConfig) -> None:
+    """mining.filtered_by re-mines the pool a judge filtered: the judge must run (filter.judges) and be
+    asked about the whole pool (filter.scope = "corpus")."""
+    if not job.mining.filtered_by:
+        return
+    if job.filter.scope != "corpus":
+        raise ConfigError(
+            f"mining.filtered_by = {list(job.mining.filtered_by)} needs every candidate judged, but "
+            f"filter.scope = {job.filter.scope!r} judges only NegRefine's mined negatives; set "
+            'filter.scope = "corpus" or empty mining.filtered_by.'
+        )
+    for i, name in enumerate(job.mining.filtered_by):
+        if name not in job.filter.judges:
+            raise ConfigError(
+                f"mining.filtered_by[{i}] = {name!r} is not among filter.judges = {list(job.filter.judges)}."
+                f"{did_you_mean(name, job.filter.judges)} Add it to filter.judges or remove it from "
+                "mining.filtered_by."
+            )
+    repeated = sorted({n for n in job.mining.filtered_by if job.mining.filtered_by.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"mining.filtered_by lists {', '.join(repeated)} twice; list each judge once.")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

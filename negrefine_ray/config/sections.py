@@ -139,6 +139,9 @@ class MiningConfig:
         default="reference", metadata=_choices("reference", "normalised")
     )
     n_nearest: int = field(default=10, metadata=_range(1))  # NegFilter's nearest ID labels
+    # Judges (filter.judges) whose filtered candidate pool every mining method also selects from
+    # (needs filter.scope = "corpus"): filter/<judge>/mined.parquet, scored as "<method>[pool=<judge>]".
+    filtered_by: tuple[str, ...] = field(default=(), metadata=_NAME)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,11 @@ class FilterConfig:
     )
     n_id_labels: int = field(default=10, metadata=_range(1))  # nearest ID labels asked about
     invalid_policy: Literal["keep", "drop"] = field(default="keep", metadata=_choices("keep", "drop"))
+    # What the judges are asked about: "negatives" (NegRefine's mined negatives, the reference) or
+    # "corpus" (every candidate of the mining methods' pools, so mining.filtered_by can re-mine them).
+    scope: Literal["negatives", "corpus"] = field(
+        default="negatives", metadata=_choices("negatives", "corpus")
+    )
     chunk_size: int = field(default=2048, metadata=_range(1))  # questions per persisted answer shard
 
 
@@ -219,11 +227,19 @@ class JudgeConfig:
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     batch_size: int = field(default=64, metadata=_range(1))
     max_new_tokens: int = field(default=8, metadata=_range(1))  # generate mode
+    # Where the system prompt goes: a system turn (the reference), or "in-user-turn" for chat
+    # templates without a system role (gemma-2).
+    system_prompt: Literal["system-role", "in-user-turn"] = field(
+        default="system-role", metadata=_choices("system-role", "in-user-turn")
+    )
     prefix_cache: bool = True  # transformers: run the prompts' shared prefix once (vLLM caches its own)
     max_model_len: int = field(default=1024, metadata=_range(64))
     gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1.0))
     tensor_parallel_size: int = field(default=1, metadata=_range(1))
     num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU (or TP group), 1 on CPU
+    # A custom Ray resource each actor takes one unit of ("" none): pins a judge to the nodes that
+    # offer it (a node label, or the fake accelerators of a test cluster) and sizes concurrency.
+    resource: str = ""
     proper_rule: Literal["instance", "capitalized"] = field(
         default="instance", metadata=_choices("instance", "capitalized")
     )  # wordnet backend

@@ -123,13 +123,16 @@ class Mining:
 @dataclass(frozen=True)
 class Row:
     """A report row: its key (the `row` of its score columns) and its label. "{judge}" stands for the
-    NegFilter judge whose kept negatives the row used, "{method}" for the method's display name."""
+    NegFilter judge whose kept negatives the row used, "{method}" for the method's display name.
+    With `pool`, "{judge}" is the judge that filtered the candidate pool the method then mined
+    (filter.scope = "corpus", mining.filtered_by): its negatives are filter/<judge>/mined.parquet."""
 
     key: str
     label: str = "{method}"
     judge: bool = False  # one row per judge (over its kept negatives); False: no NegFilter
     s_mm: bool = False  # NegRefine: alpha * S_MM added
     visual: bool = False  # InterNeg: with the negatives inverted online from confident OOD images
+    pool: bool = False  # mined from the pool minus what the judge removed (needs judge=True)
 
 
 @dataclass(frozen=True)
@@ -160,17 +163,32 @@ class Method:
         """Its negatives are selected in the score stage (InterNeg's need the prototype images)."""
         return self.mining is not None and self.mining.rule == "inter-modal"
 
-    def row(self, judge: str | None = None, s_mm: bool = False, visual: bool = False) -> tuple[str, str]:
-        """(key, label) of the row of a score over `judge`'s kept negatives (None: no NegFilter)."""
+    def row(
+        self, judge: str | None = None, s_mm: bool = False, visual: bool = False, pool: bool = False
+    ) -> tuple[str, str]:
+        """(key, label) of the row of a score over `judge`'s kept negatives (None: no NegFilter), or
+        with `pool` over the negatives mined from the candidate pool `judge` filtered."""
         for r in self.rows:
-            if r.judge == (judge is not None) and r.s_mm == s_mm and r.visual == visual:
+            if r.judge == (judge is not None) and (r.s_mm, r.visual, r.pool) == (s_mm, visual, pool):
                 return r.key.format(judge=judge), r.label.format(method=self.display, judge=judge)
         raise ValueError(
-            f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}, visual={visual}."
+            f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}, visual={visual}, "
+            f"pool={pool}."
         )
+
+    @property
+    def pool_filterable(self) -> bool:
+        """It selects in the mine stage, so filter.scope = "corpus" can re-mine its filtered pool."""
+        return self.mines and not self.mined_in_score
 
     def column_name(self, row: str, ood: str | None = None) -> str:
         return self.column.format(row=row, ood=ood)
+
+
+def _pool_row(key: str, label: str = "{method}", s_mm: bool = False) -> Row:
+    """The row of a method mined from the candidate pool a judge filtered: "<key>[pool=<judge>]",
+    "<label> (filtered by <judge>)"."""
+    return Row(f"{key}[pool={{judge}}]", f"{label} (filtered by {{judge}})", judge=True, s_mm=s_mm, pool=True)
 
 
 METHODS: dict[str, Method] = {
@@ -178,12 +196,13 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),  # App. B: CLIP's
         Method(
-            "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped", rows=(Row("neglabel"),),
+            "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped",
+            rows=(Row("neglabel"), _pool_row("neglabel")),
             pool=Pool("all 27 published files, ID names kept (methods.md 1.3)", file_order="neglabel"),
             mining=Mining("id-distance"), candidate_view="single_raw", preprocess="torchvision",
         ),
         Method(
-            "csp", "CSP", id_view="csp_noun8", scorer="grouped", rows=(Row("csp"),),
+            "csp", "CSP", id_view="csp_noun8", scorer="grouped", rows=(Row("csp"), _pool_row("csp")),
             pool=Pool("without noun.person/quantity/group and adj.pert (2.4)", CSP_EXCLUDED),
             mining=Mining("id-distance", csp_guard=True), candidate_view="ensemble", preprocess="torchvision",
         ),
@@ -194,13 +213,15 @@ METHODS: dict[str, Method] = {
                 Row("negrefine_nl[{judge}]", "{method} w/o S_MM ({judge})", judge=True),
                 Row("negrefine_nofilter", "{method} w/o NegFilter", s_mm=True),
                 Row("negrefine_nl_nofilter", "{method} w/o NegFilter, w/o S_MM"),
+                _pool_row("negrefine", s_mm=True),
+                _pool_row("negrefine_nl", "{method} w/o S_MM"),
             ),
             pool=Pool("CSP's files, exact ID class names dropped from nouns (3.1)", CSP_EXCLUDED, "noun"),
             mining=Mining("id-distance", quantile="negrefine_quantile", csp_guard=True),
             candidate_view="ensemble", filtered=True,
         ),
         Method(
-            "dnm", "DNM", id_view="the_nice_raw", scorer="dnm", rows=(Row("dnm"),),
+            "dnm", "DNM", id_view="the_nice_raw", scorer="dnm", rows=(Row("dnm"), _pool_row("dnm")),
             pool=Pool("CSP's files, ID names kept (4.1)", CSP_EXCLUDED),
             mining=Mining("density"), candidate_view="single_raw", column="{row}@{ood}",
             preprocess="torchvision",

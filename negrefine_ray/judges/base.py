@@ -27,6 +27,16 @@ class Answer:
     latency_s: float = 0.0
 
 
+@dataclass
+class Usage:
+    """Tokens an LLM backend has processed since it was built (the judges' accounting): prompt
+    tokens read and tokens generated (logprob mode generates none: it reads one next-token
+    distribution per prompt). Backends that do not tokenize (wordnet, replay, fake) count nothing."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+
+
 class Judge(Protocol):
     name: str
 
@@ -40,6 +50,8 @@ class Judge(Protocol):
 class Backend(Protocol):
     """An LLM engine behind `LLMJudge` and the Ray judge actors. Built as `Backend(cfg, seed)` by
     `negrefine_ray.judges.make_backend`; loads its model in `__init__`."""
+
+    usage: Usage
 
     def __init__(self, cfg: JudgeConfig, seed: int) -> None: ...
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from negrefine_ray.judges.base import Chat
+from negrefine_ray.judges.base import Chat, Usage
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig
@@ -36,9 +36,17 @@ class FakeBackend:
 
     def __init__(self, cfg: JudgeConfig, seed: int = 0) -> None:
         self.model, self.seed = cfg.model, seed
+        self.usage = Usage()  # "tokens" are whitespace-separated words here: there is no tokenizer
+
+    def _count(self, chats: Sequence[Chat]) -> None:
+        self.usage.prompt_tokens += sum(len(m["content"].split()) for c in chats for m in c)
 
     def yes_probabilities(self, chats: Sequence[Chat]) -> list[float]:
+        self._count(chats)
         return [fake_p_yes(self.model, c) for c in chats]
 
     def generate(self, chats: Sequence[Chat], max_new_tokens: int, seed: int) -> list[str]:
-        return [GENERATED[int(_digest(self.model, seed, c)[:8], 16) % len(GENERATED)] for c in chats]
+        self._count(chats)
+        texts = [GENERATED[int(_digest(self.model, seed, c)[:8], 16) % len(GENERATED)] for c in chats]
+        self.usage.generated_tokens += sum(len(t.split()) for t in texts)
+        return texts

@@ -28,7 +28,12 @@ NO_VARIANTS = ("No", "no", "NO", " No", " no", " NO")
 MIN_SHARED_PREFIX = 8  # tokens; below this, reusing the prefix's cache saves too little
 
 
-def chat(question: Question, prompts: PromptSet) -> Chat:
+def chat(question: Question, prompts: PromptSet, system: str = "system-role") -> Chat:
+    """The question as a chat: the system prompt as a system turn (the reference), or with
+    `system = "in-user-turn"` placed before the question in the user turn, for chat templates that
+    refuse a system role (gemma-2's raises "System role not supported")."""
+    if system == "in-user-turn":
+        return [{"role": "user", "content": f"{prompts.system}\n\n{question.user_prompt(prompts)}"}]
     return [
         {"role": "system", "content": prompts.system},
         {"role": "user", "content": question.user_prompt(prompts)},
@@ -74,6 +79,8 @@ def common_prefix_length(ids: Sequence[Sequence[int]]) -> int:
 def llm_identity(cfg: JudgeConfig, seed: int) -> dict[str, Any]:
     """What determines an LLM judge's raw answers (thresholds only act on them later)."""
     ident: dict[str, Any] = {"backend": cfg.backend, "model": cfg.model, "mode": cfg.mode, "dtype": cfg.dtype}
+    if cfg.system_prompt != "system-role":  # the default leaves earlier answer stores valid
+        ident["system_prompt"] = cfg.system_prompt
     if cfg.mode == "generate":
         ident.update(max_new_tokens=cfg.max_new_tokens, seed=seed)
     return ident
@@ -83,7 +90,7 @@ def answer_with(
     backend: Backend, questions: Sequence[Question], prompts: PromptSet, cfg: JudgeConfig, seed: int
 ) -> list[Answer]:
     """Ask `questions` in one backend call; latency is the call's time shared out per question."""
-    chats = [chat(q, prompts) for q in questions]
+    chats = [chat(q, prompts, cfg.system_prompt) for q in questions]
     t0 = time.perf_counter()
     if cfg.mode == "logprob":
         probs = backend.yes_probabilities(chats)

@@ -7,6 +7,7 @@ Actor input columns: qid, kind, label, id_label, rank; output: the answer store'
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,15 +15,18 @@ import numpy as np
 
 from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges import make_backend
+from negrefine_ray.judges.accounting import JudgeAccount
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.llm import answer_with
 from negrefine_ray.judges.store import YES_CODE, YES_FROM_CODE, AnswerStore
 from negrefine_ray.pools import ActorPool, PoolSpec, cluster_gpus, fit_plan, plan_pool, require_columns
+from negrefine_ray.progress import Progress
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig
 
 QUESTION_COLUMNS = ("qid", "kind", "label", "id_label", "rank")
+TOKEN_COLUMNS = ("prompt_tokens", "generated_tokens")
 
 
 class JudgeActor:
@@ -31,6 +35,7 @@ class JudgeActor:
     def __init__(self, judge: JudgeConfig, prompts: PromptSet, seed: int) -> None:
         self.cfg, self.prompts, self.seed = judge, prompts, seed
         self.backend = make_backend(judge, seed)
+        self.usage = getattr(self.backend, "usage", None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         require_columns(batch, QUESTION_COLUMNS, "JudgeActor")
@@ -38,8 +43,16 @@ class JudgeActor:
             Question(str(qid), kind, str(label), str(id_label), int(rank))
             for qid, kind, label, id_label, rank in zip(*(batch[c] for c in QUESTION_COLUMNS), strict=True)
         ]
+        before = (self.usage.prompt_tokens, self.usage.generated_tokens) if self.usage else (0, 0)
         answers = answer_with(self.backend, questions, self.prompts, self.cfg, self.seed)
+        after = (self.usage.prompt_tokens, self.usage.generated_tokens) if self.usage else (0, 0)
+        # the batch's tokens on its first row: sums over any re-batching of the rows stay exact
+        tokens = {name: np.zeros(len(answers), dtype=np.int64) for name in TOKEN_COLUMNS}
+        for name, b, a in zip(TOKEN_COLUMNS, before, after, strict=True):
+            if len(answers):
+                tokens[name][0] = a - b
         return {
+            **tokens,
             "qid": np.array([a.qid for a in answers], dtype=object),
             "yes": np.array([YES_CODE[a.yes] for a in answers], dtype=np.int8),
             "p_yes": np.array([math.nan if a.p_yes is None else a.p_yes for a in answers]),
@@ -86,21 +99,45 @@ def ray_asker(
     seed: int,
     chunk_size: int,
     actor_cls: type = JudgeActor,
+    account: JudgeAccount | None = None,
 ) -> Callable[[Sequence[Question]], None]:
-    """An asker that sends the store's unanswered questions through an actor pool of `actor_cls`."""
+    """An asker that sends the store's unanswered questions through an actor pool of `actor_cls`,
+    persisting answers chunk by chunk, counting them in `account` and logging progress."""
     import ray
+
+    account = account if account is not None else JudgeAccount(cfg.name)
 
     def ask(questions: Sequence[Question]) -> None:
         todo = store.missing(questions)
+        account.from_store += len({q.qid for q in questions}) - len(todo)
         if not todo:
             return
+        t0 = time.perf_counter()
         plan = fit_plan(plan_pool(judge_pool_spec(cfg), cluster_gpus()))
-        pool = ActorPool(actor_cls, {"judge": cfg, "prompts": prompts, "seed": seed}, plan, cfg.batch_size)
+        account.actors, account.gpus = plan.pool.actors, plan.pool.actors * plan.pool.actor_gpus
+        constructor = {"judge": cfg, "prompts": prompts, "seed": seed}
+        pool = ActorPool(actor_cls, constructor, plan, cfg.batch_size, judge_resources(cfg))
         rows = [{c: getattr(q, c) for c in QUESTION_COLUMNS} for q in todo]
+        progress = Progress(f"filter: judge '{cfg.name}'", len(todo), "questions")
         # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1); the
         # store keys answers by qid, so no row reassembly is needed here.
         ds = pool.apply(ray.data.from_items(rows))
         for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
-            store.add(_answers(batch))
+            answers = _answers(batch)
+            fresh = [a for a in answers if a.qid not in store.answers]
+            account.duplicates += len(answers) - len(fresh)
+            store.add(fresh)
+            account.asked += len(fresh)
+            account.answered(len(fresh))
+            for name in TOKEN_COLUMNS:
+                setattr(account, name, getattr(account, name) + int(batch.get(name, np.zeros(1)).sum()))
+            progress.update(len(fresh))
+        progress.close()
+        account.busy_s += time.perf_counter() - t0
 
     return ask
+
+
+def judge_resources(cfg: JudgeConfig) -> dict[str, float]:
+    """The custom Ray resource each of the judge's actors takes one unit of (`resource`), if any."""
+    return {cfg.resource: 1.0} if cfg.resource else {}

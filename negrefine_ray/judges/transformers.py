@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.judges.base import Chat
+from negrefine_ray.judges.base import Chat, Usage
 from negrefine_ray.judges.gguf import pretrained_location, resolve_model
 from negrefine_ray.judges.llm import MIN_SHARED_PREFIX, common_prefix_length, p_yes, yes_no_token_ids
 
@@ -63,12 +63,15 @@ class TransformersBackend:
         self.batch_size = cfg.batch_size
         self.prefix_cache = cfg.prefix_cache
         self.yes_ids, self.no_ids = yes_no_token_ids(self.tokenizer)
+        self.usage = Usage()
 
     def _encode(self, chats: Sequence[Chat]) -> list[list[int]]:
         texts = [
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats
         ]
-        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        ids = [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        self.usage.prompt_tokens += sum(map(len, ids))
+        return ids
 
     def _batches(self, ids: list[list[int]]) -> Any:
         """Yield (positions in the input, input_ids, attention_mask, position_ids), longest first."""
@@ -153,6 +156,7 @@ class TransformersBackend:
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
                 new = generated[:, input_ids.shape[1] :]
+                self.usage.generated_tokens += int((new != self.tokenizer.pad_token_id).sum())
                 for row, i in enumerate(idx):
                     out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True)
         return out

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from negrefine_ray.judges.base import Chat
+from negrefine_ray.judges.base import Chat, Usage
 from negrefine_ray.judges.gguf import resolve_model
 from negrefine_ray.judges.llm import p_yes, yes_no_token_ids
 
@@ -60,6 +60,11 @@ class VLLMBackend:
         )
         self.yes_ids, self.no_ids = yes_no_token_ids(self.llm.get_tokenizer())
         self.exact_ids = _has_logprob_token_ids(SamplingParams)
+        self.usage = Usage()
+
+    def _count(self, outputs: Sequence[Any]) -> None:
+        self.usage.prompt_tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
+        self.usage.generated_tokens += sum(len(o.outputs[0].token_ids) for o in outputs)
 
     def _logprob_params(self) -> Any:
         if self.exact_ids:
@@ -70,6 +75,7 @@ class VLLMBackend:
 
     def yes_probabilities(self, chats: Sequence[Chat]) -> list[float]:
         outputs = self.llm.chat(list(chats), self._logprob_params(), use_tqdm=False)
+        self.usage.prompt_tokens += sum(len(o.prompt_token_ids or ()) for o in outputs)
         probs = []
         for output in outputs:
             first = output.outputs[0].logprobs[0]  # token id -> Logprob of the first generated token
@@ -87,4 +93,5 @@ class VLLMBackend:
         params.max_tokens = max_new_tokens
         params.seed = seed
         outputs = self.llm.chat(list(chats), params, use_tqdm=False)
+        self._count(outputs)
         return [o.outputs[0].text for o in outputs]

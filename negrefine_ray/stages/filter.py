@@ -1,4 +1,7 @@
-"""The `filter` stage: NegFilter over the mined NegRefine negatives, once per configured judge.
+"""The `filter` stage: NegFilter over the mined NegRefine negatives (filter.scope = "negatives", the
+reference) or over every candidate of the mining methods' pools ("corpus", stages/filter_scope.py,
+which also re-selects each method from each `mining.filtered_by` judge's filtered pool), once per
+configured judge; the judges run at once where their pools fit (stages/judging.py).
 
 Input: `mine/negatives.parquet` rows of method "negrefine" (label = the cleaned label, pos,
 nearest_id_labels). Output per judge J: `J/decisions.parquet` (every question asked), `J/labels.parquet`
@@ -11,6 +14,7 @@ Judges come from negrefine_ray.judges' factory, which alone reads each judge's b
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,6 @@ from negrefine_ray.artifacts import read_parquet, write_json, write_parquet, wri
 from negrefine_ray.config import JobConfig, JudgeConfig
 from negrefine_ray.core.negfilter import (
     Decision,
-    PromptSet,
     Question,
     count_reasons,
     decide,
@@ -33,23 +36,15 @@ from negrefine_ray.core.negfilter import (
     subcategory_questions,
 )
 from negrefine_ray.errors import NegRefineError, StageError, unknown_name
-from negrefine_ray.judges import backend_spec, make_judge
-from negrefine_ray.judges.base import Answer, Judge
-from negrefine_ray.judges.store import AnswerStore, answer_store_root
+from negrefine_ray.judges.accounting import overlapping, p_yes_histogram
+from negrefine_ray.judges.base import Answer
+from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.stages import filter_scope
+from negrefine_ray.stages.judging import ask_judges
 
+log = logging.getLogger(__name__)
 Asker = Callable[[Sequence[Question]], None]
-
-
-def in_process_asker(judge: Judge, prompts: PromptSet, store: AnswerStore, chunk_size: int) -> Asker:
-    """Ask the unanswered questions chunk by chunk in this process, persisting each chunk."""
-
-    def ask(questions: Sequence[Question]) -> None:
-        todo = store.missing(questions)
-        for start in range(0, len(todo), chunk_size):
-            store.add(judge.answer(todo[start : start + chunk_size], prompts))
-
-    return ask
 
 
 @dataclass(frozen=True)
@@ -183,7 +178,7 @@ def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
 
 
 # Judge keys that change how fast answers come, not what they are.
-_EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device", "prefix_cache"}
+_EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device", "prefix_cache", "resource"}
 
 
 def filter_settings(config: JobConfig) -> dict[str, Any]:
@@ -200,37 +195,25 @@ def filter_settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def _asker(
-    cfg: JudgeConfig, judge: Judge, prompts: PromptSet, store: AnswerStore, config: JobConfig
-) -> Asker:
-    """LLM judges ask on a Ray actor pool; the others answer in this process."""
-    if backend_spec(cfg.backend).on_ray:
-        from negrefine_ray.judges.pool import ray_asker
-
-        return ray_asker(cfg, prompts, store, seed=config.run.seed, chunk_size=config.filter.chunk_size)
-    return in_process_asker(judge, prompts, store, config.filter.chunk_size)
-
-
 def run_filter(ctx: StageContext) -> StageOutput:
     config = ctx.config
-    negatives = load_negatives(ctx.input("mine", "negatives.parquet"), config.filter.n_id_labels)
+    negatives = (
+        filter_scope.corpus_input(ctx)  # filter.scope = "corpus": every candidate of the pools
+        if config.filter.scope == "corpus"
+        else load_negatives(ctx.input("mine", "negatives.parquet"), config.filter.n_id_labels)
+    )
     prompts = get_prompt_set(config.filter.prompt_set)
     artifacts: list[str] = []
-    runs: dict[str, JudgeRun] = {}
-    for cfg in judge_configs(config):
-        judge = make_judge(cfg, seed=config.run.seed, cache_dir=config.local_cache_dir)
-        if backend_spec(cfg.backend).on_ray:
-            ctx.ray()
-        store = AnswerStore(answer_store_root(config.cache_dir, judge.identity(), prompts))
-        meta = {"judge": cfg.name, "prompt_set": config.filter.prompt_set}
-        run = run_judge(
-            negatives, _asker(cfg, judge, prompts, store, config), store, meta, config.filter.invalid_policy
-        )
-        runs[cfg.name] = run
+    cfgs = judge_configs(config)
+    asked = ask_judges(ctx, cfgs, negatives, prompts)
+    runs: dict[str, JudgeRun] = {cfg.name: asked[cfg.name][0] for cfg in cfgs}
+    for cfg in cfgs:
+        run = runs[cfg.name]
         kept = run.labels.filter(run.labels.column("kept")).select(["label", "pos"])
         for name, table in (("decisions", run.decisions), ("labels", run.labels), ("kept", kept)):
             write_parquet(ctx.out_dir / cfg.name / f"{name}.parquet", table)
             artifacts.append(f"{cfg.name}/{name}.parquet")
+    artifacts += filter_scope.write_reselections(ctx)  # mining.filtered_by: re-mined filtered pools
     write_json(ctx.out_dir / "counts.json", {name: run.counts for name, run in runs.items()})
     artifacts.append("counts.json")
     if len(runs) > 1:
@@ -246,5 +229,16 @@ def run_filter(ctx: StageContext) -> StageOutput:
         f"{r.counts['questions_asked']:,} questions, {r.counts['invalid_answers']:,} invalid)"
         for n, r in runs.items()
     )
-    stats = {n: {**r.counts, "answer_seconds": r.answer_seconds} for n, r in runs.items()}
+    stats = {
+        cfg.name: {
+            **runs[cfg.name].counts,
+            "answer_seconds": runs[cfg.name].answer_seconds,
+            "accounting": asked[cfg.name][1].stats(),
+            "p_yes": p_yes_histogram(runs[cfg.name].decisions.column("p_yes").to_pylist(), cfg.threshold),
+        }
+        for cfg in cfgs
+    }
+    overlaps = overlapping(account for _, account in asked.values())
+    if overlaps:
+        log.info("Judges that ran at the same time: %s", ", ".join(" & ".join(p) for p in overlaps))
     return StageOutput(tuple(artifacts), summary, stats)

@@ -8,12 +8,15 @@ CSP's suffix phrase for CSP/NegRefine adjectives), pos, source_word, lexname, st
 value), embedding (L2-normalised, as the method scores with it), and for NegRefine rows clean_label
 (NegFilter's cleaning; null when cleaning empties it), filter_input (first occurrence of its
 cleaned label within its part of speech) and nearest_id_labels (the n most similar ID class names by
-bare-string embeddings).
+bare-string embeddings). With filter.scope = "corpus" also `mine/filter_pool.parquet`: every
+candidate of the methods' pools with those three columns, what the filter asks about and re-mines
+(stages/filter_scope.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -35,10 +38,16 @@ from negrefine_ray.errors import ConfigError
 from negrefine_ray.runfolder import StageContext, StageOutput
 from negrefine_ray.stages.embed_text import SINGLE as SINGLE_VIEW
 from negrefine_ray.stages.embed_text import method_pools, view_matrix
+from negrefine_ray.stages.filter_scope import FILTER_POOL, write_filter_pool
 
 
 def mine_settings(config: JobConfig) -> dict[str, Any]:
-    return {"mining": dataclasses.asdict(config.mining), "arch": config.model.arch}
+    mining = dataclasses.asdict(config.mining)
+    del mining["filtered_by"]  # which judges' filtered pools are re-mined: the filter stage's setting
+    settings = {"mining": mining, "arch": config.model.arch}
+    if config.filter.scope == "corpus":  # absent by default, so default runs keep their hash
+        settings["filter_scope"] = "corpus"
+    return settings
 
 
 def _dnm_preset(config: JobConfig) -> str:
@@ -79,7 +88,7 @@ def _select(
     return result, emb
 
 
-def _labels(method: Method, pool: pa.Table, cands: pa.Table) -> list[str]:
+def method_labels(method: Method, pool: pa.Table, cands: pa.Table) -> list[str]:
     """What the method embeds for each pool entry: with a phrase view, adjectives become phrases."""
     words, pos = pool.column("word").to_pylist(), pool.column("pos").to_pylist()
     if method.candidate_view is None or not CANDIDATE_VIEWS[method.candidate_view].phrases:
@@ -92,8 +101,24 @@ def _labels(method: Method, pool: pa.Table, cands: pa.Table) -> list[str]:
     return [phrase[w] if p == "adj" else w for w, p in zip(words, pos, strict=True)]
 
 
-def _negrefine_extras(table: pa.Table, encoder: TextEncoder, ids: pa.Table, n: int) -> pa.Table:
-    """NegFilter's inputs (3.2 steps 1-2): cleaned labels, first occurrences, nearest ID names."""
+# Distinct cleaned labels -> the n nearest ID class names of each, most similar first (3.2 step 2).
+Nearest = Callable[[list[str]], Mapping[str, list[str]]]
+
+
+def embedded_nearest(encoder: TextEncoder, ids: pa.Table, n: int) -> Nearest:
+    """NegFilter's nearest ID labels by bare-string CLIP embeddings (no template), as the reference."""
+    names = ids.column("label").to_pylist()
+
+    def nearest(labels: list[str]) -> dict[str, list[str]]:
+        idx, _ = nearest_id_labels(encoder.embed(labels, ["{}"]), column_matrix(ids, "bare"), n)
+        return {c: [names[j] for j in row] for c, row in zip(labels, idx.tolist(), strict=True)}
+
+    return nearest
+
+
+def filter_columns(table: pa.Table, nearest: Nearest) -> pa.Table:
+    """NegFilter's inputs (3.2 steps 1-2) added to a table of labels and parts of speech: cleaned
+    labels, first occurrences (per part of speech) and the first occurrences' nearest ID names."""
     cleaned = [clean_label(label) for label in table.column("label").to_pylist()]
     seen: set[tuple[str, str]] = set()
     first = []
@@ -101,18 +126,38 @@ def _negrefine_extras(table: pa.Table, encoder: TextEncoder, ids: pa.Table, n: i
         first.append(c is not None and (p, c) not in seen)
         if c is not None:
             seen.add((p, c))
-    names = ids.column("label").to_pylist()
     asked = [c for c, f in zip(cleaned, first, strict=True) if f and c is not None]
-    nearest_of: dict[str, list[str]] = {}
-    if asked:
-        idx, _ = nearest_id_labels(encoder.embed(asked, ["{}"]), column_matrix(ids, "bare"), n)
-        nearest_of = {c: [names[j] for j in row] for c, row in zip(asked, idx.tolist(), strict=True)}
-    nearest = [nearest_of[c] if f and c is not None else [] for c, f in zip(cleaned, first, strict=True)]
+    nearest_of = nearest(asked) if asked else {}
+    rows = [nearest_of[c] if f and c is not None else [] for c, f in zip(cleaned, first, strict=True)]
     return (
         table.append_column("clean_label", pa.array(cleaned, pa.string()))
         .append_column("filter_input", pa.array(first))
-        .append_column("nearest_id_labels", pa.array(nearest, pa.list_(pa.string())))
+        .append_column("nearest_id_labels", pa.array(rows, pa.list_(pa.string())))
     )
+
+
+def mined_table(
+    method: Method, pool: pa.Table, inputs: tuple[pa.Table, pa.Table], *, config: JobConfig
+) -> tuple[pa.Table, MiningResult]:
+    """The method's selection over `pool` (word, pos, lexname rows) as negatives.parquet rows (without
+    NegFilter's columns); `inputs` = embed-text's (candidates, id_labels) tables."""
+    cands, ids = inputs
+    result, emb = _select(method, pool, cands, ids, config)
+    take = pa.array(result.indices)
+    labels = np.array(method_labels(method, pool, cands), dtype=object)[result.indices].tolist()
+    table = pa.table(
+        {
+            "method": [method.name] * len(labels),
+            "rank": pa.array(np.arange(len(labels)), pa.int32()),
+            "label": pa.array(labels, pa.string()),
+            "pos": pool.column("pos").take(take),
+            "source_word": pool.column("word").take(take),
+            "lexname": pool.column("lexname").take(take),
+            "statistic": pa.array(result.statistic[result.indices], pa.float64()),
+            "embedding": embedding_column(emb[result.indices]),
+        }
+    )
+    return table, result
 
 
 def run_mine(ctx: StageContext) -> StageOutput:
@@ -121,8 +166,12 @@ def run_mine(ctx: StageContext) -> StageOutput:
     cands = read_parquet(ctx.input("embed-text", "candidates.parquet"))
     ids = read_parquet(ctx.input("embed-text", "id_labels.parquet"))
     encoder = TextEncoder(config, ctx.ray)
+    nearest = embedded_nearest(encoder, ids, config.mining.n_nearest)
     tables, pools, stats = [], [], {}
-    for name, pool in method_pools(config, corpus).items():
+    by_method = method_pools(config, corpus)
+    if config.filter.scope == "corpus":  # the filter judges every candidate: one nearest-label pass
+        nearest = write_filter_pool(ctx.out_dir / FILTER_POOL, by_method, cands, nearest)
+    for name, pool in by_method.items():
         method = get_method(name)
         pos = pool.column("pos").to_pylist()
         if method.mined_in_score:  # InterNeg: the score stage selects, against the prototype images
@@ -133,23 +182,9 @@ def run_mine(ctx: StageContext) -> StageOutput:
                 "selected_in": "score",
             }
             continue
-        result, emb = _select(method, pool, cands, ids, config)
-        take = pa.array(result.indices)
-        labels = np.array(_labels(method, pool, cands), dtype=object)[result.indices].tolist()
-        table = pa.table(
-            {
-                "method": [name] * len(labels),
-                "rank": pa.array(np.arange(len(labels)), pa.int32()),
-                "label": labels,
-                "pos": pool.column("pos").take(take),
-                "source_word": pool.column("word").take(take),
-                "lexname": pool.column("lexname").take(take),
-                "statistic": pa.array(result.statistic[result.indices], pa.float64()),
-                "embedding": embedding_column(emb[result.indices]),
-            }
-        )
+        table, result = mined_table(method, pool, (cands, ids), config=config)
         if method.filtered:
-            table = _negrefine_extras(table, encoder, ids, config.mining.n_nearest)
+            table = filter_columns(table, nearest)
         tables.append(table)
         stats[name] = {
             "pool_nouns": pos.count("noun"),
@@ -176,6 +211,8 @@ def run_mine(ctx: StageContext) -> StageOutput:
     if pools:
         write_parquet(ctx.out_dir / "pools.parquet", pa.concat_tables(pools))
         artifacts.append("pools.parquet")
+    if config.filter.scope == "corpus":
+        artifacts.append(FILTER_POOL)
     summary = "; ".join(
         f"{m}: {s['pool_nouns']:,}+{s['pool_adjectives']:,} candidates -> "
         + (

@@ -23,6 +23,7 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
 from negrefine_ray.runfolder import MANIFEST, StageContext, StageOutput
+from negrefine_ray.stages.report_judges import judge_lines, judge_table, write_judge_plot
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
 RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
@@ -36,11 +37,12 @@ def report_settings(config: JobConfig) -> dict[str, Any]:
 
 def row_label(column: Mapping[str, Any]) -> str:
     """A score row as the papers name it (its method's catalogue entry), e.g. "NegRefine w/o S_MM
-    (wordnet)"; a method the catalogue does not know keeps its name."""
+    (wordnet)" or "NegLabel (filtered by wordnet)"; a method the catalogue does not know keeps its name."""
     method = METHODS.get(column["method"])
     if method is None:
         return str(column["method"])
-    return method.row(column["judge"], column["s_mm"], column.get("visual", False))[1]
+    flags = (column["s_mm"], column.get("visual", False), column.get("pool", False))
+    return method.row(column["judge"], *flags)[1]
 
 
 def _by_row(catalogue: Sequence[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
@@ -237,6 +239,26 @@ def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
+    """Each judge's accounting in this run (judges.accounting) and its P(yes) against its threshold."""
+    rows = []
+    for name, j in judges.items():
+        a, h = j.get("accounting"), j.get("p_yes")
+        if not isinstance(a, dict) or not isinstance(h, dict):
+            continue
+        yes = f"{h['above_threshold']:,} above {h['threshold']:g}" if sum(h["counts"]) else "-"
+        rows.append([
+            name, a["questions_asked"], a["questions_from_store"], f"{a['questions_per_s']:,.1f}",
+            f"{a['prompt_tokens_per_s']:,.0f}", f"{a['generated_tokens_per_s']:,.0f}", f"{a['wall_s']:,.1f}",
+            f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0), a["duplicates_dropped"], yes,
+        ])  # fmt: skip
+    if not rows:
+        return []
+    header = ["Judge", "Asked", "From store", "Questions/s", "Prompt tok/s", "Generated tok/s", "Wall s",
+              "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
+    return ["", "### Judges: cost of this run", "", *_table(header, rows)]
+
+
 def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
     """InterNeg's selection against its prototypes and each OOD stream's inversion counts."""
     if not interneg:
@@ -280,6 +302,7 @@ def run_sections(config: JobConfig, table: pa.Table, manifests: Mapping[str, Map
             f"mode {j.get('mode')}, threshold {j.get('threshold')}"
         )
     lines += ["", "### Negative labels", "", *_negative_lines(stats)]
+    lines += _judge_lines(stats.get("filter", {}))
     lines += ["", "### Images", "", *_image_rows(table, stats.get("embed-images", {}))]
     times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
     lines += ["", "### Stage times", "", *_table(["Stage", "Seconds", "Summary"], times)]
@@ -318,10 +341,14 @@ def run_report(ctx: StageContext) -> StageOutput:
     result = evaluate(table, catalogue)
     write_json(ctx.out_dir / "metrics.json", result)
     plots = write_plots(table, catalogue, ctx.out_dir)
+    manifests = _manifests(ctx)
+    judges = judge_table(result, catalogue, manifests.get("filter", {}).get("stats", {}))
+    plots += write_judge_plot(judges, ctx.out_dir)
     random = config.model.pretrained.lower() == "none"
     lines = [f'{RANDOM_WARNING} (model.pretrained = "none")', ""] if random else []
     lines += [f"# OOD detection report: {config.run.name}", "", *markdown_tables(result), ""]
-    lines += run_sections(config, table, _manifests(ctx))
+    lines += [*judge_lines(judges), ""] if judges else []
+    lines += run_sections(config, table, manifests)
     lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots), ""]
     write_text(ctx.out_dir / "report.md", "\n".join(lines))
     main = result["rows"][main_row(catalogue)]

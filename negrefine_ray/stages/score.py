@@ -3,8 +3,10 @@
 method's entry in the catalogue (negrefine_ray.core.methods) names its scorer here, its views and columns.
 
 Input: embed-images/images.parquet, embed-text/id_labels.parquet, mine/negatives.parquet,
-filter/<judge>/kept.parquet. Output: score/scores.parquet (dataset, role, path, label, status, one
-float64 column per score, null where status != "ok") and score/columns.json (what each column is).
+filter/<judge>/kept.parquet, and for each judge of mining.filtered_by filter/<judge>/mined.parquet
+(every mining method re-mined from the pool that judge filtered, stages/filter_scope.py). Output:
+score/scores.parquet (dataset, role, path, label, status, one float64 column per score, null where
+status != "ok") and score/columns.json (what each column is).
 """
 
 from __future__ import annotations
@@ -57,9 +59,13 @@ class ScoreColumn:
     `row` is the report row its method's catalogue entry declares: mcm, neglabel, csp, dnm,
     negrefine[J] (S_NL + alpha S_MM over judge J's kept negatives), negrefine_nl[J] (S_NL alone),
     negrefine_nofilter and negrefine_nl_nofilter (the same over every cleaned, unfiltered NegRefine
-    negative). `name` = row, plus `@<ood dataset>` for DNM: DNM draws its grouping once per OOD
-    dataset, so its ID scores differ per OOD dataset; `dnm@<d>` holds the ID rows and dataset d's rows
-    under d's grouping and is null elsewhere. alpha S_MM = negrefine - negrefine_nl.
+    negative). With `pool`, `judge` filtered the candidate pool instead (filter.scope = "corpus") and
+    the method's negatives were mined from what it kept (mining.filtered_by, filter/J/mined.parquet):
+    neglabel[pool=J], csp[pool=J], dnm[pool=J]@<d>, negrefine[pool=J] and negrefine_nl[pool=J] (no
+    NegFilter after mining: J already judged every candidate). `name` = row, plus `@<ood dataset>`
+    for DNM: DNM draws its grouping once per OOD dataset, so its ID scores differ per OOD dataset;
+    `dnm@<d>` holds the ID rows and dataset d's rows under d's grouping and is null elsewhere.
+    alpha S_MM = negrefine - negrefine_nl.
     """
 
     name: str
@@ -71,15 +77,17 @@ class ScoreColumn:
     ood_dataset: str | None = None  # DNM: the OOD dataset whose grouping made this column
     preprocess: str = ""  # the image preprocessing (core.methods.PREPROCESSING) of its embeddings
     visual: bool = False  # InterNeg: with the negatives inverted online from its stream's images
+    pool: bool = False  # negatives mined from the candidate pool `judge` filtered (mining.filtered_by)
 
 
 def score_column(
     method: Method, judge: str | None = None, *, s_mm: bool = False, seed: int | None = None,
-    ood: str | None = None, visual: bool = False,
+    ood: str | None = None, visual: bool = False, pool: bool = False,
 ) -> ScoreColumn:  # fmt: skip
     """A column of `method` with the row and name its catalogue entry gives it."""
-    row, _ = method.row(judge, s_mm, visual)
-    return ScoreColumn(method.column_name(row, ood), row, method.name, judge, s_mm, seed, ood, visual=visual)
+    row, _ = method.row(judge, s_mm, visual, pool)
+    name = method.column_name(row, ood)
+    return ScoreColumn(name, row, method.name, judge, s_mm, seed, ood, visual=visual, pool=pool)
 
 
 def grouping_seed(config: JobConfig) -> int:
@@ -124,6 +132,8 @@ def score_settings(config: JobConfig) -> dict[str, Any]:
         if "interneg" in config.score.methods
         else None,
         "judges": _judges(config),
+        "filter_scope": config.filter.scope,  # "corpus": kept.parquet covers every candidate
+        "filtered_by": list(config.mining.filtered_by),  # pools re-mined per judge, scored too
         "model": model,
     }
 
@@ -187,6 +197,17 @@ class _Scorer:
         self.pairs: dict[str, Any] | None = None
         self.extra: dict[str, Any] = {}  # a scorer's own manifest entries
         self.prototype_rows = prototype_rows
+        self.pool_mined: dict[str, pa.Table] = {}
+
+    def negatives_from(self, pool: str | None) -> pa.Table:
+        """mine/negatives.parquet, or with `pool` = J the negatives mined from the pool J filtered."""
+        if pool is None:
+            return self.mined
+        if pool not in self.pool_mined:
+            from negrefine_ray.stages.filter_scope import pool_negatives
+
+            self.pool_mined[pool] = pool_negatives(self.ctx, pool)
+        return self.pool_mined[pool]
 
     def prototypes(self, method: Method) -> tuple[np.ndarray, np.ndarray]:
         """(labels (P,), embeddings (P, D)) of the readable role-"prototype" images in the method's
@@ -244,17 +265,20 @@ class _Scorer:
         )
         self.add(score_column(method), values)
 
-    def score_grouped(self, method: Method) -> None:
-        """NegLabel's grouped score (0.6) over the method's mined negatives (NegLabel, CSP)."""
-        values = self.grouped(method.name, self.id_text(method), method_negatives(self.mined, method.name))
-        self.add(score_column(method, seed=self.seed), values)
+    def score_grouped(self, method: Method, pool: str | None = None) -> None:
+        """NegLabel's grouped score (0.6) over the method's mined negatives (NegLabel, CSP); with
+        `pool` = J over those mined from the pool J filtered."""
+        column = score_column(method, pool, seed=self.seed, pool=pool is not None)
+        negatives = method_negatives(self.negatives_from(pool), method.name)
+        self.add(column, self.grouped(column.row, self.id_text(method), negatives))
 
-    def score_dnm(self, method: Method) -> None:
+    def score_dnm(self, method: Method, pool: str | None = None) -> None:
         """DNM (4.3): one column per OOD dataset d, its ID and d rows under d's grouping, NaN elsewhere.
-        DNM normalises inside, so it gets the raw ID view."""
-        id_text, neg_text = self.id_text(method, unit=False), method_negatives(self.mined, method.name)
+        DNM normalises inside, so it gets the raw ID view. `pool` as in score_grouped."""
+        id_text = self.id_text(method, unit=False)
+        neg_text = method_negatives(self.negatives_from(pool), method.name)
         sc, is_id = self.sc, np.array([d is None for d in self.ood_of], dtype=bool)
-        self.check_groups(neg_text.shape[0], method.name)
+        self.check_groups(neg_text.shape[0], method.row(pool, pool=pool is not None)[0])
         perms = scores.dnm_permutations(neg_text.shape[0], sc.n_groups, len(self.ood), seed=sc.dnm_seed)
         for name, perm in zip(self.ood, perms, strict=True):
             rows = is_id | (self.ood_of == name)
@@ -263,11 +287,17 @@ class _Scorer:
                 self.image[rows], id_text, neg_text, permutation=perm, n_groups=sc.n_groups,
                 temperature=sc.dnm_temperature, tau=sc.dnm_tau, chunk_size=sc.chunk_size,
             )  # fmt: skip
-            self.add(score_column(method, seed=sc.dnm_seed, ood=name), values)
+            column = score_column(method, pool, seed=sc.dnm_seed, ood=name, pool=pool is not None)
+            self.add(column, values)
 
-    def score_negrefine(self, method: Method) -> None:
-        """NegRefine per judge and its ablations (3.3-3.4), see _score_negrefine."""
-        self.pairs = _score_negrefine(self, method)
+    def score_negrefine(self, method: Method, pool: str | None = None) -> None:
+        """NegRefine per judge and its ablations (3.3-3.4), see _score_negrefine; with `pool` = J over
+        the negatives mined from the pool J filtered (S_MM's pair counts go to the manifest)."""
+        pairs = _score_negrefine(self, method, pool)
+        if pool is None:
+            self.pairs = pairs
+        else:
+            self.extra.setdefault("pool_pairs", {})[pool] = pairs
 
     def score_interneg(self, method: Method) -> None:
         """InterNeg, textual and textual + visual (5.3-5.5), see stages/score_interneg.py."""
@@ -297,16 +327,26 @@ def _pair_embedder(encoder: Any, view: TextView) -> PairEmbedder:
     return embed
 
 
-def _score_negrefine(s: _Scorer, method: Method) -> dict[str, Any]:
+def _score_negrefine(s: _Scorer, method: Method, pool: str | None = None) -> dict[str, Any]:
     """NegRefine per judge and its ablations (3.3-3.4); S_MM over every negative set from one pass
-    of distinct pair texts. Without ablations only negrefine[J] (or, with no judge, _nofilter)."""
+    of distinct pair texts. Without ablations only negrefine[J] (or, with no judge, _nofilter).
+    With `pool` = J one set: the negatives mined from the pool J filtered (negrefine[pool=J])."""
     from negrefine_ray.clip.text_service import TextEncoder
+    from negrefine_ray.stages.filter_scope import negrefine_kept
 
     ctx, view = s.ctx, CANDIDATE_VIEWS[method.candidate_view or ""]
-    judges = _judges(ctx.config)
-    kept = {j: read_parquet(ctx.input("filter", f"{j}/kept.parquet")) for j in judges}
-    refined = refined_negatives(s.mined, kept, order=s.sc.negrefine_order, seed=ctx.config.run.seed)
-    rows = {k: method.row(k, s_mm=True)[0] for k in refined.sets}  # negative set -> its final row
+    judges, scope = (_judges(ctx.config), ctx.config.filter.scope) if pool is None else ([], "")
+    kept = {
+        j: negrefine_kept(read_parquet(ctx.input("filter", f"{j}/kept.parquet")), s.mined, scope)
+        for j in judges
+    }
+    mined = s.negatives_from(pool)
+    refined = refined_negatives(mined, kept, order=s.sc.negrefine_order, seed=ctx.config.run.seed)
+
+    def column(k: str | None, s_mm: bool) -> ScoreColumn:  # negative set k's column (None: unfiltered)
+        return score_column(method, pool or k, s_mm=s_mm, seed=s.seed, pool=pool is not None)
+
+    rows = {k: column(k, True).row for k in refined.sets}  # negative set -> its final row
     use = [k for k in refined.sets if k is not None or s.sc.ablations or not judges]
     sets = {rows[k]: refined.sets[k] for k in use}
     encoder = TextEncoder(ctx.config, ctx.ray)
@@ -323,14 +363,15 @@ def _score_negrefine(s: _Scorer, method: Method) -> dict[str, Any]:
         row = rows[judge]
         s_nl = s.grouped(row, id_text, neg_text[sets[row]])
         if s.sc.ablations:
-            s.add(score_column(method, judge, seed=s.seed), s_nl)
+            s.add(column(judge, False), s_nl)
         final = scores.negrefine(s_nl, s_mm[row], alpha=s.sc.alpha)
-        s.add(score_column(method, judge, s_mm=True, seed=s.seed), final)
+        s.add(column(judge, True), final)
     return pairs
 
 
 # Each catalogue entry's scorer, looked up once: a method without one fails at import, not mid-run.
-_SCORERS: dict[str, Callable[[_Scorer, Method], None]] = {
+# Scorers of methods that mine in the mine stage also take `pool` (a judge of mining.filtered_by).
+_SCORERS: dict[str, Callable[..., None]] = {
     m.name: getattr(_Scorer, f"score_{m.scorer}") for m in METHODS.values()
 }
 
@@ -375,6 +416,12 @@ def run_score(ctx: StageContext) -> StageOutput:
         s.use(METHODS[method])
         _SCORERS[method](s, METHODS[method])
         s.seconds[method] = round(time.perf_counter() - start, 3)
+    for judge in config.mining.filtered_by:  # the same methods over the pools the judges filtered
+        for method in (m for m in methods if METHODS[m].pool_filterable):
+            start = time.perf_counter()
+            s.use(METHODS[method])
+            _SCORERS[method](s, METHODS[method], judge)
+            s.seconds[f"{method}[pool={judge}]"] = round(time.perf_counter() - start, 3)
     ood, pairs = s.ood, s.pairs
     write_parquet(ctx.out_dir / "scores.parquet", _output_table(images, ok, s.columns))
     write_json(ctx.out_dir / "columns.json", {"columns": [dataclasses.asdict(c) for c in s.catalogue]})
