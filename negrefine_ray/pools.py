@@ -182,8 +182,11 @@ def reassemble(
     strings come back as object arrays. A StageError says how many rows were lost, duplicated or out
     of range, or that no batch came back at all.
     """
+    from negrefine_ray.progress import ray_stage_progress
+
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(n, dtype=np.int64)
+    progress = ray_stage_progress(stage, n, "rows")
     for batch in batches:
         require_columns(batch, [ROW, *columns], f"{stage}'s row reassembly")
         rows = np.asarray(batch[ROW], dtype=np.int64)
@@ -196,6 +199,10 @@ def reassemble(
                 out[c] = _empty(values, n)
             out[c][rows] = values
         np.add.at(seen, rows, 1)
+        if progress is not None:
+            progress.update(len(rows))
+    if progress is not None:
+        progress.close()
     lost, twice = int((seen == 0).sum()), int((seen > 1).sum())
     if not out or lost or twice:
         raise StageError(f"{stage} got {n:,} rows back with {lost:,} lost and {twice:,} duplicated.")

@@ -44,6 +44,7 @@ class Progress:
         self.done = 0
         self.start = self.last = clock()
         self.lines = 0  # log lines written (without a terminal)
+        self.logged = -1  # `done` at the last log line
 
     def line(self) -> str:
         """ "what: 1,024/73,037 questions (1.4%), 51.2 questions/s, ETA 23m26s"."""
@@ -73,7 +74,7 @@ class Progress:
 
     def _log(self) -> None:
         log.info("%s", self.line())
-        self.lines += 1
+        self.lines, self.logged = self.lines + 1, self.done
 
     def close(self) -> None:
         """The final state: the bar's last redraw and a newline, or a last log line."""
@@ -81,5 +82,17 @@ class Progress:
             self._draw()
             self.stream.write("\n")
             self.stream.flush()
-        elif self.lines:  # a loop that logged along the way says it finished; a short one stays quiet
+        elif self.lines and self.logged != self.done:  # a loop that logged says it finished
             self._log()
+
+
+def interactive() -> bool:
+    """True when the driver writes to a terminal (Ray Data draws its own bars there)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def ray_stage_progress(what: str, total: int, unit: str) -> Progress | None:
+    """Progress of a Ray Data pass consumed by the driver: None on a terminal, where Ray Data's own
+    bars show it; without one, a Progress that logs a line at most every LOG_EVERY_S seconds (Ray
+    Data's own logging is off then: raysession.quiet_ray_data)."""
+    return None if interactive() else Progress(what, total, unit, tty=False)

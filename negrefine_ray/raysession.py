@@ -31,6 +31,26 @@ def ensure_ray(cfg: RayConfig, override: str | None = None) -> None:
             num_gpus=None if cfg.num_gpus < 0 else cfg.num_gpus,
             include_dashboard=False,
         )
+    quiet_ray_data()
+
+
+def quiet_ray_data() -> None:
+    """Without a terminal (CI, `ray job submit` logs) Ray Data's progress would be logged as blocks
+    of lines every few seconds per dataset, and each execution would print its plan: both are
+    turned off, and the stages log one progress line at most every ~10 s instead
+    (progress.ray_stage_progress). On a terminal Ray Data keeps its bars."""
+    import logging
+
+    from ray.data import DataContext
+
+    from negrefine_ray.progress import interactive
+
+    if interactive():
+        return
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled" notice
 
 
 def close_ray() -> None:

@@ -112,3 +112,34 @@ def test_progress_on_a_terminal_redraws_one_bar(caplog: pytest.LogCaptureFixture
     assert not caplog.records  # the bar, never log lines
     assert out.getvalue().count("\r") == 5 and out.getvalue().endswith("\n")
     assert "[########################] embed: 4/4 images (100.0%), 2.0 images/s" in out.getvalue()
+
+
+def test_progress_does_not_repeat_a_final_line_already_logged(caplog: pytest.LogCaptureFixture) -> None:
+    clock = _Clock()
+    progress = Progress("p", total=300, unit="rows", tty=False, clock=clock)
+    with caplog.at_level(logging.INFO, logger="negrefine_ray.progress"):
+        for _ in range(30):
+            clock.now += 1.0
+            progress.update(10)
+        progress.close()
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["p: 100/300 rows (33.3%)",
+                                                                      "p: 200/300 rows (66.7%)",
+                                                                      "p: 300/300 rows (100.0%)"]  # fmt: skip
+
+
+def test_without_a_terminal_ray_data_logs_no_progress_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.data import DataContext
+
+    from negrefine_ray import progress, raysession
+
+    ctx = DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_progress_bars", True)
+    monkeypatch.setattr(ctx, "print_on_execution_start", True)
+    monkeypatch.setattr(progress, "interactive", lambda: True)
+    raysession.quiet_ray_data()
+    assert ctx.enable_progress_bars and ctx.print_on_execution_start  # a terminal keeps Ray Data's bars
+    assert progress.ray_stage_progress("x", 10, "rows") is None
+    monkeypatch.setattr(progress, "interactive", lambda: False)
+    raysession.quiet_ray_data()
+    assert not ctx.enable_progress_bars and not ctx.print_on_execution_start
+    assert isinstance(progress.ray_stage_progress("x", 10, "rows"), Progress)

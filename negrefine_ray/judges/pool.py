@@ -20,7 +20,7 @@ from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.llm import answer_with
 from negrefine_ray.judges.store import YES_CODE, YES_FROM_CODE, AnswerStore
 from negrefine_ray.pools import ActorPool, PoolSpec, cluster_gpus, fit_plan, plan_pool, require_columns
-from negrefine_ray.progress import Progress
+from negrefine_ray.progress import ray_stage_progress
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig
@@ -118,7 +118,7 @@ def ray_asker(
         constructor = {"judge": cfg, "prompts": prompts, "seed": seed}
         pool = ActorPool(actor_cls, constructor, plan, cfg.batch_size, judge_resources(cfg))
         rows = [{c: getattr(q, c) for c in QUESTION_COLUMNS} for q in todo]
-        progress = Progress(f"filter: judge '{cfg.name}'", len(todo), "questions")
+        progress = ray_stage_progress(f"filter: judge '{cfg.name}'", len(todo), "questions")
         # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1); the
         # store keys answers by qid, so no row reassembly is needed here.
         ds = pool.apply(ray.data.from_items(rows))
@@ -131,8 +131,10 @@ def ray_asker(
             account.answered(len(fresh))
             for name in TOKEN_COLUMNS:
                 setattr(account, name, getattr(account, name) + int(batch.get(name, np.zeros(1)).sum()))
-            progress.update(len(fresh))
-        progress.close()
+            if progress is not None:
+                progress.update(len(fresh))
+        if progress is not None:
+            progress.close()
         account.busy_s += time.perf_counter() - t0
 
     return ask
