@@ -7,16 +7,23 @@
 #   cluster/local_cluster.sh start DIR [WORKERS=2] [CPUS_PER_WORKER=2]
 #   cluster/local_cluster.sh check DIR    # the live nodes: id, temp dir, CPUs, custom resources
 #   cluster/local_cluster.sh stop DIR     # stops exactly these nodes, by their temp dirs
+#   cluster/local_cluster.sh pids DIR NODE          # NODE's processes (head, w1, w2...): PID and name
+#   cluster/local_cluster.sh kill-worker DIR I [SIG]  # kill worker I's raylet (default SIGKILL), by PID
+#   cluster/local_cluster.sh add-worker DIR [CPUS]    # one more worker node, the next free w<i>
+#
+# kill-worker simulates the loss of a node: its raylet dies at once, its workers follow, and the
+# GCS marks the node dead once its health checks fail; `stop` still clears what is left of it.
 #
 # DIR must be short (Ray's socket paths stay under 108 bytes), e.g. $(mktemp -d /tmp/nrc.XXXXXX).
-# `start` writes DIR/cluster.env: GCS=127.0.0.1:PORT and DASHBOARD=http://127.0.0.1:PORT.
+# `start` writes DIR/cluster.env: GCS=127.0.0.1:PORT, DASHBOARD=http://127.0.0.1:PORT, CPUS_PER_WORKER.
 # `stop` never runs `ray stop`, which would stop every Ray on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ray_bin=${RAY_BIN:-.venv/bin/ray}
 python_bin=${PYTHON_BIN:-.venv/bin/python}
-cmd=${1:?usage: cluster/local_cluster.sh start|check|stop DIR [WORKERS] [CPUS_PER_WORKER]}
-dir=${2:?usage: cluster/local_cluster.sh start|check|stop DIR [WORKERS] [CPUS_PER_WORKER]}
+usage="usage: cluster/local_cluster.sh start|check|stop|pids|kill-worker|add-worker DIR [ARGS] (see the header)"
+cmd=${1:?$usage}
+dir=${2:?$usage}
 dir=${dir%/}
 
 free_ports() {
@@ -37,26 +44,48 @@ node_ports() {
 }
 
 # Token authentication on every node and client: the workers join with the head's token (the default
-# token file the head created, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH when set).
+# token file, created by `start` when there is none, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH when set).
 export RAY_AUTH_MODE=token
+
+# PID and program name of each process of node NODE (head, w1, ...): those with DIR/NODE, followed by
+# "/" or the end of an argument, in their command lines (as stop_local.sh matches them).
+node_pids() {
+  local node=$dir/$1 pid args exe
+  while read -r pid args; do
+    case " $args " in
+      *"$node/"* | *"$node "*)
+        exe=${args%% *}
+        echo "$pid ${exe##*/}"
+        ;;
+    esac
+  done < <(ps -ww -u "$(id -u)" -o pid=,args=)
+}
+
+start_worker() { # I CPUS GCS_ADDRESS
+  # shellcheck disable=SC2046  # node_ports prints options to split
+  "$ray_bin" start --address "$3" --node-ip-address 127.0.0.1 --num-cpus "$2" \
+    --num-gpus 0 --resources "{\"node_$1\": 1, \"accelerator\": 1}" --temp-dir "$dir/w$1" \
+    $(node_ports) --disable-usage-stats >/dev/null
+}
 
 case $cmd in
   start)
     workers=${3:-2}
     cpus=${4:-2}
     mkdir -p "$dir"
+    # With RAY_AUTH_MODE=token, `ray start --head` refuses to run without a token: make the default
+    # token file on a machine that has none (a no-op when RAY_AUTH_TOKEN(_PATH) or the file exists).
+    "$ray_bin" get-auth-token --generate >/dev/null
     read -r gcs dash client < <(free_ports 3)
     # shellcheck disable=SC2046  # node_ports prints options to split
     "$ray_bin" start --head --node-ip-address 127.0.0.1 --num-cpus 0 --num-gpus 0 \
       --temp-dir "$dir/head" --port "$gcs" --dashboard-host 127.0.0.1 --dashboard-port "$dash" \
       --ray-client-server-port "$client" $(node_ports) --disable-usage-stats >/dev/null
     for i in $(seq 1 "$workers"); do
-      # shellcheck disable=SC2046
-      "$ray_bin" start --address "127.0.0.1:$gcs" --node-ip-address 127.0.0.1 --num-cpus "$cpus" \
-        --num-gpus 0 --resources "{\"node_$i\": 1, \"accelerator\": 1}" --temp-dir "$dir/w$i" \
-        $(node_ports) --disable-usage-stats >/dev/null
+      start_worker "$i" "$cpus" "127.0.0.1:$gcs"
     done
-    printf 'GCS=127.0.0.1:%s\nDASHBOARD=http://127.0.0.1:%s\n' "$gcs" "$dash" >"$dir/cluster.env"
+    printf 'GCS=127.0.0.1:%s\nDASHBOARD=http://127.0.0.1:%s\nCPUS_PER_WORKER=%s\n' "$gcs" "$dash" "$cpus" \
+      >"$dir/cluster.env"
     echo "local cluster: head + $workers workers, GCS 127.0.0.1:$gcs, dashboard http://127.0.0.1:$dash"
     ;;
   check)
@@ -78,8 +107,29 @@ for n in sorted(ray.nodes(), key=lambda n: n["NodeManagerAddress"] + n["NodeID"]
     done
     echo "local cluster in $dir stopped"
     ;;
+  pids)
+    node_pids "${3:?usage: cluster/local_cluster.sh pids DIR NODE (head, w1, w2...)}"
+    ;;
+  add-worker)
+    # shellcheck disable=SC1091
+    source "$dir/cluster.env"
+    i=1
+    while [[ -e $dir/w$i ]]; do i=$((i + 1)); done
+    start_worker "$i" "${3:-${CPUS_PER_WORKER:-2}}" "$GCS"
+    echo "w$i"
+    ;;
+  kill-worker)
+    i=${3:?usage: cluster/local_cluster.sh kill-worker DIR I [SIGNAL]}
+    raylets=$(node_pids "w$i" | awk '$2 == "raylet" {print $1}')
+    if [[ $(wc -w <<<"$raylets") -ne 1 ]]; then
+      echo "kill-worker: expected one raylet of worker $i under $dir/w$i, found: ${raylets:-none}" >&2
+      exit 1
+    fi
+    kill "-${4:-KILL}" "$raylets"
+    echo "$raylets"
+    ;;
   *)
-    echo "usage: cluster/local_cluster.sh start|check|stop DIR [WORKERS] [CPUS_PER_WORKER]" >&2
+    echo "$usage" >&2
     exit 2
     ;;
 esac

@@ -10,7 +10,7 @@ DataLoader, where Ray is absent: jobs/bench uses it).
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -136,10 +136,13 @@ def embed_rows_ray(
     specs: Mapping[str, CropSpec],
     embedder_cls: type = ImageEmbedder,
     nodes: dict[str, int] | None = None,
+    on_batch: Callable[[Mapping[str, np.ndarray]], None] | None = None,
 ) -> dict[str, EmbedResult]:
     """Run `work` (columns row = 0..N-1, root, path, status) through decode tasks (one decode and
     one crop per variant of `specs` per file) and the actor pool of the fitted `plan`; returns each
-    variant's rows in `work`'s order. The rows each Ray node's actors embedded are added to `nodes`."""
+    variant's rows in `work`'s order. The rows each Ray node's actors embedded are added to `nodes`;
+    `on_batch` sees each batch of the pool's output once the reassembly has accepted it (the stage's
+    checkpoints, clip/image_checkpoint.py)."""
     import ray
 
     blocks = [work.slice(i, DECODE_BATCH) for i in range(0, work.num_rows, DECODE_BATCH)]
@@ -154,9 +157,20 @@ def embed_rows_ray(
     args = {"model": model, "specs": dict(specs), "device": plan.device}
     pool = ActorPool(embedder_cls, args, plan, batch_size)
     batches = pool.apply(decoded).iter_batches(batch_size=None, batch_format="numpy")
+    if on_batch is not None:
+        batches = _observed(batches, on_batch)
     columns = reassemble(batches, work.num_rows, [*_columns(list(specs)), NODE], stage="embed-images")
     count_nodes(columns[NODE], nodes)
     return _results(columns, list(specs))
+
+
+def _observed(
+    batches: Iterable[Mapping[str, np.ndarray]], on_batch: Callable[[Mapping[str, np.ndarray]], None]
+) -> Iterator[Mapping[str, np.ndarray]]:
+    """`batches`, each handed to `on_batch` after its consumer has taken it (and checked its rows)."""
+    for batch in batches:
+        yield batch
+        on_batch(batch)
 
 
 class _DecodeDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]

@@ -6,7 +6,8 @@ PREPROCESSING, images.preprocess), one `ImageEmbedder` actor per GPU (or CPU) no
 and L2-normalises each (clip/image.py; the pool is sized and fitted by pools.py). Output:
 images.parquet (dataset, role, path, label, status, one embedding@<variant>
 fixed_size_list<float32>[D] per preprocessing, null unless status is "ok") in listing order, and
-failures.parquet.
+failures.parquet. Embeddings are cached per dataset listing, and while a pass runs its finished rows
+are kept as partial cache entries (clip/image_checkpoint.py), so a resumed stage embeds only the rest.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from negrefine_ray.clip.image_cache import (
     image_cache_base,
     image_cache_key,
 )
+from negrefine_ray.clip.image_checkpoint import PassCheckpoints, PassListing, remove_partials
 from negrefine_ray.clip.model import resolve_precision, resolve_weights
 from negrefine_ray.clip.preprocess import (
     FAILURE_KINDS,
@@ -191,14 +193,16 @@ def _output_tables(
     return images, failures
 
 
-Embed = Callable[[pa.Table, Sequence[str]], dict[str, EmbedResult]]  # (work rows, variants) -> results
+OnBatch = Callable[[Mapping[str, np.ndarray]], None]  # sees each batch of a pass's output
+# (work rows, variants, batch observer) -> results
+Embed = Callable[[pa.Table, Sequence[str], OnBatch], dict[str, EmbedResult]]
 
 
 def _embed_listings(
-    listings: dict[str, Listing], variants: Sequence[str], embed: Embed
+    listings: dict[str, Listing], variants: Sequence[str], embed: Embed, on_batch: OnBatch
 ) -> dict[str, dict[str, EmbedResult]]:
     """Embed the listings' rows in one pass of `embed` (every variant from one decode of each file)
-    and return them by listing key and variant."""
+    and return them by listing key and variant; `on_batch` sees the pass's batches."""
     parts = list(listings.values())
     sizes = [li.table.num_rows for li in parts]
     roots = [li.root for li, k in zip(parts, sizes, strict=True) for _ in range(k)]
@@ -211,7 +215,7 @@ def _embed_listings(
             "status": pa.concat_arrays([li.table.column("status").combine_chunks() for li in parts]),
         }
     )
-    out = embed(work, variants)
+    out = embed(work, variants, on_batch)
     results: dict[str, dict[str, EmbedResult]] = {}
     bounds = np.cumsum([0, *sizes])
     for key, a, b in zip(listings, bounds[:-1], bounds[1:], strict=True):
@@ -246,13 +250,27 @@ class _Todo:
     variants: dict[str, tuple[str, str]]
 
 
+def _checkpointed_pass(
+    work: dict[str, Listing], variants: Sequence[str], embed: Embed, checkpoints: PassCheckpoints
+) -> dict[str, dict[str, EmbedResult]]:
+    """`_embed_listings` with its finished rows kept by `checkpoints` as it goes and, when the pass
+    fails, once more before the error goes on: the resubmission takes them back."""
+    try:
+        return _embed_listings(work, variants, embed, checkpoints.observe)
+    except BaseException:
+        checkpoints.flush()
+        raise
+
+
 def _embed_with_cache(
-    todo: dict[str, _Todo], cache: ImageEmbeddingCache, embed: Embed
+    todo: dict[str, _Todo], cache: ImageEmbeddingCache, embed: Embed, checkpoint_s: float
 ) -> tuple[dict[str, dict[str, EmbedResult]], dict[str, int]]:
     """Listings that missed exact cache entries of the same variants: each unchanged file's rows from
     earlier entries of each variant's base, the files missing in any variant through `embed` (all
-    these variants, one decode) in one pass; each variant's rows stored under its key. Returns the
-    results by listing and variant and, per listing, how many rows went through `embed`."""
+    these variants, one decode) in one pass; each variant's rows stored under its key. The pass's
+    finished rows are kept as partial entries every `checkpoint_s` seconds and when it fails
+    (clip/image_checkpoint.py), and those are deleted once the complete entries are stored. Returns
+    the results by listing and variant and, per listing, how many rows went through `embed`."""
     variants = list(next(iter(todo.values())).variants)
     reused, need, work = {}, {}, {}
     for ident, item in todo.items():
@@ -261,7 +279,12 @@ def _embed_with_cache(
         need[ident] = ~np.logical_and.reduce([found for _, found in reused[ident].values()])
         work[ident] = dataclasses.replace(li, table=li.table.filter(pa.array(need[ident])))
     work = {ident: li for ident, li in work.items() if li.table.num_rows}
-    fresh = _embed_listings(work, variants, embed) if work else {}
+    fresh: dict[str, dict[str, EmbedResult]] = {}
+    if work:
+        listings = [PassListing(todo[i].listing.table, need[i], todo[i].variants, reused[i]) for i in work]
+        checkpoints = PassCheckpoints(cache, listings, every_s=checkpoint_s)
+        fresh = _checkpointed_pass(work, variants, embed, checkpoints)
+        del checkpoints  # frees its copy of the pass's rows before the merge below
     results: dict[str, dict[str, EmbedResult]] = {}
     for ident, item in todo.items():
         results[ident] = {}
@@ -269,6 +292,7 @@ def _embed_with_cache(
             old, found = reused[ident][v]
             result = _merge(old, found, fresh.get(ident, {}).get(v), need[ident])
             cache.put(base, key, item.listing.table, result)
+            remove_partials(cache, base, key)
             results[ident][v] = result
     return results, {ident: li.table.num_rows for ident, li in work.items()}
 
@@ -334,19 +358,19 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     nodes: dict[str, int] = {}  # rows each Ray node's actors embedded
     if todo:
 
-        def embed(work: pa.Table, variants: Sequence[str]) -> dict[str, EmbedResult]:
+        def embed(work: pa.Table, variants: Sequence[str], on_batch: OnBatch) -> dict[str, EmbedResult]:
             nonlocal plan  # checked only when there is work: a cached run needs no free resources
             plan = fit_plan(plan)
             return embed_rows_ray(
                 work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options,
-                specs={v: specs[v] for v in variants}, nodes=nodes,
+                specs={v: specs[v] for v in variants}, nodes=nodes, on_batch=on_batch,
             )  # fmt: skip
 
         groups: dict[tuple[str, ...], dict[str, _Todo]] = {}
         for ident, item in todo.items():
             groups.setdefault(tuple(item.variants), {})[ident] = item
         for group in groups.values():
-            fresh, rows = _embed_with_cache(group, cache, embed)
+            fresh, rows = _embed_with_cache(group, cache, embed, cfg.images.checkpoint_seconds)
             for ident, by_variant in fresh.items():
                 results[ident].update(by_variant)
             embedded_rows.update(rows)
@@ -395,5 +419,5 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         + (f", {n - embedded:,} from cache" if n > embedded else "")
         + (f", {len(mismatches)} count mismatch(es)" if mismatches else "")
     )
-    log.info(summary)
+    log.debug(summary)  # the CLI prints the stage summary line
     return StageOutput(("images.parquet", "failures.parquet"), summary, stats)
