@@ -153,8 +153,10 @@ class ObjectPath:
     def unlink(self, missing_ok: bool = False) -> None:
         try:
             self.fs.delete_file(self.path)
-        except (FileNotFoundError, OSError):
-            if not missing_ok and not self.exists():
+        except OSError:
+            if self.exists():
+                raise  # a real failure (permissions, the store down): never a silent leftover
+            if not missing_ok:
                 raise FileNotFoundError(str(self)) from None
 
     def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:

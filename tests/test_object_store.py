@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -61,8 +62,30 @@ def test_object_paths_read_write_list_and_delete(prefix: ObjectPath) -> None:
     a.unlink()
     a.unlink(missing_ok=True)
     assert not a.exists()
+    with pytest.raises(FileNotFoundError):
+        a.unlink()
     (prefix / "d").rmtree()
     assert list((prefix / "d").iterdir()) == []
+
+
+def test_a_delete_the_store_refuses_is_raised_not_swallowed(prefix: ObjectPath) -> None:
+    kept = prefix / "kept.txt"
+    kept.write_text("x")
+
+    class Refusing:  # a test double: moto cannot be told to deny one delete
+        def __init__(self, fs: Any) -> None:
+            self.fs = fs
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.fs, name)
+
+        def delete_file(self, path: str) -> None:
+            raise OSError("AccessDenied")
+
+    refused = ObjectPath(Refusing(kept.fs), kept.path, kept.uri)  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="AccessDenied"):
+        refused.unlink(missing_ok=True)
+    assert kept.exists()
 
 
 def test_cache_entries_on_the_store_are_verified(prefix: ObjectPath) -> None:
