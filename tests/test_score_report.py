@@ -30,7 +30,7 @@ from negrefine_ray.core.metrics import compute_metrics
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.pipeline import get_stage
 from negrefine_ray.runfolder import Stage, StageContext, StageOutput, run_stage
-from negrefine_ray.stages.report import RANDOM_WARNING
+from negrefine_ray.stages.report import MEASURED_HEADING, RANDOM_WARNING
 from negrefine_ray.stages.score import multi_matching_scores
 
 D, K, G = 32, 6, 3  # nr-tiny-vit's embedding width, ID labels, groups
@@ -240,6 +240,8 @@ def test_report_markdown_and_metrics(run: tuple[JobConfig, pa.Table]) -> None:
     assert "| Method | Images | inat | open image | Average |" in text and "| NegRefine (wordnet) |" in text
     assert "NegRefine w/o NegFilter, w/o S_MM" in text and "| score |" in text and "| filter |" in text
     assert "| imagenet | id | 14 | 13 | corrupt 1 |" in text
+    results, measured = text.split(f"### {MEASURED_HEADING}")  # every wall-clock figure below it
+    assert "| filter |" in measured and "| filter |" not in results and "Questions/s" not in results
     result = read_json(folder / "metrics.json")
     status, role = table.column("status").to_pylist(), table.column("role").to_pylist()
     dataset = table.column("dataset").to_pylist()

@@ -26,6 +26,8 @@ from negrefine_ray.runfolder import MANIFEST, StageContext, StageOutput
 from negrefine_ray.stages.report_judges import judge_lines, judge_table, write_judge_plot
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
+# The heading of the report's last section before the resolved config: every wall-clock figure.
+MEASURED_HEADING = "Measured times (they differ between runs)"
 RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
 _HEADERS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95",
             "fpr95_openood": "FPR95 (OpenOOD)"}  # fmt: skip
@@ -256,7 +258,7 @@ def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
         return []
     header = ["Judge", "Asked", "From store", "Questions/s", "Prompt tok/s", "Generated tok/s", "Wall s",
               "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
-    return ["", "### Judges: cost of this run", "", *_table(header, rows)]
+    return ["", "Judges, the cost of this run's questions:", "", *_table(header, rows)]
 
 
 def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
@@ -302,10 +304,16 @@ def run_sections(config: JobConfig, table: pa.Table, manifests: Mapping[str, Map
             f"mode {j.get('mode')}, threshold {j.get('threshold')}"
         )
     lines += ["", "### Negative labels", "", *_negative_lines(stats)]
-    lines += _judge_lines(stats.get("filter", {}))
     lines += ["", "### Images", "", *_image_rows(table, stats.get("embed-images", {}))]
+    # Everything measured in time sits below this heading, and nothing above it: a rerun of the same
+    # job writes the same report down to here (tests/test_reliability.py checks it).
+    lines += ["", f"### {MEASURED_HEADING}", ""]
+    lines += [
+        "Wall-clock figures of this run: they differ between runs of the same job, unlike everything above.",
+        *_judge_lines(stats.get("filter", {})),
+    ]
     times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
-    lines += ["", "### Stage times", "", *_table(["Stage", "Seconds", "Summary"], times)]
+    lines += ["", "Stage times:", "", *_table(["Stage", "Seconds", "Summary"], times)]
     resolved = json.dumps(config.to_dict(), indent=2, sort_keys=True)
     return [
         *lines,

@@ -60,12 +60,13 @@ def judge_lines(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not table:
         return []
     keys = list(dict.fromkeys(k for e in table.values() for k in e["methods"]))
-    header = ["Judge", "Asked", "GPU-s", "Wall s", *(f"{k} AUROC / FPR95" for k in keys)]
+    header = ["Judge", "Asked", *(f"{k} AUROC / FPR95" for k in keys)]
     lines = [
         "## Judges compared",
         "",
-        "Average over the OOD datasets (%); cost of this run's questions (answers taken from the "
-        "store cost nothing here).",
+        "Average over the OOD datasets (%); questions this run asked (answers taken from the store "
+        "cost nothing here). Each judge's GPU- and wall seconds are under Measured times, and in "
+        f"`{PLOT}` against AUROC.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -73,12 +74,8 @@ def judge_lines(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for judge, e in table.items():
         a, m = e["cost"], e["methods"]
         cells = [f"{100 * m[k]['auroc']:.2f} / {100 * m[k]['fpr95']:.2f}" if k in m else "-" for k in keys]
-        cost = (
-            [f"{a['questions_asked']:,}", f"{a['gpu_seconds']:,.1f}", f"{a['wall_s']:,.1f}"]
-            if a
-            else ["-"] * 3
-        )
-        lines.append("| " + " | ".join([judge, *cost, *cells]) + " |")
+        asked = f"{a['questions_asked']:,}" if a else "-"
+        lines.append("| " + " | ".join([judge, asked, *cells]) + " |")
     return lines
 
 
