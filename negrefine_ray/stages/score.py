@@ -43,6 +43,7 @@ from negrefine_ray.core.multi_matching import (  # NegRefine's pure core (tests 
 )
 from negrefine_ray.core.templates import get_templates
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
+from negrefine_ray.progress import Progress
 from negrefine_ray.runfolder import StageContext, StageOutput
 from negrefine_ray.stages.embed_text import view_matrix
 
@@ -411,17 +412,22 @@ def run_score(ctx: StageContext) -> StageOutput:
     ood_of = scored.column("dataset").to_numpy(zero_copy_only=False).astype(object)
     ood_of[roles == "id"] = None
     s = _Scorer(ctx, embeddings, ood_of, preprocess, prototype_rows)
-    for method in methods:
+    # each method, then the same methods over the pools the judges filtered (mining.filtered_by)
+    work = [(m, None) for m in methods] + [
+        (m, judge) for judge in config.mining.filtered_by for m in methods if METHODS[m].pool_filterable
+    ]
+    progress = Progress(f"score: {int(ok.sum()):,} images", total=len(work), unit="methods")
+    for method, judge in work:
         start = time.perf_counter()
         s.use(METHODS[method])
-        _SCORERS[method](s, METHODS[method])
-        s.seconds[method] = round(time.perf_counter() - start, 3)
-    for judge in config.mining.filtered_by:  # the same methods over the pools the judges filtered
-        for method in (m for m in methods if METHODS[m].pool_filterable):
-            start = time.perf_counter()
-            s.use(METHODS[method])
+        if judge is None:
+            _SCORERS[method](s, METHODS[method])
+        else:
             _SCORERS[method](s, METHODS[method], judge)
-            s.seconds[f"{method}[pool={judge}]"] = round(time.perf_counter() - start, 3)
+        name = method if judge is None else f"{method}[pool={judge}]"
+        s.seconds[name] = round(time.perf_counter() - start, 3)
+        progress.update(1)
+    progress.close()
     ood, pairs = s.ood, s.pairs
     write_parquet(ctx.out_dir / "scores.parquet", _output_table(images, ok, s.columns))
     write_json(ctx.out_dir / "columns.json", {"columns": [dataclasses.asdict(c) for c in s.catalogue]})
