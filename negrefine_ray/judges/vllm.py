@@ -42,7 +42,8 @@ def _has_logprob_token_ids(sampling_params: Any) -> bool:
 class VLLMBackend:
     """One vLLM engine (one GPU, or a tensor-parallel group of `tensor_parallel_size` GPUs)."""
 
-    def __init__(self, cfg: JudgeConfig, seed: int) -> None:
+    def __init__(self, cfg: JudgeConfig, seed: int, *, prefix_caching: bool = True) -> None:
+        """`prefix_caching=False` only for jobs/bench/bench_filter_vllm.py's comparison."""
         import torch
         from vllm import LLM, SamplingParams
 
@@ -54,7 +55,7 @@ class VLLMBackend:
             max_model_len=cfg.max_model_len,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             tensor_parallel_size=cfg.tensor_parallel_size,
-            enable_prefix_caching=True,
+            enable_prefix_caching=prefix_caching,
             enforce_eager=not on_gpu,
             seed=seed,
         )
