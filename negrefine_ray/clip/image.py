@@ -1,7 +1,8 @@
 """CLIP image encoding for the embed-images stage: uint8 crops -> L2-normalised embeddings.
 
 Pure core `embed_crops` (torch); `ImageEmbedder`, the actor (batch columns status and one
-pixels@<variant> per preprocessing variant -> embedding@<variant>, other columns passed through);
+pixels@<variant> per preprocessing variant, or with images.decode "gpu" the files' bytes it decodes
+itself, clip/device_decode.py -> embedding@<variant>, other columns passed through);
 and two drivers that return each variant's rows in order: `embed_rows_ray` (CPU decode tasks
 feeding a pools.ActorPool, ray_vllm.md 1.4) and `embed_files_local` (the same actor fed by a torch
 DataLoader, where Ray is absent: jobs/bench uses it).
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from negrefine_ray.clip.device_decode import ENCODED, check_device_specs, decode_payloads, read_encoded
 from negrefine_ray.clip.image_cache import EmbedResult
 from negrefine_ray.clip.model import autocast, create_clip, resolve_device, resolve_precision
 from negrefine_ray.clip.preprocess import (
@@ -62,10 +64,24 @@ class ImageEmbedder:
     """Actor: loads CLIP once; batch columns status (N,) and, per variant of `specs`, pixels@<variant>
     (N, H, W, 3) uint8 (numpy from Ray, a CPU tensor from the DataLoader) -> embedding@<variant>
     (N, D) float32, zeros where status is not "ok". Other columns except the pixels pass through.
-    `device` is where the pool plan runs it; inference runs at model.precision resolved for that
-    device (clip.resolve_precision)."""
+    With options.decode "gpu" the batch holds status, detail, path and encoded (device_decode's
+    `encode_rows`) instead of pixels: the actor decodes the JPEGs once on its device for every
+    variant and returns the resolved status and detail. `device` is where the pool plan runs it;
+    inference runs at model.precision resolved for that device (clip.resolve_precision)."""
 
-    def __init__(self, model: ModelConfig, specs: Mapping[str, CropSpec], *, device: str = "cpu") -> None:
+    options = DecodeOptions()
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        specs: Mapping[str, CropSpec],
+        *,
+        device: str = "cpu",
+        options: DecodeOptions | None = None,
+    ) -> None:
+        self.options = options or DecodeOptions()
+        if self.options.decode == "gpu":
+            check_device_specs(specs.values())
         self.device = resolve_device(device)
         self.model, preprocess, self.weights = create_clip(model, self.device)
         self.specs = dict(specs)
@@ -82,23 +98,39 @@ class ImageEmbedder:
         self.node = node_id()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        pixels = [pixels_column(v) for v in self.specs]
-        require_columns(batch, ("status", *pixels), "ImageEmbedder")
-        ok = np.asarray(batch["status"]) == OK
-        rest = {k: v for k, v in batch.items() if k not in pixels}
+        crops, ok, rest = self._decoded(batch) if self.options.decode == "gpu" else self._moved(batch)
         for variant, spec in self.specs.items():
             out = np.zeros((len(ok), self.dim), dtype=np.float32)
             if ok.any():
-                crops = batch[pixels_column(variant)]
-                if isinstance(crops, torch.Tensor):  # DataLoader: shared-memory, maybe pinned, tensor
-                    crops = crops if ok.all() else crops[torch.from_numpy(ok)]
-                else:  # Ray: boolean indexing copies, so the tensor never aliases the read-only batch
-                    crops = torch.from_numpy(np.asarray(crops)[ok])
-                crops = crops.to(self.device, non_blocking=crops.is_pinned())
-                out[ok] = embed_crops(self.model, crops, spec, self.precision).cpu().numpy()
+                out[ok] = embed_crops(self.model, crops[variant], spec, self.precision).cpu().numpy()
             rest[embedding_name(variant)] = out
         rest[NODE] = np.full(len(ok), self.node)
         return rest
+
+    def _moved(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], np.ndarray, dict[str, Any]]:
+        """(each variant's crops of the ok rows on the device, the ok mask, the other columns)."""
+        pixels = [pixels_column(v) for v in self.specs]
+        require_columns(batch, ("status", *pixels), "ImageEmbedder")
+        ok = np.asarray(batch["status"]) == OK
+        moved = {}
+        for variant in self.specs if ok.any() else ():
+            crops = batch[pixels_column(variant)]
+            if isinstance(crops, torch.Tensor):  # DataLoader: shared-memory, maybe pinned, tensor
+                crops = crops if ok.all() else crops[torch.from_numpy(ok)]
+            else:  # Ray: boolean indexing copies, so the tensor never aliases the read-only batch
+                crops = torch.from_numpy(np.asarray(crops)[ok])
+            moved[variant] = crops.to(self.device, non_blocking=crops.is_pinned())
+        return moved, ok, {k: v for k, v in batch.items() if k not in pixels}
+
+    def _decoded(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], np.ndarray, dict[str, Any]]:
+        """`_moved` for images.decode "gpu": one decode on the device feeds every variant."""
+        require_columns(batch, ("status", "detail", "path", ENCODED), "ImageEmbedder (images.decode 'gpu')")
+        crops, status, detail = decode_payloads(batch, self.specs, self.options, device=self.device)
+        ok = status == OK
+        keep = torch.from_numpy(ok).to(self.device)
+        rest = {k: v for k, v in batch.items() if k not in (ENCODED, "path")}
+        rest["status"], rest["detail"] = status, detail
+        return {v: c if ok.all() else c[keep] for v, c in crops.items()}, ok, rest
 
 
 def image_pool_spec(images: ImagesConfig, model: ModelConfig) -> PoolSpec:
@@ -154,7 +186,9 @@ def embed_rows_ray(
         batch_format="numpy",
         udf_modifying_row_count=False,
     )
-    args = {"model": model, "specs": dict(specs), "device": plan.device}
+    args: dict[str, Any] = {"model": model, "specs": dict(specs), "device": plan.device}
+    if options.decode == "gpu":  # the actors decode; the tasks above only read bytes
+        args["options"] = options
     pool = ActorPool(embedder_cls, args, plan, batch_size)
     batches = pool.apply(decoded).iter_batches(batch_size=None, batch_format="numpy")
     if on_batch is not None:
@@ -182,20 +216,33 @@ class _DecodeDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, list[np.ndarray], str, str]:
-        crops, status, detail = read_and_decode(*self.files[i], tuple(self.specs.values()), self.options)
+    def __getitem__(self, i: int) -> tuple[int, list[np.ndarray] | bytes, str, str, str]:
+        """(row, crops, status, detail, path); with images.decode "gpu" the bytes for the embedder's
+        device decoder (device_decode's `read_encoded`) in place of the crops."""
+        root, path = self.files[i]
+        if self.options.decode == "gpu":
+            return i, *read_encoded(root, path, tuple(self.specs.values()), self.options), path
+        crops, status, detail = read_and_decode(root, path, tuple(self.specs.values()), self.options)
         if crops is None:
             crops = [np.zeros((*spec.out_size, 3), np.uint8) for spec in self.specs.values()]
-        return i, crops, status, detail
+        return i, crops, status, detail, path
 
 
-def _collate(items: list[tuple[int, list[np.ndarray], str, str]], variants: Sequence[str]) -> dict[str, Any]:
-    rows, crops, status, detail = zip(*items, strict=True)
+def _collate(
+    items: list[tuple[int, list[np.ndarray] | bytes, str, str, str]], variants: Sequence[str]
+) -> dict[str, Any]:
+    rows, crops, status, detail, paths = zip(*items, strict=True)
+    out = {ROW: np.array(rows), "status": np.array(status), "detail": np.array(detail)}
+    if isinstance(crops[0], bytes):  # images.decode "gpu": the embedder decodes
+        encoded = np.empty(len(crops), dtype=object)
+        for i, payload in enumerate(crops):  # one by one: numpy would make them NUL-stripped bytes_
+            encoded[i] = payload
+        return {**out, "path": np.array(paths, dtype=object), ENCODED: encoded}
     # A tensor travels from the worker through shared memory; a numpy array would be pickled.
     pixels = {
         pixels_column(v): torch.from_numpy(np.stack([c[j] for c in crops])) for j, v in enumerate(variants)
     }
-    return {ROW: np.array(rows), "status": np.array(status), "detail": np.array(detail), **pixels}
+    return {**out, **pixels}
 
 
 def embed_files_local(
@@ -207,7 +254,14 @@ def embed_files_local(
     batch_size: int = 256,
 ) -> dict[str, EmbedResult]:
     """The Ray stage without Ray: a torch DataLoader (`workers` decode processes) feeds `embedder`.
-    `files` are (root, path) pairs; each variant's results come back in their order."""
+    `files` are (root, path) pairs; each variant's results come back in their order. With
+    options.decode "gpu" the workers only read bytes and `embedder` (built with the same options)
+    decodes them on its device."""
+    if (options.decode == "gpu") != (embedder.options.decode == "gpu"):
+        raise StageError(
+            f"embed_files_local got decode '{options.decode}' but the embedder was built with "
+            f"'{embedder.options.decode}'; pass the same DecodeOptions to both."
+        )
     variants = list(embedder.specs)
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(files, embedder.specs, options),

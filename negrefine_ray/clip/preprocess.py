@@ -139,8 +139,10 @@ class DecodeOptions:
     """How bytes become an RGB image. The defaults reproduce the reference loaders, except
     `high_bit_depth` (see `to_rgb`).
 
-    decode: "pil" (full-resolution decode) or "pil-draft" (JPEG DCT-domain downscaling by 1/2, 1/4 or
-        1/8 when the image is at least 2x the resize target in both sides; faster, not faithful).
+    decode: "pil" (full-resolution decode), "pil-draft" (JPEG DCT-domain downscaling by 1/2, 1/4 or
+        1/8 when the image is at least 2x the resize target in both sides; faster, not faithful) or
+        "gpu" (plain JPEGs decoded and cut on the model's device, clip/device_decode.py; other files,
+        and `decode_crops` itself, take the "pil" path).
     exif: "ignore" (the references do not apply EXIF orientation) or "transpose".
     alpha: "drop" (plain convert("RGB"): colour under transparent pixels is kept) or "white"
         (composite on a white background).
@@ -149,7 +151,7 @@ class DecodeOptions:
     max_pixels: images with more pixels are "too-large" (decompression-bomb guard).
     """
 
-    decode: Literal["pil", "pil-draft"] = "pil"
+    decode: Literal["pil", "pil-draft", "gpu"] = "pil"
     exif: Literal["ignore", "transpose"] = "ignore"
     alpha: Literal["drop", "white"] = "drop"
     high_bit_depth: Literal["scale", "clip"] = "scale"
@@ -180,16 +182,14 @@ def to_rgb(img: Image.Image, options: DecodeOptions) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def random_resized_crop(img: Image.Image, spec: CropSpec, key: str) -> np.ndarray:
-    """(H, W, 3) uint8: torchvision's RandomResizedCrop(spec.crop, scale (0.08, 1), ratio (3/4, 4/3))
-    with spec.interpolation, then a horizontal flip with probability 0.5, drawn by numpy's PCG64 seeded
-    with (spec.augment_seed, a stable hash of `key`, the file's path): the same crop every run. The
-    parameter search follows torchvision's get_params (10 tries, then the central crop of clamped
-    aspect ratio); crop then resize, as its resized_crop does on PIL images."""
+def augment_box(width: int, height: int, spec: CropSpec, key: str) -> tuple[int, int, int, int, bool]:
+    """(left, top, w, h, flip) of `random_resized_crop` for a width x height image: drawn by numpy's
+    PCG64 seeded with (spec.augment_seed, a stable hash of `key`, the file's path), the same every run.
+    The search follows torchvision's get_params (10 tries, then the central crop of clamped aspect
+    ratio); flip is the draw of the horizontal flip with probability 0.5."""
     assert spec.crop is not None and spec.augment_seed is not None
     digest = int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
     rng = np.random.default_rng([spec.augment_seed, digest])
-    width, height = img.size
     area, log_ratio = width * height, (math.log(3 / 4), math.log(4 / 3))
     for _ in range(10):
         target = area * rng.uniform(0.08, 1.0)
@@ -205,9 +205,18 @@ def random_resized_crop(img: Image.Image, spec: CropSpec, key: str) -> np.ndarra
         elif width / height > 4 / 3:
             w = round(height * 4 / 3)
         top, left = (height - h) // 2, (width - w) // 2
+    return left, top, w, h, bool(rng.random() < 0.5)
+
+
+def random_resized_crop(img: Image.Image, spec: CropSpec, key: str) -> np.ndarray:
+    """(H, W, 3) uint8: torchvision's RandomResizedCrop(spec.crop, scale (0.08, 1), ratio (3/4, 4/3))
+    with spec.interpolation, then a horizontal flip with probability 0.5, drawn per file
+    (`augment_box`); crop then resize, as torchvision's resized_crop does on PIL images."""
+    assert spec.crop is not None
+    left, top, w, h, flip = augment_box(*img.size, spec, key)
     ch, cw = spec.crop
     out = img.crop((left, top, left + w, top + h)).resize((cw, ch), _PIL_FILTERS[spec.interpolation])
-    if rng.random() < 0.5:
+    if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(out, dtype=np.uint8)
 
@@ -366,16 +375,28 @@ def decode_options(images: ImagesConfig) -> DecodeOptions:
     )
 
 
-def read_and_decode(
-    root: str, path: str, specs: Sequence[CropSpec], options: DecodeOptions
-) -> tuple[list[np.ndarray] | None, str, str]:
-    """(crops or None, status, detail) of one listed file: "missing"/"unreadable" or decode_crops'."""
+def read_listed(root: str, path: str) -> tuple[bytes | None, str, str]:
+    """(bytes, "ok", "") of one listed file, or (None, "missing" or "unreadable", detail)."""
     try:
-        data = read_file(root, path)
+        return read_file(root, path), OK, ""
     except FileNotFoundError:
         return None, "missing", "file not found"
     except (OSError, ValueError) as exc:  # ValueError: pyarrow's ArrowInvalid, e.g. a NUL in the path
         return None, "unreadable", f"{type(exc).__name__}: {exc}"
+
+
+def listed_failure(status: str) -> tuple[str, str]:
+    """(status, detail) of a row whose listing recorded a failure kind: it is passed on unread."""
+    return status, LISTED_DETAILS.get(status, "found while listing")
+
+
+def read_and_decode(
+    root: str, path: str, specs: Sequence[CropSpec], options: DecodeOptions
+) -> tuple[list[np.ndarray] | None, str, str]:
+    """(crops or None, status, detail) of one listed file: "missing"/"unreadable" or decode_crops'."""
+    data, status, detail = read_listed(root, path)
+    if data is None:
+        return None, status, detail
     return decode_crops(data, specs, options, path)
 
 
@@ -389,14 +410,20 @@ def decode_rows(
 ) -> dict[str, Any]:
     """Ray task: columns row, root, path (and optionally the listing's status) -> row, status, detail
     and per variant of `specs` its crops, `pixels@<variant>` (N, H, W, 3) uint8, zeros for failures.
-    Each file is read and decoded once. A row whose listing status is a failure kind is passed on."""
+    Each file is read and decoded once. A row whose listing status is a failure kind is passed on.
+    With options.decode "gpu" the task reads bytes for the device decoder instead (device_decode's
+    `encode_rows`: columns row, status, detail, path, encoded)."""
+    if options.decode == "gpu":
+        from negrefine_ray.clip.device_decode import encode_rows  # it imports this module
+
+        return encode_rows(rows, specs, options)
     n = len(rows["path"])
     pixels = {v: np.zeros((n, *spec.out_size, 3), dtype=np.uint8) for v, spec in specs.items()}
     listed = rows["status"] if "status" in rows else np.full(n, "")
     statuses, details = [], []
     for i, (root, path, known) in enumerate(zip(rows["root"], rows["path"], listed, strict=True)):
         if known:
-            crops, status, detail = None, str(known), LISTED_DETAILS.get(str(known), "found while listing")
+            crops, (status, detail) = None, listed_failure(str(known))
         else:
             crops, status, detail = read_and_decode(str(root), str(path), tuple(specs.values()), options)
         for variant, crop in zip(specs, crops or (), strict=False):

@@ -167,7 +167,12 @@ class ImagesConfig:
 
     preset: str = ""  # a benchmark preset that fills [[datasets]] (see negrefine_ray.data.datasets)
     data_root: str = ""  # folder under which a preset's datasets live
-    decode: Literal["pil", "pil-draft"] = field(default="pil", metadata=_choices("pil", "pil-draft"))
+    # "pil" (the references' loader), "pil-draft" (reduced-scale JPEG decoding) or "gpu" (JPEGs decoded
+    # with nvJPEG and resized on the model's device, in the actors; torchvision's libjpeg-turbo there
+    # when model.device is "cpu"; not bit-identical to "pil": clip/device_decode.py)
+    decode: Literal["pil", "pil-draft", "gpu"] = field(
+        default="pil", metadata=_choices("pil", "pil-draft", "gpu")
+    )
     exif: Literal["ignore", "transpose"] = field(default="ignore", metadata=_choices("ignore", "transpose"))
     alpha: Literal["drop", "white"] = field(default="drop", metadata=_choices("drop", "white"))
     high_bit_depth: Literal["scale", "clip"] = field(default="scale", metadata=_choices("scale", "clip"))

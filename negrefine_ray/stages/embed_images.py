@@ -3,7 +3,8 @@
 Ray's batch-inference pattern (methods.md 3.5; ray_vllm.md 1.4): a stateless task reads and decodes
 each file once and cuts one crop per preprocessing the scored methods need (core.methods
 PREPROCESSING, images.preprocess), one `ImageEmbedder` actor per GPU (or CPU) normalises, encodes
-and L2-normalises each (clip/image.py; the pool is sized and fitted by pools.py). Output:
+and L2-normalises each (clip/image.py; the pool is sized and fitted by pools.py); with images.decode
+"gpu" the tasks only read bytes and the actors decode the JPEGs (clip/device_decode.py). Output:
 images.parquet (dataset, role, path, label, status, one embedding@<variant>
 fixed_size_list<float32>[D] per preprocessing, null unless status is "ok") in listing order, and
 failures.parquet. Embeddings are cached per dataset listing, and while a pass runs its finished rows
@@ -23,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.artifacts import embedding_column, stable_hash, write_parquet
+from negrefine_ray.clip.device_decode import check_device_specs
 from negrefine_ray.clip.image import embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.image_cache import (
     EmbedResult,
@@ -314,6 +316,15 @@ def _dataset_stats(
     }
 
 
+def _decoder(decode: str, device: str) -> str:
+    """Where the images were decoded, for the stats and the summary line."""
+    if decode != "gpu":
+        return f"{decode} decode in CPU tasks"
+    if device == "cpu":  # the CPU actors decode with torchvision: for tests, slower than "pil"
+        return "JPEGs decoded by torchvision (libjpeg-turbo) in the CPU actors"
+    return f"JPEGs decoded with nvJPEG on {device}"
+
+
 def run_embed_images(ctx: StageContext) -> StageOutput:
     """The stage: list, reuse cached datasets and variants, embed the rest (one Ray pass per set of
     missing variants, each file decoded once per pass), write the artifacts."""
@@ -337,6 +348,8 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         return (proto,) if proto and li.config.role == "prototype" else test_variants
 
     options = decode_options(cfg.images)
+    if options.decode == "gpu":
+        check_device_specs(specs.values())
     precision, weights = resolve_precision(plan.device, cfg.model.precision), resolve_weights(cfg.model)
     preprocess = {v: {"crop": spec.describe(), "decode": options.describe()} for v, spec in specs.items()}
     cache = ImageEmbeddingCache(cfg.cache_dir / "image-embeddings")
@@ -398,6 +411,7 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     }
     stats = {
         "images": n,
+        "decode": _decoder(options.decode, plan.device),
         "embedded": embedded,
         "from_cache": n - embedded,
         "seconds": round(seconds, 3),
@@ -415,7 +429,9 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     }
     summary = (
         f"{n:,} images in {seconds:.1f} s, {n / seconds:,.0f} img/s, {len(specs)} preprocessing(s) "
-        f"({', '.join(specs)}), {plan.describe()}, {sum(failures.values()):,} unreadable"
+        f"({', '.join(specs)}), {plan.describe()}, "
+        + (f"{stats['decode']}, " if options.decode == "gpu" else "")
+        + f"{sum(failures.values()):,} unreadable"
         + (f", {n - embedded:,} from cache" if n > embedded else "")
         + (f", {len(mismatches)} count mismatch(es)" if mismatches else "")
     )
