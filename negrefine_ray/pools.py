@@ -11,6 +11,8 @@ of the rows by their ROW column that fails on lost or duplicated rows (`reassemb
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from negrefine_ray.errors import StageError
-from negrefine_ray.resources import Pool, fit_pool_on_cluster
+from negrefine_ray.resources import Pool, cpu_threads, fit_pool_on_cluster, read_cluster
 
 ROW = "row"  # int64 row index 0..N-1 that each row carries through a pool and comes back by
 
@@ -51,6 +53,8 @@ class PoolPlan:
 
     device: str
     pool: Pool
+    # OMP_NUM_THREADS of each CPU actor, set by fit_plan (resources.cpu_threads); 0: Ray's default
+    cpu_threads: int = 0
 
     def describe(self) -> str:
         """ "1 actor x CPU", "8 actors x 0.25 GPU": the stage summaries' wording."""
@@ -93,18 +97,28 @@ def plan_pool(spec: PoolSpec, cluster_gpus: float) -> PoolPlan:
 def fit_plan(plan: PoolPlan) -> PoolPlan:
     """`plan` sized to what the connected Ray has free next to the driver (resources.fit_pool): fewer
     automatic GPU actors, or smaller CPU shares for actors and tasks alike (their ratio kept); a
-    StageError with the numbers when even that does not fit. Call it right before the pool starts."""
-    return dataclasses.replace(plan, pool=fit_pool_on_cluster(plan.pool).pool)
+    StageError with the numbers when even that does not fit. Call it right before the pool starts.
+    With NEGREFINE_CPU_ACTOR_THREADS=cores in the driver's environment, CPU actors get the intra-op
+    threads of resources.cpu_threads (2x end-to-end on 2 cores: jobs/bench/pipeline_efficiency.py),
+    unless it sets OMP_NUM_THREADS too; otherwise Ray's default stands (floor of the CPU request).
+    Opt-in until the multi-node and fault tests, whose Ray nodes share one machine's cores, pass
+    with it."""
+    pool = fit_pool_on_cluster(plan.pool).pool
+    cores = os.environ.get(CPU_ACTOR_THREADS_ENV, "ray") == "cores"
+    own = plan.device != "cpu" or "OMP_NUM_THREADS" in os.environ or not cores
+    return dataclasses.replace(plan, pool=pool, cpu_threads=0 if own else cpu_threads(pool, read_cluster()))
 
 
+CPU_ACTOR_THREADS_ENV = "NEGREFINE_CPU_ACTOR_THREADS"  # "cores": see fit_plan
 NODE = "node"  # the batch column an actor writes its Ray node id into (manifests count rows per node)
 
 
 def node_id() -> str:
-    """This process's Ray node id, or "local" outside Ray (the DataLoader path, in-process encoding)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    """This process's Ray node id, or "local" outside Ray (the DataLoader path, in-process encoding).
+    A process that never imported ray is outside Ray: not importing it here keeps the embedders usable
+    where Ray is not installed (jobs/bench on a bare GPU machine)."""
+    ray = sys.modules.get("ray")
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "local"
 
 
 def count_nodes(nodes: np.ndarray, into: dict[str, int] | None) -> None:
@@ -145,6 +159,11 @@ class ActorPool:
             "num_cpus": self.plan.pool.actor_cpus,
             "batch_size": self.batch_size,
             **({"resources": dict(self.resources)} if self.resources else {}),
+            **(
+                {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(t)}}}
+                if (t := self.plan.cpu_threads)
+                else {}
+            ),
             "batch_format": "numpy",
             "udf_modifying_row_count": False,  # every actor maps rows 1:1
         }

@@ -183,6 +183,23 @@ def fit_pool(pool: Pool, cluster: Cluster) -> Fit:
     return Fit(pool, f"{pool.stage}: sized down to fit: {'; '.join(notes)} ({cluster.describe()}).")
 
 
+def cpu_threads(pool: Pool, cluster: Cluster) -> int:
+    """The intra-op threads (OMP_NUM_THREADS) each CPU actor of `pool` should run: the free CPUs of
+    the node it is placed on shared among the pool's actors there, rounded down, at least 1; 0 for a
+    GPU pool (Ray's default stands). Ray would give an actor floor(its CPU request) threads, 1 for
+    the 0.5 or 1 CPU the pools ask, so a CPU-only pool's one actor left every other core idle; a Ray
+    CPU is a scheduling token, so the threads follow the cores. Tasks beside the actors (embed-images'
+    decoding) share those cores with them."""
+    if pool.actor_gpus > 0 or pool.actors < 1:
+        return 0
+    slots = _slots(pool, cluster.free)
+    if sum(slots) < pool.actors:
+        return 1
+    placed = _place(pool, cluster.free, slots)
+    shares = [n.get("CPU", 0.0) / k for n, k in zip(cluster.free, placed, strict=True) if k]
+    return max(1, int(min(shares) + 1e-9))
+
+
 def read_cluster() -> Cluster:
     """Total CPU/GPU and each live node's free CPU/GPU, read from the connected Ray."""
     import ray
