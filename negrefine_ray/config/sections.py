@@ -304,6 +304,10 @@ class InterNegConfig:
     # The score's arithmetic: "fp32" (default) or "fp16", the reference's (its scores are quantised,
     # so metrics see ties; methods.md 5.6).
     precision: Literal["fp32", "fp16"] = field(default="fp32", metadata=_choices("fp32", "fp16"))
+    # The scale of InterNeg's cosines. The reference multiplies by its checkpoint's exp(logit_scale):
+    # 100 for OpenAI's weights, score.logit_scale's default. 0 (default) = score.logit_scale; set it for
+    # a checkpoint whose own scale differs (1/0.07 for a random-initialised open_clip model).
+    logit_scale: float = field(default=0.0, metadata=_range(0.0))
     # The prototype images' preprocessing: "augment" (the reference's RandomResizedCrop + flip, here
     # seeded per image by run.seed and its path) or "center" (InterNeg's deterministic test transform).
     prototype_preprocess: Literal["augment", "center"] = field(

@@ -28,6 +28,11 @@ from negrefine_ray.errors import StageError
 Precision = {"fp32": "float32", "fp16": "float16"}
 
 
+def _logit_scale(config: JobConfig) -> float:
+    """InterNeg's cosine scale: interneg.logit_scale, or score.logit_scale where that is 0."""
+    return config.interneg.logit_scale or config.score.logit_scale
+
+
 def prototypes(
     labels: np.ndarray, embeddings: np.ndarray, id_names: list[str], per_class: int
 ) -> tuple[np.ndarray, dict[str, Any]]:
@@ -112,7 +117,7 @@ def online_scores(
         image, is_id, id_text=id_text, text_negs=text_negs, protos=protos, base=base,
         invert=invert or _inverter(config, seed, device), order=rows[order], batch_size=cfg.batch_size,
         threshold=cfg.threshold, k_extra=cfg.k_extra, n_groups=cfg.n_groups,
-        logit_scale=config.score.logit_scale, dtype=Precision[cfg.precision],  # type: ignore[arg-type]
+        logit_scale=_logit_scale(config), dtype=Precision[cfg.precision],  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -170,7 +175,7 @@ def run_interneg(scorer: Any, method: Method) -> None:
         )
     dtype = Precision[cfg.precision]
     textual = interneg.interneg_score(
-        scorer.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=config.score.logit_scale,
+        scorer.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=_logit_scale(config),
         dtype=dtype,  # type: ignore[arg-type]
     )  # fmt: skip
     is_id_all = np.array([d is None for d in scorer.ood_of], dtype=bool)
