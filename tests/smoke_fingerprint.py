@@ -1,4 +1,6 @@
 """The smoke job's golden fingerprint: what its results are, so that any unintended change fails.
+It is taken of the session's smoke run (tests/conftest.py: jobs/smoke.toml on the demo images plus
+two more unreadable OOD files).
 
 Exact where results are discrete (which negatives each method mined, in order; every judge's
 answers and decisions; which labels were kept; each image's status) and within float tolerance where
@@ -7,7 +9,7 @@ differently (4.8e-7 between two x86 machines was seen here). The artifacts' sha2
 and compared only with NEGREFINE_GOLDEN_BYTES=1, the check for a refactor on one machine.
 
 Update after an intended change, in its own commit saying what changed and why:
-    NEGREFINE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_pipeline.py -k smoke_job
+    NEGREFINE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_pipeline.py -k golden
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.ray
-@pytest.mark.slow
+@pytest.mark.cluster
 def test_stop_local_stops_its_head_only(ray_session: None) -> None:
     """A `ray start` head with its own temp dir is stopped by PID; the session's Ray keeps working."""
     ray_bin = Path(sys.executable).with_name("ray")

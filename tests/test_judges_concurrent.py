@@ -1,24 +1,22 @@
-"""Two LLM judges at the same time on a real local Ray cluster (cluster/local_cluster.sh: a head
-that runs no tasks and two workers, each with one fake `accelerator`): SmolLM2 through transformers in
-two settings (logprob and generate mode, so two answer stores), each actor taking one accelerator.
-Both fit, so both answer at once: their answering intervals overlap, and the filter manifest holds
-each judge's accounting. Stops exactly the nodes it started."""
+"""Two LLM judges at the same time on a real local Ray cluster (the session's `shared_cluster`,
+cluster/local_cluster.sh: a head that runs no tasks and two workers, each with one fake
+`accelerator`): SmolLM2 through transformers in two settings (logprob and generate mode, so two
+answer stores), each actor taking one accelerator. Both fit, so both answer at once: their answering
+intervals overlap, and the filter manifest holds each judge's accounting."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import LocalCluster
 
 from negrefine_ray.artifacts import read_json
 
 REPO = Path(__file__).resolve().parents[1]
-VENV = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 JUDGES = """
 [filter]
@@ -55,27 +53,15 @@ def _job(tmp_path: Path) -> Path:
     return job
 
 
-def test_two_judges_answer_at_the_same_time_on_a_two_accelerator_cluster(tmp_path: Path) -> None:
+def test_two_judges_answer_at_the_same_time_on_a_two_accelerator_cluster(
+    shared_cluster: LocalCluster, tmp_path: Path
+) -> None:
     pytest.importorskip("transformers")
-    cluster = Path(tempfile.mkdtemp(prefix="nrj.", dir="/tmp"))  # short: socket paths < 108 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"), "PYTHON_BIN": sys.executable}
-    env.pop("RAY_ADDRESS", None)
     run = [sys.executable, "-m", "negrefine_ray", "run", str(_job(tmp_path)), "--until", "filter",
            "--set", f"run.output_dir={tmp_path / 'runs'}", "--set", f"run.cache_dir={tmp_path / 'cache'}",
-           "--set", "filter.n_id_labels=3"]  # fmt: skip
-    try:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "start", str(cluster), "2", "2"],
-            cwd=REPO, env=env, check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        gcs = dict(line.split("=", 1) for line in (cluster / "cluster.env").read_text().splitlines())["GCS"]
-        job = subprocess.run([*run, "--address", gcs], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=1200)  # fmt: skip
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-    finally:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "stop", str(cluster)], cwd=REPO, env=env, timeout=300
-        )
+           "--set", "filter.n_id_labels=3", "--address", shared_cluster.gcs]  # fmt: skip
+    job = subprocess.run(run, cwd=REPO, env=shared_cluster.env, capture_output=True, text=True, timeout=1200)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     stats = read_json(tmp_path / "runs" / "smoke-judges" / "filter" / "manifest.json")["stats"]
     a, b = (stats[name]["accounting"] for name in ("smol-logprob", "smol-generate"))
     assert a["questions_asked"] > 20 and b["questions_asked"] == a["questions_asked"]

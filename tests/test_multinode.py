@@ -1,24 +1,24 @@
 """The smoke job on a real three-node Ray cluster on this machine (cluster/local_cluster.sh: a head that
 runs no tasks and two worker nodes, each its own `ray start`, temp dir, ports and custom resources,
-token auth on), submitted with `ray job submit`: the embedding actors run on both workers, and the
-results equal a local run's. Stops exactly the nodes it started (by their temp dirs)."""
+token auth on; the session's `shared_cluster`), submitted with `ray job submit`: the embedding actors
+run on both workers, and the results equal a local run's."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LocalCluster
 
 from negrefine_ray.artifacts import read_json, read_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+pytestmark = [pytest.mark.cluster, pytest.mark.ray]
 
 
 def _sets(out: Path, images: Path, run: str) -> list[str]:
@@ -36,43 +36,23 @@ def _sets(out: Path, images: Path, run: str) -> list[str]:
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 
 
-def _workers(cluster: Path) -> set[str]:
-    check = subprocess.run(
-        ["bash", "cluster/local_cluster.sh", "check", str(cluster)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
-    )  # fmt: skip
-    return {line.split()[0] for line in check.stdout.splitlines() if "node_" in line}
-
-
-def test_smoke_job_on_a_three_node_cluster_spreads_and_equals_a_local_run(tmp_path: Path) -> None:
-    cluster = Path(tempfile.mkdtemp(prefix="nrc.", dir="/tmp"))  # short: socket paths < 108 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"), "PYTHON_BIN": sys.executable}
-    env.pop("RAY_ADDRESS", None)
+def test_smoke_job_on_a_three_node_cluster_spreads_and_equals_a_local_run(
+    shared_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    cluster = shared_cluster
+    workers = cluster.workers()
+    assert len(workers) == 2
     images = tmp_path / "images"
     cli = [sys.executable, "-m", "negrefine_ray"]
     subprocess.run([*cli, "demo-images", str(images)], check=True, capture_output=True, timeout=300)
-    try:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "start", str(cluster), "2", "2"],
-            cwd=REPO, env=env, check=True, capture_output=True, timeout=300,
-        )  # fmt: skip
-        workers = _workers(cluster)
-        assert len(workers) == 2
-        dashboard = dict(line.split("=", 1) for line in (cluster / "cluster.env").read_text().splitlines())[
-            "DASHBOARD"
-        ]
-        submit = [str(VENV / "ray"), "job", "submit", "--address", dashboard, "--working-dir", ".",
-                  "--entrypoint-num-cpus", "0", "--", *cli, "run", "jobs/smoke.toml",
-                  *_sets(tmp_path, images, "cluster")]  # fmt: skip
-        job = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "report: " in job.stdout
-        again = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 7  # resumes, no work
-    finally:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "stop", str(cluster)], cwd=REPO, env=env, timeout=300
-        )
+    submit = [str(VENV / "ray"), "job", "submit", "--address", cluster.dashboard, "--working-dir", ".",
+              "--entrypoint-num-cpus", "0", "--", *cli, "run", "jobs/smoke.toml",
+              *_sets(tmp_path, images, "cluster")]  # fmt: skip
+    job = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=1800)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "report: " in job.stdout
+    again = subprocess.run(submit, cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("up to date, skipped") == 7  # resumes, no work
     remote = tmp_path / "cluster" / "smoke"
     for stage in ("embed-images", "embed-text"):
         nodes = read_json(remote / stage / "manifest.json")["stats"]["nodes"]

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import LocalCluster
 from s3_server import S3Server, s3_server
 
 from negrefine_ray.artifacts import write_json, write_parquet
@@ -24,6 +25,8 @@ from negrefine_ray.errors import StageError
 from negrefine_ray.run_mirror import RemoteRun
 from negrefine_ray.runfolder import _describe_artifact
 from negrefine_ray.storage import ObjectPath, RunLease, is_uri, location, write_bytes_atomic
+
+pytestmark = pytest.mark.cluster  # every test here uses the module's S3 server
 
 
 @pytest.fixture(scope="module")
@@ -175,30 +178,27 @@ def test_committed_stages_are_pulled_into_a_fresh_working_copy(prefix: ObjectPat
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
 @pytest.mark.ray
-def test_smoke_job_on_the_store_survives_a_killed_driver(s3: S3Server, tmp_path: Path) -> None:
+def test_smoke_job_on_the_store_survives_a_killed_driver(
+    s3: S3Server, shared_cluster: LocalCluster, tmp_path: Path
+) -> None:
     """The smoke job with its run folder and caches on the S3 server, its driver killed (SIGKILL, by
     PID) once the filter stage is committed; a second driver with an empty working copy resumes from
     the store: the committed stages are skipped and the results equal the golden smoke results.
-    The driver connects to a one-worker cluster this test starts and stops by its folder, so killing
-    the driver leaves no Ray process behind."""
+    The driver connects to the session's `shared_cluster`, so killing it leaves no Ray process of its
+    own behind (its actors end with its job)."""
     import signal
     import subprocess
     import sys
-    import tempfile
     import time
 
     import smoke_fingerprint
 
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(Path(sys.executable).parent / "ray"),
-           "PYTHON_BIN": sys.executable}  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
+    env = shared_cluster.env
     cli = [sys.executable, "-m", "negrefine_ray"]
     images = tmp_path / "images"
     subprocess.run([*cli, "demo-images", str(images)], check=True, capture_output=True, timeout=300)
     run_uri, cache_uri = s3.uri("negrefine", "job/runs"), s3.uri("negrefine", "job/cache")
-    cluster = Path(tempfile.mkdtemp(prefix="nrs.", dir="/tmp"))
 
     def sets(local: str) -> list[str]:
         pairs = {
@@ -209,28 +209,22 @@ def test_smoke_job_on_the_store_survives_a_killed_driver(s3: S3Server, tmp_path:
         return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 
     run = ObjectPath.from_uri(run_uri) / "smoke"
+    job = [*cli, "run", "jobs/smoke.toml", "--address", shared_cluster.gcs]
+    first = subprocess.Popen([*job, *sets("local-1")], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
-        subprocess.run(["bash", "cluster/local_cluster.sh", "start", str(cluster), "1", "2"],
-                       cwd=REPO, env=env, check=True, capture_output=True, timeout=300)  # fmt: skip
-        gcs = dict(line.split("=", 1) for line in (cluster / "cluster.env").read_text().splitlines())["GCS"]
-        job = [*cli, "run", "jobs/smoke.toml", "--address", gcs]
-        first = subprocess.Popen([*job, *sets("local-1")], cwd=REPO, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         deadline = time.monotonic() + 900
         while not (run / "filter" / "manifest.json").is_file():
             assert first.poll() is None, first.stdout.read() if first.stdout else ""
             assert time.monotonic() < deadline, "the filter stage was not committed in time"
             time.sleep(0.5)
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait()
-        assert not (run / "report" / "manifest.json").exists()
-        second = subprocess.run([*job, *sets("local-2")], cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=1200)  # fmt: skip
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     finally:
-        subprocess.run(
-            ["bash", "cluster/local_cluster.sh", "stop", str(cluster)], cwd=REPO, env=env, timeout=300
-        )
+        os.kill(first.pid, signal.SIGKILL)  # by PID, also when the wait failed
+        first.wait()
+    assert not (run / "report" / "manifest.json").exists()
+    second = subprocess.run([*job, *sets("local-2")], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=1200)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     skipped = [line.split(":")[0] for line in second.stdout.splitlines() if "up to date, skipped" in line]
     assert skipped == ["corpus", "embed-text", "mine", "filter"], second.stdout
     assert f"results: {run}" in second.stdout

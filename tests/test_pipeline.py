@@ -1,30 +1,19 @@
-"""The pipeline through the CLI on the smoke job: a second run does no work and changes nothing,
---force recomputes, bad configs stop before any work, unbuilt stages never pretend to run."""
+"""The pipeline through the CLI on the smoke job (the session's `smoke_run`): its results equal the
+golden fingerprint, a second run does no work and changes nothing,
+stage commands work on the run folder, bad configs stop before any work, several seeds rerun only
+what depends on the seed."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import smoke_fingerprint
-from typer.testing import CliRunner
+from conftest import SMOKE_JOB, SmokeRun, run_cli
 
 from negrefine_ray.artifacts import read_json, read_parquet
-from negrefine_ray.cli import app
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = str(REPO / "jobs" / "smoke.toml")
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def _run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
+ROW_COLUMNS = ("dataset", "role", "path", "label", "status")
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -35,68 +24,59 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-@pytest.mark.ray
-@pytest.mark.slow
-def test_smoke_job_runs_then_resumes_without_work(ray_session: Any, tmp_path: Path, cache_dir: Path) -> None:
-    code, out = _run("demo-images", str(tmp_path / "images"))
-    assert code == 0, out
-    sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
-            "--set", "corpus.max_words_per_lexname=40",
-            "--set", f"datasets.demo-id.root={tmp_path / 'images' / 'id'}",
-            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}",
-            "--set", f"datasets.demo-prototype.root={tmp_path / 'images' / 'prototype'}"]  # fmt: skip
-    code, out = _run("run", SMOKE, *sets)
-    assert code == 0, out
+def test_smoke_job_runs_every_stage_and_matches_the_golden_fingerprint(smoke_run: SmokeRun) -> None:
+    out = smoke_run.output
     for stage in (
         "corpus: 1,0",
         "mine: ",
         "filter: wordnet: ",
-        "embed-images: 1,049 images",
-        "score: 48 images",
+        "embed-images: 1,051 images",
+        "score: 48 images (3 excluded)",
     ):
         assert stage in out, out
     # The golden fingerprint: any unintended change to the smoke job's results fails here.
-    assert smoke_fingerprint.check(tmp_path / "smoke") == []
-    report = (tmp_path / "smoke" / "report" / "report.md").read_text()
+    assert smoke_fingerprint.check(smoke_run.run_dir) == []
+    report = (smoke_run.run_dir / "report" / "report.md").read_text()
     assert report.startswith("**Random-initialised CLIP: these numbers are meaningless.**")
-    run_dir = tmp_path / "smoke"
-    corpus = read_parquet(run_dir / "corpus" / "corpus.parquet")
-    assert (
-        corpus.num_rows
-        == read_json(run_dir / "corpus" / "manifest.json")["artifacts"]["corpus.parquet"]["rows"]
-    )
+    corpus = read_parquet(smoke_run.run_dir / "corpus" / "corpus.parquet")
+    manifest = read_json(smoke_run.run_dir / "corpus" / "manifest.json")
+    assert corpus.num_rows == manifest["artifacts"]["corpus.parquet"]["rows"]
     assert set(corpus.column("lexname").to_pylist()) >= {"noun.plant", "adj.all"}
+    failures = read_parquet(smoke_run.run_dir / "embed-images" / "failures.parquet")
+    assert sorted(failures.column("status").to_pylist()) == ["corrupt", "empty", "not-an-image"]
 
-    before = _snapshot(run_dir)
-    code, out = _run("run", SMOKE, *sets)
-    assert code == 0 and out.count("up to date, skipped") == 7
-    assert _snapshot(run_dir) == before  # same bytes, same modification times
 
-    code, out = _run("corpus", str(run_dir), "--force")  # a stage against the run folder
+def test_a_second_run_does_no_work_and_changes_nothing(smoke_run: SmokeRun) -> None:
+    before = _snapshot(smoke_run.run_dir)
+    code, out = smoke_run.run()
+    assert code == 0 and out.count("up to date, skipped") == 7, out
+    assert _snapshot(smoke_run.run_dir) == before  # same bytes, same modification times
+
+
+def test_stage_commands_work_on_the_run_folder(smoke_run: SmokeRun) -> None:
+    run_dir = smoke_run.run_dir
+    corpus = read_parquet(run_dir / "corpus" / "corpus.parquet")
+    code, out = run_cli("corpus", str(run_dir), "--force")  # a stage against the run folder
     assert code == 0 and "corpus: " in out and "skipped" not in out
     assert read_parquet(run_dir / "corpus" / "corpus.parquet").equals(corpus)
-    code, out = _run("mine", str(run_dir))  # same corpus content, so the same hash downstream
+    code, out = run_cli("mine", str(run_dir))  # same corpus content, so the same hash downstream
     assert code == 0 and "mine: up to date, skipped" in out
 
 
 def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:
-    code, out = _run("run", SMOKE, "--set", f"run.output_dir={tmp_path}", "--set", "model.precision=fp64")
+    code, out = run_cli(
+        "run", str(SMOKE_JOB), "--set", f"run.output_dir={tmp_path}", "--set", "model.precision=fp64"
+    )
     assert code == 2 and "model.precision = 'fp64' is not one of" in out
     assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(
-    ray_session: Any, tmp_path: Path, cache_dir: Path
-) -> None:
-    code, out = _run("demo-images", str(tmp_path / "images"))
-    sets = ["--set", f"run.output_dir={tmp_path}", "--set", f"run.cache_dir={cache_dir}",
-            "--set", "corpus.max_words_per_lexname=40", "--set", "run.seeds=[0, 1]",
-            "--set", f"datasets.demo-id.root={tmp_path / 'images' / 'id'}",
-            "--set", f"datasets.demo-ood.root={tmp_path / 'images' / 'ood'}",
-            "--set", f"datasets.demo-prototype.root={tmp_path / 'images' / 'prototype'}"]  # fmt: skip
-    code, out = _run("run", SMOKE, *sets)
+def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(smoke_run: SmokeRun, tmp_path: Path) -> None:
+    # the session run's images and caches: embeddings that do not depend on the seed come from there
+    sets = smoke_run.sets(**{"run.output_dir": tmp_path, "run.seeds": "[0, 1]"})
+    code, out = run_cli("run", str(SMOKE_JOB), *sets)
     assert code == 0, out
     job = tmp_path / "smoke"
     assert "mean ± std over seeds" in out and (job / "report-seeds.md").is_file()
@@ -107,3 +87,6 @@ def test_a_multi_seed_job_reruns_only_what_depends_on_the_seed(
     ]
     assert not phrases[0].equals(phrases[1])  # CSP's suffix draws follow the seed
     assert "| NegLabel | " in (job / "report-seeds.md").read_text()
+    # seed 0 of the sweep is the session's run: the same results
+    seed0 = read_parquet(job / "seed-0" / "score" / "scores.parquet")
+    assert seed0.equals(read_parquet(smoke_run.run_dir / "score" / "scores.parquet"))

@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "pipeline_effi
 
 
 @pytest.mark.slow  # its own Ray and three actor pools: ~1-2 min on 2 cores
-@pytest.mark.ray
+@pytest.mark.cluster
 def test_quick_run_reports_an_efficiency_per_stage(tmp_path: Path) -> None:
     out = tmp_path / "eff.json"
     # a separate process: the script starts (and stops) its own local Ray

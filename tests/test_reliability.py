@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from conftest import SmokeRun
 from typer.testing import CliRunner
 
 from negrefine_ray import pipeline
@@ -51,7 +52,8 @@ def _sets(tmp: Path, images: Path, cache: Path | None = None) -> list[str]:
 
 @pytest.mark.ray
 def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: Any, tmp_path: Path) -> None:
-    images = make_demo_images(tmp_path / "x", per_class=3, n_ood=10)
+    # two prototype classes (not the smoke job's 1,000): the test is about the ID and OOD rows
+    images = make_demo_images(tmp_path / "x", per_class=3, n_ood=10, prototype_classes=2)
     config = load_config(SMOKE, [s for s in _sets(tmp_path, images) if s != "--set"])
     images_parquet = config.run_dir / "embed-images" / "images.parquet"
 
@@ -245,21 +247,24 @@ def _artifacts(run_dir: Path) -> dict[str, bytes]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_smoke_job_rerun_from_scratch_writes_the_same_bytes(ray_session: Any, tmp_path: Path) -> None:
-    images = make_demo_images(tmp_path / "x")
-    (images / "ood" / "notes.jpg").write_text("not an image")  # Pillow's error names an address
-    (images / "ood" / "empty.png").write_bytes(b"")
-    folder, runs = tmp_path / "work", []
-    sets = [*_sets(folder, images, cache=folder / "cache"), "--set", "images.max_failed_fraction=0.2"]
-    for attempt in ("a", "b"):  # the same paths each time, from scratch (no run folder, no cache)
-        code, out = _run("run", SMOKE, *sets)
+def test_the_smoke_job_rerun_from_scratch_writes_the_same_bytes(smoke_run: SmokeRun, tmp_path: Path) -> None:
+    """The session's smoke run against a second run from scratch at the same paths (no run folder, no
+    cache): its work folder is moved aside for the second run and put back afterwards."""
+    first = _artifacts(smoke_run.run_dir)
+    aside = tmp_path / "first"
+    smoke_run.work.rename(aside)
+    try:
+        code, out = smoke_run.run()
         assert code == 0, out
-        runs.append(_artifacts(folder / "runs" / "smoke"))
-        folder.rename(tmp_path / attempt)
-    assert runs[0].keys() == runs[1].keys()
-    assert [k for k in runs[0] if runs[0][k] != runs[1][k]] == []
-    failures = read_parquet(tmp_path / "a" / "runs" / "smoke" / "embed-images" / "failures.parquet")
+        second = _artifacts(smoke_run.run_dir)
+    finally:
+        if smoke_run.work.exists():
+            shutil.rmtree(smoke_run.work)
+        aside.rename(smoke_run.work)
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+    failures = read_parquet(smoke_run.run_dir / "embed-images" / "failures.parquet")
     assert sorted(failures.column("status").to_pylist()) == ["corrupt", "empty", "not-an-image"]
     assert not any(" at 0x" in d for d in failures.column("detail").to_pylist())
-    metrics = json.loads(runs[0]["report/metrics.json"])
+    metrics = json.loads(first["report/metrics.json"])
     assert metrics["failed_ood_datasets"] == {}

@@ -1,5 +1,6 @@
-"""The text side end to end on a tiny random CLIP: corpus -> embed-text -> mine, checked against the
-selection rules, the CSP phrase rule, NegRefine's ID-name exclusion and determinism."""
+"""The text side end to end on a tiny random CLIP: corpus -> embed-text -> mine of the session's smoke
+run, checked against the selection rules, the CSP phrase rule, NegRefine's ID-name exclusion and
+determinism."""
 
 from __future__ import annotations
 
@@ -7,34 +8,24 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import SMOKE_JOB, SmokeRun
 
 from negrefine_ray.artifacts import column_matrix, read_json, read_parquet
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.templates import get_templates
-from negrefine_ray.pipeline import run_pipeline
 
-REPO = Path(__file__).resolve().parents[1]
-# The module's text_run fixture runs corpus, embed-text and mine once: ~35 s on 2 cores.
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def text_run(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> JobConfig:
-    out = tmp_path_factory.mktemp("runs")
-    config = load_config(
-        REPO / "jobs" / "smoke.toml",
-        [f"run.output_dir={out}", f"run.cache_dir={out / 'cache'}", "corpus.max_words_per_lexname=60",
-         "text.gpus_per_actor=0"],
-    )  # fmt: skip
-    run_pipeline(config, only=["corpus", "embed-text", "mine"])
-    return config
+def text_run(smoke_run: SmokeRun) -> JobConfig:
+    """The session's smoke run (its corpus, embed-text and mine stages are what these tests read)."""
+    return load_config(SMOKE_JOB, [s for s in smoke_run.sets() if s != "--set"])
 
 
 def _negatives(config: JobConfig, method: str) -> pa.Table:
