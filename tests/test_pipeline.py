@@ -1,5 +1,5 @@
 """The pipeline through the CLI on the smoke job (the session's `smoke_run`): its results equal the
-golden fingerprint, a second run does no work and changes nothing,
+golden fingerprint, no score column is constant, a second run does no work and changes nothing,
 stage commands work on the run folder, bad configs stop before any work, several seeds rerun only
 what depends on the seed."""
 
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pyarrow.compute as pc
 import pytest
 import smoke_fingerprint
 from conftest import SMOKE_JOB, SmokeRun, run_cli
@@ -44,6 +46,23 @@ def test_smoke_job_runs_every_stage_and_matches_the_golden_fingerprint(smoke_run
     assert set(corpus.column("lexname").to_pylist()) >= {"noun.plant", "adj.all"}
     failures = read_parquet(smoke_run.run_dir / "embed-images" / "failures.parquet")
     assert sorted(failures.column("status").to_pylist()) == ["corrupt", "empty", "not-an-image"]
+
+
+def test_no_score_column_of_the_smoke_run_is_constant(smoke_run: SmokeRun) -> None:
+    """Every method's scores vary over the scored images, so no golden row checks a constant."""
+    scores = read_parquet(smoke_run.run_dir / "score" / "scores.parquet")
+    scored = scores.filter(pc.equal(scores.column("status"), "ok"))
+    columns = [c for c in scores.column_names if c not in ROW_COLUMNS]
+    assert columns and scored.num_rows > 2
+    for name in columns:
+        values = scored.column(name).to_numpy(zero_copy_only=False)
+        assert np.isfinite(values).all(), name
+        assert np.unique(values).size > 1, f"{name} is constant: {values[0]!r}"
+    metrics = read_json(smoke_run.run_dir / "report" / "metrics.json")
+    for row, entry in metrics["rows"].items():
+        for dataset, values in entry["datasets"].items():
+            # exactly 0.5 is what tied scores give (a varying column could, by chance: then look)
+            assert values["auroc"] != 0.5, (row, dataset, values)
 
 
 def test_a_second_run_does_no_work_and_changes_nothing(smoke_run: SmokeRun) -> None:
