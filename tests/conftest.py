@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from s3_server import ENV as S3_ENV
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -152,7 +153,10 @@ class LocalCluster:
 def local_cluster(workers: int = 2, cpus: int = 2, prefix: str = "nrc.") -> Iterator[LocalCluster]:
     """Start a local cluster; stop exactly its nodes (by their temp dirs) on the way out."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: socket paths < 108 bytes
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"), "PYTHON_BIN": sys.executable}
+    # the S3 test server's dummy credentials too: nodes keep the environment they start with, and a
+    # job on the shared cluster may use the store (test_object_store)
+    env = {**os.environ, **S3_ENV, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"),
+           "PYTHON_BIN": sys.executable}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     try:
         subprocess.run(

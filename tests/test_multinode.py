@@ -30,8 +30,7 @@ def _sets(out: Path, images: Path, run: str) -> list[str]:
         "datasets.demo-ood.root": images / "ood",
         "datasets.demo-prototype.root": images / "prototype",
         "images.num_actors": 2,  # two CPU actors per pool: the SPREAD strategy puts one on each worker
-        "text.num_actors": 2,
-        "text.local_below": 0,  # every text through the actor pool
+        "text.num_actors": 2,  # the large text lists (ID labels x templates) through the pool, spread
     }
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 

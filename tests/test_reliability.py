@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 from conftest import SmokeRun
 from typer.testing import CliRunner
@@ -21,7 +21,7 @@ from negrefine_ray import pipeline
 from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
 from negrefine_ray.cli import app
 from negrefine_ray.clip.model import check_checkpoint
-from negrefine_ray.config import load_config
+from negrefine_ray.config import build_config, load_config
 from negrefine_ray.data.demo_data import make_demo_images
 from negrefine_ray.errors import ConfigError, NegRefineError
 from negrefine_ray.stages.report import MEASURED_HEADING, evaluate, markdown_tables
@@ -52,18 +52,24 @@ def _sets(tmp: Path, images: Path, cache: Path | None = None) -> list[str]:
 
 @pytest.mark.ray
 def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: Any, tmp_path: Path) -> None:
-    # two prototype classes (not the smoke job's 1,000): the test is about the ID and OOD rows
-    images = make_demo_images(tmp_path / "x", per_class=3, n_ood=10, prototype_classes=2)
-    config = load_config(SMOKE, [s for s in _sets(tmp_path, images) if s != "--set"])
+    images = make_demo_images(tmp_path / "x", per_class=3, n_ood=10, prototype_classes=0)
+    # The smoke job without InterNeg: the test is about the scored rows, and each image pass starts an
+    # actor pool (~6 s), so the prototypes' pass is left out (test_image_embed covers every variant).
+    job = tomllib.loads(Path(SMOKE).read_text())
+    job["datasets"] = [d for d in job["datasets"] if d["role"] != "prototype"]
+    job["mining"]["methods"] = [m for m in job["mining"]["methods"] if m != "interneg"]
+    job["score"]["methods"] = [m for m in job["score"]["methods"] if m != "interneg"]
+    del job["interneg"]
+    sets = [s for s in _sets(tmp_path, images) if s != "--set" and "demo-prototype" not in s]
+    config = build_config(job, sets)
     images_parquet = config.run_dir / "embed-images" / "images.parquet"
 
     def embed() -> str:
         [result] = pipeline.run_pipeline(config, only=["embed-images"])
         return result.status
 
-    def scored_rows() -> pa.Table:  # the ID and OOD rows (the smoke job also embeds InterNeg's prototypes)
-        table = read_parquet(images_parquet)
-        return table.filter(pc.not_equal(table.column("role"), "prototype"))
+    def scored_rows() -> pa.Table:
+        return read_parquet(images_parquet)
 
     assert embed() == "ran" and scored_rows().num_rows == 20
     assert embed() == "skipped"
@@ -75,7 +81,7 @@ def test_added_replaced_and_touched_images_make_embed_images_rerun(ray_session: 
     after = scored_rows()
     assert after.num_rows == 21 and "ood_new.jpg" in after.column("path").to_pylist()
     columns = [c for c in after.column_names if c.startswith("embedding@")]
-    assert columns == ["embedding@clip", "embedding@torchvision", "embedding@openood"]  # the smoke methods
+    assert columns == ["embedding@clip", "embedding@torchvision"]  # the methods' preprocessings
     for column in columns:
         emb = {p: e for p, e in zip(after["path"].to_pylist(), after[column].to_pylist(), strict=True)}
         # The replaced image now has tench_001's content (equal up to batch-dependent float rounding).
