@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 
 from negrefine_ray import __version__
 from negrefine_ray.artifacts import file_sha256, read_json, stable_hash, write_json
-from negrefine_ray.config import JobConfig
+from negrefine_ray.config import JobConfig, named_paths
 from negrefine_ray.errors import StageError
+from negrefine_ray.file_ids import named_file_ids
 from negrefine_ray.run_mirror import RemoteRun
 from negrefine_ray.storage import ObjectPath, RunLease, is_uri
 
@@ -116,9 +117,10 @@ def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
 
 
 def stage_key(stage: Stage, config: JobConfig, run_dir: Path) -> dict[str, Any]:
-    """Hash of the stage's code version, its settings, the identity of the files it reads outside the
-    run folder (`Stage.sources`) and the content (sha256) of its upstream artifacts: a recomputed
-    upstream stage that wrote the same bytes leaves this stage valid."""
+    """Hash of the stage's code version, its settings, the content of the local files and folders its
+    settings name (file_ids.py), the identity of the files it reads outside the run folder
+    (`Stage.sources`) and the content (sha256) of its upstream artifacts: a recomputed upstream stage
+    that wrote the same bytes leaves this stage valid."""
     inputs = {}
     for up in stage.needs:
         manifest_path = run_dir / up / MANIFEST
@@ -128,12 +130,16 @@ def stage_key(stage: Stage, config: JobConfig, run_dir: Path) -> dict[str, Any]:
                 f"run `negrefine-ray {up} {run_dir}` (or `negrefine-ray run JOB.toml`) first."
             )
         inputs[up] = {name: a["sha256"] for name, a in read_json(manifest_path)["artifacts"].items()}
+    settings = stage.settings(config)
     key = {
         "stage": stage.name,
         "version": stage.version,
-        "settings": stage.settings(config),
+        "settings": settings,
         "inputs": inputs,
     }
+    files = named_file_ids(settings, named_paths(config))
+    if files:  # the content of the files and folders its settings name (a label file, a checkpoint...)
+        key["files"] = files
     if stage.sources is not None:
         key["sources"] = stage.sources(config)
     return key

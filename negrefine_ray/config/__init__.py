@@ -25,6 +25,7 @@ from negrefine_ray.config.sections import (
     RunConfig,
     ScoreConfig,
     TextConfig,
+    named_paths,
 )
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "build_config",
     "check_references",
     "load_config",
+    "named_paths",
     "parse_override",
     "section_names",
 ]

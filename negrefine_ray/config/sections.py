@@ -37,6 +37,26 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 # Names that become folder or file names (run, datasets, judges): one plain path part each.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME: dict[str, Any] = {"plain_name": True}
+# Settings that may name a local file or folder: its content enters the hash of every stage whose
+# settings hold the value (negrefine_ray/file_ids.py), so editing the file reruns those stages.
+_FILE: dict[str, Any] = {"names_file": True}
+
+
+def named_paths(config: Any) -> tuple[str, ...]:
+    """The values of every `_FILE` setting of `config` (a JobConfig or one of its sections), judges
+    and datasets included, in field order."""
+    out: list[str] = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("names_file") and isinstance(value, str):
+            out.append(value)
+        elif dataclasses.is_dataclass(value):
+            out.extend(named_paths(value))
+        elif isinstance(value, tuple):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    out.extend(named_paths(item))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -76,7 +96,7 @@ class ModelConfig:
     """
 
     arch: str = "ViT-B-16"
-    pretrained: str = "openai"
+    pretrained: str = field(default="openai", metadata=_FILE)
     precision: Literal["fp32", "fp16", "bf16"] = field(
         default="fp16", metadata=_choices("fp32", "fp16", "bf16")
     )
@@ -92,7 +112,7 @@ class CorpusConfig:
     published layout (`<lexname>.txt`). `lexnames` empty means the 27 published files.
     """
 
-    source: str = "wordnet"
+    source: str = field(default="wordnet", metadata=_FILE)
     rule: Literal["first-lemma", "all-lemmas"] = field(
         default="first-lemma", metadata=_choices("first-lemma", "all-lemmas")
     )
@@ -105,7 +125,7 @@ class CorpusConfig:
 class LabelsConfig:
     """In-distribution labels: a named set ("imagenet1k", "imagenet10", ...) or a label file."""
 
-    id_labels: str = "imagenet1k"
+    id_labels: str = field(default="imagenet1k", metadata=_FILE)
 
 
 @dataclass(frozen=True)
@@ -225,7 +245,7 @@ class JudgeConfig:
 
     name: str = field(metadata=_NAME)
     backend: str = field(metadata=_choices(*JUDGE_BACKENDS))
-    model: str = ""  # hub id, local folder, or .gguf file (transformers)
+    model: str = field(default="", metadata=_FILE)  # hub id, local folder, or .gguf file (transformers)
     mode: Literal["logprob", "generate"] = field(default="logprob", metadata=_choices("logprob", "generate"))
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # decision: P(yes) > threshold
     dtype: str = "auto"
@@ -249,8 +269,8 @@ class JudgeConfig:
         default="instance", metadata=_choices("instance", "capitalized")
     )  # wordnet backend
     compound_head: bool = True  # wordnet backend: "african daisy" is a subcategory of "daisy"
-    log_noun: str = ""  # replay backend: NegRefine's llm_process_noun.txt
-    log_adj: str = ""  # replay backend: llm_process_adj.txt
+    log_noun: str = field(default="", metadata=_FILE)  # replay backend: NegRefine's llm_process_noun.txt
+    log_adj: str = field(default="", metadata=_FILE)  # replay backend: llm_process_adj.txt
 
 
 @dataclass(frozen=True)
