@@ -38,3 +38,13 @@ def test_label_file(tmp_path: Path) -> None:
         load_id_labels(str(tmp_path / "missing.txt"))
     with pytest.raises(NegRefineError, match="Did you mean 'imagenet1k'"):
         load_id_labels("imagenet1kk")
+
+
+def test_a_label_file_splits_at_newlines_only(tmp_path: Path) -> None:
+    """U+2028, U+0085 and the other characters str.splitlines breaks at stay inside a label (issue 21,
+    item 14: 20 lines gave 22 labels); \\r\\n and \\r end lines as \\n does."""
+    names = [f"label {i}" for i in range(20)]
+    names[3], names[11], names[15] = "line\u2028separator", "next\x85line", "form\x0cfeed"
+    path = tmp_path / "labels.txt"
+    path.write_bytes(("\n".join(names[:10]) + "\r\n" + "\r".join(names[10:]) + "\n").encode())
+    assert load_id_labels(str(path)) == names

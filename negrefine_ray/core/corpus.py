@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from negrefine_ray.core.lines import text_lines
 from negrefine_ray.core.methods import CSP_EXCLUDED as CSP_EXCLUDED  # re-exported: a pool rule's exclusions
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import NegRefineError, unknown_name
@@ -187,7 +188,7 @@ def read_wordlist_folder(path: Path) -> pa.Table:
                 f"Unexpected file {file.name!r} in word-list folder {folder}: expected <lexname>.txt "
                 f"with lexname one of {', '.join(KNOWN_LEXNAMES)}; move the file elsewhere."
             )
-        lines = (line.strip() for line in file.read_text(encoding="utf-8").splitlines())
+        lines = (line.strip() for line in text_lines(file.read_text(encoding="utf-8")))
         for word in dict.fromkeys(line for line in lines if line):
             row: tuple[object, ...] = (word, pos_of(lexname), lexname, [], None, None)
             for column, value in zip(ENTRY_SCHEMA.names, row, strict=True):

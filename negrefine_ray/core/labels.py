@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from negrefine_ray.core.lines import text_lines
 from negrefine_ray.errors import NegRefineError, unknown_name
 
 
@@ -61,7 +62,7 @@ def read_label_file(path: Path) -> list[str]:
             f"Label file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8, one class name "
             f"per line."
         ) from exc
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = [line.strip() for line in text_lines(text) if line.strip()]
     if not labels:
         raise NegRefineError(f"Label file {path} has no labels; write one class name per line.")
     return labels

@@ -9,6 +9,7 @@ import logging
 import posixpath
 import re
 
+from negrefine_ray.core.lines import text_lines
 from negrefine_ray.errors import NegRefineError
 
 log = logging.getLogger(__name__)
@@ -32,12 +33,6 @@ def decode_list(data: bytes, source: str) -> str:
             f"{source} line {line}: bytes {data[exc.start : exc.end]!r} are not valid UTF-8; save the "
             f"list as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) with file names that are UTF-8 too."
         ) from exc
-
-
-def _lines(text: str) -> list[str]:
-    # Universal newlines, as OpenOOD's readlines(): str.splitlines would also split at \x0b, \x1c,
-    # \x85 or \u2028, which can be part of a file name.
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def parse_integer(token: str, where: str, what: str) -> int:
@@ -72,7 +67,7 @@ def parse_image_list(text: str, source: str) -> list[Entry]:
     NUL bytes (no file name holds one), and normalised (`./a.jpg` is `a.jpg`).
     """
     entries = []
-    for number, line in enumerate(_lines(text), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         where = f"{source} line {number}"
@@ -119,6 +114,6 @@ def unique_entries(entries: list[Entry], source: str) -> tuple[list[tuple[str, i
 def parse_ground_truth(text: str, source: str) -> list[int]:
     """The ILSVRC2012_IDs of the devkit's validation ground truth, in file order (one per line)."""
     ids: list[int] = []
-    for number, line in enumerate(_lines(text), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         ids.extend(parse_integer(token, f"{source} line {number}", "ILSVRC2012_ID") for token in line.split())
     return ids

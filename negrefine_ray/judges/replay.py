@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from negrefine_ray.core.lines import text_lines
 from negrefine_ray.core.negfilter import PromptSet, Question, question_id
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.judges.base import Answer
@@ -55,7 +56,7 @@ class ReplayJudge:
             )
         self._answers: dict[str, tuple[bool, str]] = {}
         for path in self._logs:
-            self._answers.update(parse_decision_log(path.read_text().splitlines()))
+            self._answers.update(parse_decision_log(text_lines(path.read_text())))
 
     @classmethod
     def from_config(cls, cfg: JudgeConfig, *, seed: int, cache_dir: Path) -> ReplayJudge:
