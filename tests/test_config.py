@@ -84,6 +84,23 @@ def test_missing_or_broken_job_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
+def test_job_files_in_other_encodings_or_nested_too_deeply_are_messages(tmp_path: Path) -> None:
+    """Issue 21, item 12: latin-1, UTF-16 and 5,000-deep nesting are ConfigErrors that say what to do;
+    a UTF-8 byte-order mark is read as UTF-8."""
+    job = tmp_path / "job.toml"
+    job.write_bytes('[run]\nname = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 \(line 2.*iconv -f latin1"):
+        load_config(job)
+    job.write_bytes('[run]\nname = "cafe"\n'.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"is UTF-16 text.*iconv -f utf-16"):
+        load_config(job)
+    job.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nests tables or arrays too deeply"):
+        load_config(job)
+    job.write_bytes(b"\xef\xbb\xbf" + b'[run]\nname = "bom"\n')
+    assert load_config(job).run.name == "bom"
+
+
 DATASETS = [
     {"name": "imagenet", "role": "id", "root": "/data/val", "format": "imagenet-val"},
     {"name": "ninco", "role": "ood", "root": "/data/NINCO", "format": "imagefolder", "expected": 5878},

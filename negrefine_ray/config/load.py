@@ -269,9 +269,34 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Job file {path} does not exist; pass a TOML job file such as jobs/smoke.toml.")
+    text = _job_text(path)
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        text = path.read_text()
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"Job file {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+        raise ConfigError(f"Job file {path} is not valid {kind}: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(
+            f"Job file {path} nests tables or arrays too deeply for the {kind} parser; a job file needs "
+            f"at most a few levels ([section], [[judges]], lists of values)."
+        ) from None
     return build_config(data, overrides)
+
+
+def _job_text(path: Path) -> str:
+    """The job file as text: UTF-8, with or without a byte-order mark; any other encoding is an
+    error that says how to convert it."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(
+            f"Job file {path} is UTF-16 text; TOML job files are UTF-8: convert it, e.g. "
+            f"`iconv -f utf-16 -t utf-8 {path.name} > job.toml`."
+        )
+    try:
+        return data.decode("utf-8-sig")  # a leading UTF-8 byte-order mark (Windows editors) is dropped
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"Job file {path} is not UTF-8 (line {line}, bytes {data[exc.start : exc.end]!r}); TOML job "
+            f"files are UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {path.name} > job.toml`."
+        ) from None
