@@ -161,6 +161,12 @@ def test_judge_and_dataset_names_cannot_leave_the_run_folder(tmp_path: Path) -> 
     job.write_text('[[datasets]]\nname = "a/b"\nrole = "ood"\nroot = "."\nformat = "files"\n')
     with pytest.raises(ConfigError, match="is not a plain name"):
         load_config(job)
+    # issue 21, item 11: a 250-character name failed in the report stage (File name too long)
+    job.write_text(f'[[datasets]]\nname = "{"n" * 250}"\nrole = "ood"\nroot = "."\nformat = "files"\n')
+    with pytest.raises(ConfigError, match="has 250 characters; it becomes part of folder and file names"):
+        load_config(job)
+    job.write_text(f'[[datasets]]\nname = "{"n" * 64}"\nrole = "ood"\nroot = "."\nformat = "files"\n')
+    assert load_config(job).datasets[0].name == "n" * 64
 
 
 def test_a_one_element_seed_list_runs_that_seed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

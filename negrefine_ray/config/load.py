@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from negrefine_ray.config.sections import _PLAIN_NAME, JobConfig
+from negrefine_ray.config.sections import _PLAIN_NAME, PLAIN_NAME_MAX, JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import ConfigError, did_you_mean
 
@@ -80,6 +80,11 @@ def _check_metadata(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"{key} = {value!r} is not a plain name; it becomes a folder or file name, so use letters, "
             f"digits, '.', '_' and '-' only, starting with a letter or digit (e.g. 'ninco')."
+        )
+    if meta.get("plain_name") and len(value) > PLAIN_NAME_MAX:
+        raise ConfigError(
+            f"{key} = {value[:20]!r}... has {len(value)} characters; it becomes part of folder and file "
+            f"names, so use at most {PLAIN_NAME_MAX}."
         )
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(repr(c) for c in meta["choices"])

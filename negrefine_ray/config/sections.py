@@ -36,6 +36,9 @@ def _range(lo: float | None = None, hi: float | None = None) -> dict[str, Any]:
 
 # Names that become folder or file names (run, datasets, judges): one plain path part each.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Their longest: file names join a name with others (plots/<method>@<dataset>_roc.png), and a file
+# name has at most 255 bytes.
+PLAIN_NAME_MAX = 64
 _NAME: dict[str, Any] = {"plain_name": True}
 # Settings that may name a local file or folder: its content enters the hash of every stage whose
 # settings hold the value (negrefine_ray/file_ids.py), so editing the file reruns those stages.
