@@ -125,7 +125,7 @@ def run_pipeline(
     """
     forced = {get_stage(n).name for n in force}
     planned = planned_stages(only, until)
-    preflight(config, [s.name for s in planned])
+    preflight(config, [s.name for s in planned], ray_address)
     results: list[StageResult] = []
     remote = remote_run(config)
     with run_folder_lock(config.run_dir, remote, config.run.lease_seconds):
@@ -177,7 +177,7 @@ def run_job(
         if seeds:  # run.seeds = [k]: one run, with seed k, in the job's own folder
             config = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seeds[0], seeds=()))
         return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
-    preflight(config, [s.name for s in planned_stages(until=until)])
+    preflight(config, [s.name for s in planned_stages(until=until)], ray_address)
     save_resolved_config(config)
     remote = remote_run(config)
     if remote is not None:

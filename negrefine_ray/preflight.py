@@ -24,6 +24,8 @@ from negrefine_ray.storage import Location, ObjectPath, location
 CLIP_STAGES = frozenset({"embed-text", "embed-images", "score"})
 LABEL_STAGES = frozenset({"corpus", "embed-text"})
 IMAGE_STAGES = frozenset({"embed-images"})
+# Stages that may connect to Ray (pools, tasks).
+RAY_STAGES = frozenset({"embed-text", "filter", "embed-images", "score"})
 
 
 def check_writable(folder: Location, key: str) -> None:
@@ -76,7 +78,57 @@ def check_datasets(config: JobConfig) -> None:
         check_dataset_paths(ds)
 
 
-def preflight(config: JobConfig, stages: Collection[str]) -> None:
+def check_device(config: JobConfig, ray_address: str | None) -> None:
+    """model.device = "cuda" on a local Ray needs a CUDA GPU on this machine (on a cluster, the
+    stages' pool plans check the cluster's GPUs)."""
+    from negrefine_ray.raysession import resolve_address
+
+    if config.model.device != "cuda" or resolve_address(config.ray, ray_address):
+        return
+    import torch
+
+    if config.ray.num_gpus == 0 or not torch.cuda.is_available():
+        why = "ray.num_gpus = 0" if config.ray.num_gpus == 0 else "this machine has no CUDA GPU"
+        raise ConfigError(
+            f"model.device = 'cuda' but the job runs on a local Ray and {why}; set model.device = "
+            f"'auto' or 'cpu', or give ray.address (or --address) of a cluster with GPUs."
+        )
+
+
+def check_ray_address(config: JobConfig, ray_address: str | None) -> None:
+    """A given cluster address accepts connections within ray.connect_seconds, or a ConfigError names
+    it (ray.init itself would retry for minutes). "auto" and "local" are left to Ray."""
+    import socket
+    import time
+
+    from negrefine_ray.raysession import resolve_address
+
+    address = resolve_address(config.ray, ray_address)
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(
+            f"Ray address {address!r} (ray.address, --address or RAY_ADDRESS) is not HOST:PORT or "
+            f"ray://HOST:PORT; use the head's GCS address, e.g. 10.0.0.1:6379."
+        )
+    deadline = time.monotonic() + config.ray.connect_seconds
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as exc:
+            error = exc
+        if isinstance(error, socket.gaierror) or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    raise ConfigError(
+        f"Cannot reach the Ray cluster at {address} (ray.address, --address or RAY_ADDRESS) within "
+        f"{config.ray.connect_seconds:g} s: {error}; start its head (`ray start --head`) or fix the address."
+    )
+
+
+def preflight(config: JobConfig, stages: Collection[str], ray_address: str | None = None) -> None:
     """Check what `stages` (the stages of this invocation) need before any of them runs. The folders
     are created last, so a job stopped by a bad value leaves nothing behind."""
     try:
@@ -88,9 +140,18 @@ def preflight(config: JobConfig, stages: Collection[str]) -> None:
             load_id_labels(config.labels.id_labels)
         if IMAGE_STAGES & set(stages):
             check_datasets(config)
+        if "mine" in stages and "dnm" in config.mining.methods:
+            from negrefine_ray.stages.mine import dnm_preset
+
+            dnm_preset(config)
+        if CLIP_STAGES & set(stages):
+            check_device(config, ray_address)
+        if RAY_STAGES & set(stages):
+            check_ray_address(config, ray_address)
     except ConfigError:
         raise
     except NegRefineError as exc:  # the same message, classified as a configuration error
         raise ConfigError(str(exc)) from exc
-    check_writable(location(config.run_location), "run.output_dir")
+    # the cache first: a refused cache folder must not leave a new run folder behind
     check_writable(config.cache_dir, "run.cache_dir")
+    check_writable(location(config.run_location), "run.output_dir")

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 from conftest import SmokeRun
 from typer.testing import CliRunner
 
@@ -138,10 +139,21 @@ def _garbage_checkpoint(tmp_path: Path) -> Path:
         ('filter.judges=["wordnte"]', "filter.judges[0] = 'wordnte' is not a judge of this job"),
         ("run.name=../escape", "run.name = '../escape' is not a plain name"),
         ("run.output_dir=/proc/negrefine-test", "run.output_dir: cannot write in /proc/negrefine-test"),
+        # issue 21, items 9, 10 and 16: refused before any stage, not after corpus or embed-text
+        ("run.cache_dir=/proc/negrefine-test", "run.cache_dir: cannot write in /proc/negrefine-test"),
+        ("mining.dnm_preset=bogus", "DNM has no hyper-parameters for 'bogus' (mining.dnm_preset"),
+        ("model.init_seed=99999999999999999999999", "model.init_seed = 99999999999999999999999 is above"),
+        pytest.param(
+            "model.device=cuda",
+            "model.device = 'cuda' but the job runs on a local Ray and this machine has no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU"),
+        ),
+        ("ray.address=garbage:1", "Cannot reach the Ray cluster at garbage:1"),
+        ("ray.address=no-port", "Ray address 'no-port' (ray.address, --address or RAY_ADDRESS) is not"),
     ],
 )
 def test_config_errors_stop_the_job_before_any_stage(tmp_path: Path, override: str, message: str) -> None:
-    images = make_demo_images(tmp_path / "x", per_class=1, n_ood=1)
+    images = make_demo_images(tmp_path / "x", per_class=1, n_ood=1, prototype_classes=1)
     _garbage_checkpoint(tmp_path)
     code, out = _run("run", SMOKE, *_sets(tmp_path, images), "--set", override.format(tmp=tmp_path))
     assert code == 2, out

@@ -86,6 +86,9 @@ class RayConfig:
     """How to reach Ray: a local single-node Ray unless an address is given (or RAY_ADDRESS is set)."""
 
     address: str = ""
+    # How long the driver waits for a given address's head to accept connections before it stops
+    # with an error naming the address (a cluster still starting up; a wrong address fails then).
+    connect_seconds: float = field(default=30.0, metadata=_range(0.0))
     num_cpus: int = field(default=0, metadata=_range(0))  # 0: all cores of a local Ray
     num_gpus: int = field(default=-1, metadata=_range(-1))  # -1: what a local Ray detects
 
@@ -104,7 +107,7 @@ class ModelConfig:
         default="fp16", metadata=_choices("fp32", "fp16", "bf16")
     )
     device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
-    init_seed: int = field(default=0, metadata=_range(0))  # random init when pretrained = "none"
+    init_seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # random init when pretrained = "none"
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ def mine_settings(config: JobConfig) -> dict[str, Any]:
     return settings
 
 
-def _dnm_preset(config: JobConfig) -> str:
+def dnm_preset(config: JobConfig) -> str:
+    """mining.dnm_preset (default model.arch), which must be one of DNM's presets."""
     preset = config.mining.dnm_preset or config.model.arch
     if preset not in DNM_PRESETS:
         raise ConfigError(
@@ -79,7 +80,7 @@ def _select(
     emb = view_matrix(taken, method.candidate_view)
     if rule.rule == "density":
         raw = view_matrix(taken, method.candidate_view, unit=False)
-        return mine_dnm(raw, pos, arch=_dnm_preset(config), distance=mining.dnm_distance), emb
+        return mine_dnm(raw, pos, arch=dnm_preset(config), distance=mining.dnm_distance), emb
     q = getattr(mining, rule.quantile) if isinstance(rule.quantile, str) else rule.quantile
     result = mine_by_id_distance(
         emb, view_matrix(ids, method.id_view), pos, q=q, csp_guard=rule.csp_guard,
