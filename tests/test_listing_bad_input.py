@@ -24,9 +24,9 @@ from negrefine_ray.clip.preprocess import (
 from negrefine_ray.config import DatasetConfig, ModelConfig, build_config
 from negrefine_ray.data.datasets import list_dataset, parse_image_list
 from negrefine_ray.data.file_walk import MISSING
-from negrefine_ray.errors import NegRefineError
+from negrefine_ray.errors import NegRefineError, StageError
 from negrefine_ray.runfolder import StageContext
-from negrefine_ray.stages.embed_images import _dataset_stats, run_embed_images
+from negrefine_ray.stages.embed_images import _dataset_stats, check_listing, run_embed_images
 
 MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}
 
@@ -97,6 +97,16 @@ def test_nul_byte_in_list_is_refused_with_line_and_never_aborts_a_read(tmp_path:
 def test_list_not_utf8_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(NegRefineError, match=r"list\.txt line 2: .*b'\\xe9'.*UTF-8"):
         imagelist(tmp_path, b"ok.jpg 1\ncaf\xe9.jpg -1\n")
+
+
+def test_an_empty_list_says_the_list_is_empty(tmp_path: Path) -> None:
+    """Issue 21, item 18: not "lists no images under ROOT", which sends the user to the wrong place."""
+    listing = imagelist(tmp_path, "\n  \n")
+    with pytest.raises(StageError, match=r"its image list .*list\.txt has no entries \(the file is empty"):
+        check_listing(listing, 0.1)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(StageError, match="lists no images under"):
+        check_listing(list_dataset(ds(tmp_path / "folder", "files")), 0.1)
 
 
 def test_list_that_is_a_folder_is_refused(tmp_path: Path) -> None:

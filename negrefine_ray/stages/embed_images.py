@@ -131,6 +131,11 @@ def check_failed_fraction(listing: Listing, status: np.ndarray, detail: np.ndarr
 def check_listing(listing: Listing, limit: float) -> None:
     """Fail before any embedding work when a dataset lists nothing or too many of its files are missing."""
     n = listing.table.num_rows
+    if n == 0 and listing.config.format == "imagelist":  # a listed path is a row, even when missing
+        raise StageError(
+            f"dataset '{listing.name}': its image list {listing.config.image_list} has no entries (the "
+            f"file is empty or blank); check datasets.{listing.name}.image_list."
+        )
     if n == 0:
         raise StageError(
             f"dataset '{listing.name}' lists no images under {listing.root} (format "
