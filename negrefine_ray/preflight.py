@@ -18,7 +18,7 @@ from pathlib import Path
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.storage import Location, ObjectPath, location
+from negrefine_ray.storage import Location, ObjectPath, is_uri, location
 
 # Stages that load the CLIP model, and those that read the ID labels or the image datasets.
 CLIP_STAGES = frozenset({"embed-text", "embed-images", "score"})
@@ -154,4 +154,6 @@ def preflight(config: JobConfig, stages: Collection[str], ray_address: str | Non
         raise ConfigError(str(exc)) from exc
     # the cache first: a refused cache folder must not leave a new run folder behind
     check_writable(config.cache_dir, "run.cache_dir")
+    if is_uri(config.run.output_dir):  # the driver's working copy of an object-store run
+        check_writable(Path(config.run.local_dir).expanduser(), "run.local_dir")
     check_writable(location(config.run_location), "run.output_dir")

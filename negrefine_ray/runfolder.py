@@ -255,7 +255,7 @@ def run_folder_lock(
             yield
         return
     lease = RunLease(remote.remote, ttl=lease_seconds)
-    with _local_lock(run_dir):
+    with _local_lock(run_dir, "run.local_dir"):  # the working copy lives there
         lease.acquire()
         try:
             remote.pull()
@@ -265,14 +265,14 @@ def run_folder_lock(
 
 
 @contextmanager
-def _local_lock(run_dir: Path) -> Iterator[None]:
+def _local_lock(run_dir: Path, key: str = "run.output_dir") -> Iterator[None]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = open(run_dir / ".lock", "w")  # noqa: SIM115 (closed by the with below)
     except OSError as exc:
         raise StageError(
-            f"Cannot create the run folder {run_dir} ({exc.strerror or exc}); set run.output_dir to a "
-            f"folder you can write to."
+            f"Cannot create the run folder {run_dir} ({exc.strerror or exc}); set {key} to a folder you "
+            f"can write to."
         ) from exc
     with lock:
         try:

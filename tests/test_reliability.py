@@ -223,6 +223,25 @@ def test_an_unwritable_output_dir_is_a_message_not_a_traceback(tmp_path: Path) -
         pass
 
 
+def test_an_unwritable_local_dir_names_run_local_dir(tmp_path: Path) -> None:
+    """Issue 21, item 17: an object-store run's working copy lives in run.local_dir; the error named
+    run.output_dir. Checked before any stage, and by the lock for a run started without preflight."""
+    from negrefine_ray.preflight import preflight
+    from negrefine_ray.run_mirror import RemoteRun
+    from negrefine_ray.runfolder import run_folder_lock
+    from negrefine_ray.storage import ObjectPath
+
+    overrides = ["run.output_dir=s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http",
+                 f"run.cache_dir={tmp_path / 'cache'}", "run.local_dir=/proc/negrefine-x"]  # fmt: skip
+    config = load_config(SMOKE, overrides)
+    with pytest.raises(ConfigError, match=r"run\.local_dir: cannot write in /proc/negrefine-x"):
+        preflight(config, ["report"])
+    remote = RemoteRun(ObjectPath.from_uri(config.run_location), Path("/proc/negrefine-x/run"))
+    lock = run_folder_lock(Path("/proc/negrefine-x/run"), remote)
+    with pytest.raises(NegRefineError, match=r"set run\.local_dir to a folder you can write to"), lock:
+        pass
+
+
 # 5. A dataset whose every image failed -------------------------------------------------------------
 
 
