@@ -242,6 +242,25 @@ def test_an_unwritable_local_dir_names_run_local_dir(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.ray
+def test_a_judge_that_keeps_nothing_stops_the_filter_stage_naming_it(
+    smoke_run: SmokeRun, tmp_path: Path
+) -> None:
+    """Issue 21, item 7: it broke the score stage (a (0, D) matrix) after every other stage. A fake
+    judge with threshold 0 says yes to every question, so it removes every label."""
+    job = tmp_path / "job.toml"
+    judge = '\n[[judges]]\nname = "yes-to-all"\nbackend = "fake"\nthreshold = 0.0\n'
+    job.write_text(Path(SMOKE).read_text() + judge)
+    sets = [s for s in smoke_run.sets(**{"run.output_dir": tmp_path / "runs"}) if s != "--set"]
+    config = load_config(job, [*sets, 'filter.judges=["yes-to-all"]'])
+    config.run_dir.mkdir(parents=True)
+    for stage in ("corpus", "embed-text", "mine"):  # the session run's text side
+        shutil.copytree(smoke_run.run_dir / stage, config.run_dir / stage)
+    with pytest.raises(NegRefineError, match=r"judge 'yes-to-all' kept none of its .* labels .* leave"):
+        pipeline.run_pipeline(config, only=["filter"])
+    assert not (config.run_dir / "filter").exists()
+
+
 # 5. A dataset whose every image failed -------------------------------------------------------------
 
 

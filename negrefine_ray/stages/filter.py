@@ -15,7 +15,7 @@ Judges come from negrefine_ray.judges' factory, which alone reads each judge's b
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,19 @@ def filter_settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
+def _check_kept_some(cfg: JudgeConfig, counts: Mapping[str, int]) -> None:
+    """A judge that removed every label leaves NegRefine (and mining.filtered_by) no negative: stop
+    here, naming it, rather than in the score stage after embed-images."""
+    if counts["total"] and not counts["kept"]:
+        raise StageError(
+            f"filter: judge '{cfg.name}' kept none of its {counts['total']:,} labels ({counts['proper']:,} "
+            f"proper, {counts['same']:,} same, {counts['subcategory']:,} subcategory), so NegRefine "
+            f"would have no negative with it. Its answers are cached: check them (threshold = "
+            f"{cfg.threshold:g}, its model and prompts) and run again, or leave '{cfg.name}' out of "
+            f"filter.judges."
+        )
+
+
 def run_filter(ctx: StageContext) -> StageOutput:
     config = ctx.config
     negatives = (
@@ -207,6 +220,8 @@ def run_filter(ctx: StageContext) -> StageOutput:
     cfgs = judge_configs(config)
     asked = ask_judges(ctx, cfgs, negatives, prompts)
     runs: dict[str, JudgeRun] = {cfg.name: asked[cfg.name][0] for cfg in cfgs}
+    for cfg in cfgs:
+        _check_kept_some(cfg, runs[cfg.name].counts)
     for cfg in cfgs:
         run = runs[cfg.name]
         kept = run.labels.filter(run.labels.column("kept")).select(["label", "pos"])
