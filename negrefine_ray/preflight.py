@@ -78,6 +78,40 @@ def check_datasets(config: JobConfig) -> None:
         check_dataset_paths(ds)
 
 
+def _looks_local(model: str) -> bool:
+    """A judge's `model` that can only be a local path: absolute, relative to ".", under "~", a .gguf
+    file, or more than one "/" (a hub id is ORG/NAME)."""
+    return model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or model.count("/") > 1
+
+
+def check_judges(config: JobConfig) -> None:
+    """Each judge of filter.judges has what its backend loads: an LLM judge a model that resolves (a
+    local path that exists), a replay judge its decision logs. The actors would otherwise die on it
+    after the mine stage."""
+    from negrefine_ray.judges.gguf import resolve_model
+    from negrefine_ray.stages.filter import judge_configs
+
+    for cfg in judge_configs(config):
+        key = f"judges.{cfg.name}"
+        if cfg.backend in ("transformers", "vllm"):
+            try:
+                model = resolve_model(cfg.model)
+            except NegRefineError as exc:
+                raise ConfigError(f"{key}.model: {exc}") from exc
+            if _looks_local(model) and not Path(model).expanduser().exists():
+                raise ConfigError(
+                    f"{key}.model = {cfg.model!r} is not an existing folder or file; set it to a local "
+                    f"model folder, a .gguf file or a hub id (ORG/NAME)."
+                )
+        elif cfg.backend == "replay":
+            logs = {k: getattr(cfg, k) for k in ("log_noun", "log_adj") if getattr(cfg, k)}
+            if not logs:
+                raise ConfigError(f"{key} (replay) needs log_noun and/or log_adj: NegRefine's decision logs.")
+            for k, value in logs.items():
+                if not Path(value).expanduser().is_file():
+                    raise ConfigError(f"{key}.{k} = {value!r} does not exist; set it to a decision log.")
+
+
 def check_device(config: JobConfig, ray_address: str | None) -> None:
     """model.device = "cuda" on a local Ray needs a CUDA GPU on this machine (on a cluster, the
     stages' pool plans check the cluster's GPUs)."""
@@ -140,6 +174,8 @@ def preflight(config: JobConfig, stages: Collection[str], ray_address: str | Non
             load_id_labels(config.labels.id_labels)
         if IMAGE_STAGES & set(stages):
             check_datasets(config)
+        if "filter" in stages:
+            check_judges(config)
         if "mine" in stages and "dnm" in config.mining.methods:
             from negrefine_ray.stages.mine import dnm_preset
 

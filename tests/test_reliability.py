@@ -261,6 +261,30 @@ def test_a_judge_that_keeps_nothing_stops_the_filter_stage_naming_it(
     assert not (config.run_dir / "filter").exists()
 
 
+@pytest.mark.parametrize(
+    ("judge", "message"),
+    [
+        ({"backend": "transformers"}, "judges.llm.model: An LLM judge needs `model`"),
+        ({"backend": "transformers", "model": "/nonexistent/model"}, "llm.model = '/nonexistent/model' is"),
+        ({"backend": "vllm", "model": "~/nowhere/smol.gguf"}, "is not an existing folder or file"),
+        ({"backend": "replay"}, "judges.llm (replay) needs log_noun and/or log_adj"),
+        ({"backend": "replay", "log_noun": "/nonexistent/noun.txt"}, "judges.llm.log_noun = '/nonexistent"),
+    ],
+)
+def test_judge_settings_are_checked_before_any_stage(tmp_path: Path, judge: dict, message: str) -> None:
+    """Issue 21, item 8: they failed after the mine stage, with an ActorDiedError traceback."""
+    from negrefine_ray.preflight import preflight
+
+    config = build_config({
+        "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache")},
+        "mining": {"methods": ["negrefine"]}, "score": {"methods": ["negrefine"]},
+        "filter": {"judges": ["llm"]}, "judges": [{"name": "llm", **judge}],
+    })  # fmt: skip
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        preflight(config, ["filter"])
+    assert not (tmp_path / "runs").exists()
+
+
 # 5. A dataset whose every image failed -------------------------------------------------------------
 
 
