@@ -280,3 +280,18 @@ def test_embed_images_recomputes_a_bad_cache_entry(
     assert len(asked) == 1 and len(asked[0]) == 1  # only the bad entry's variant was embedded again
     third, _ = stage("third")  # the recomputed entry was stored, with its checksum
     assert third["embedded"] == 0 and third["from_cache"] == 6
+
+
+def test_an_unreadable_row_is_never_taken_from_the_cache(tmp_path: Path) -> None:
+    """Issue 21, item 4: a file unreadable on the first run (mode 000) stayed "unreadable" after a
+    chmod, even with --force embed-images: a read error is the environment's, not the file's."""
+    cache = ImageEmbeddingCache(tmp_path)
+    ok = image_result()
+    status = np.array(["unreadable", *ok.status[1:]])  # (a fresh array: "unreadable" is longer)
+    detail = np.array(["PermissionError: [Errno 13] Permission denied", *ok.detail[1:]])
+    result = EmbedResult(status, detail, ok.embedding)
+    cache.put("b" * 64, "k1", ROWS, result)
+    assert cache.get("b" * 64, "k1", PATHS) is None  # the whole-listing entry: those rows read again
+    donated, found = cache.reusable("b" * 64, ROWS)
+    assert found.tolist() == [False, True, True, False, True]  # the unreadable and the unknown-size rows
+    assert donated is not None and donated.status[1:3].tolist() == ["corrupt", "ok"]

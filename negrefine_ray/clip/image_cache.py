@@ -59,6 +59,10 @@ def image_cache_key(base: str, listing: str) -> str:
     return stable_hash({"base": base, "listing": listing})
 
 
+# Failures that say nothing about the file's bytes (a permission or I/O error): stored, so a rerun of
+# an unchanged listing is still one entry, but never taken from the cache. Fixing the permissions
+# changes no (path, size, mtime): `--force embed-images` then reads those files again, and only them.
+RETRIED = ("unreadable",)
 ROW_COLUMNS = ("path", "size", "mtime_ns")  # a file's identity in a listing (datasets.LISTING_SCHEMA)
 
 
@@ -86,6 +90,8 @@ class ImageEmbeddingCache:
         entry = read_entry(self.path(base, key), _parse_entry)
         if entry is None or entry[0].column("path").to_pylist() != list(paths):
             return None
+        if np.isin(entry[1].status, RETRIED).any():  # those rows are read again (`reusable` skips them)
+            return None
         return entry[1]
 
     def reusable(self, base: str, rows: pa.Table) -> tuple[EmbedResult | None, np.ndarray]:
@@ -112,6 +118,8 @@ class ImageEmbeddingCache:
             idents = zip(*(table.column(c).to_pylist() for c in ROW_COLUMNS), strict=True)
             for j, ident in enumerate(idents):
                 i = wanted.get(ident)
+                if result.status[j] in RETRIED:
+                    continue
                 if i is not None and not found[i] and emb.shape[1] == result.embedding.shape[1]:
                     status[i], detail[i], emb[i], found[i] = (
                         result.status[j],
