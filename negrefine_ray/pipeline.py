@@ -178,18 +178,23 @@ def run_job(
             config = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seeds[0], seeds=()))
         return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
     preflight(config, [s.name for s in planned_stages(until=until)], ray_address)
-    save_resolved_config(config)
-    remote = remote_run(config)
-    if remote is not None:
-        remote.push_file("config.json")
-    results: list[StageResult] = []
-    for seed in seeds:
-        results += run_pipeline(
-            seed_config(config, seed), force=force, ray_address=ray_address, until=until, on_result=on_result
-        )
-    if until is None:
-        write_seed_summary(config)
+    # The job folder's lock first: a second driver of the same job is refused before it writes the
+    # job's config.json over the running one's (each seed folder has its own lock). On an
+    # object-store run this is the driver's working copy: drivers on other hosts are not seen here.
+    with run_folder_lock(config.run_dir):
+        save_resolved_config(config)
+        remote = remote_run(config)
         if remote is not None:
-            remote.push_file("metrics-seeds.json")
-            remote.push_file("report-seeds.md")
+            remote.push_file("config.json")
+        results: list[StageResult] = []
+        for seed in seeds:
+            seeded = seed_config(config, seed)
+            results += run_pipeline(
+                seeded, force=force, ray_address=ray_address, until=until, on_result=on_result
+            )
+        if until is None:
+            write_seed_summary(config)
+            if remote is not None:
+                remote.push_file("metrics-seeds.json")
+                remote.push_file("report-seeds.md")
     return results

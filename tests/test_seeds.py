@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from negrefine_ray.config import build_config
+from negrefine_ray.config import JobConfig, build_config
 from negrefine_ray.errors import StageError
 from negrefine_ray.seeds import aggregate, job_seeds, seed_config, seeds_markdown
 
@@ -42,3 +42,27 @@ def test_each_seed_runs_in_its_own_folder(tmp_path: Path) -> None:
     one = seed_config(config, 1)
     assert one.run_dir == tmp_path / "job" / "seed-1"
     assert (one.run.seed, one.run.seeds, one.cache_dir) == (1, (), config.cache_dir)
+
+
+def test_a_refused_second_run_leaves_the_jobs_config_alone(tmp_path: Path) -> None:
+    """Issue 21, item 15: a second driver of a multi-seed job, refused, wrote its config.json (alpha
+    3.0 over the running alpha-2.0 job), and `negrefine-ray run RUNDIR` then used the wrong settings."""
+    from negrefine_ray.artifacts import read_json, write_json
+    from negrefine_ray.errors import NegRefineError
+    from negrefine_ray.pipeline import run_job
+    from negrefine_ray.runfolder import run_folder_lock
+
+    def job(alpha: float) -> JobConfig:
+        return build_config({
+            "run": {"output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"), "name": "job",
+                    "seeds": [0, 1]},
+            "model": {"arch": "nr-tiny-vit", "pretrained": "none", "device": "cpu"},
+            "score": {"alpha": alpha, "methods": ["mcm"]}, "mining": {"methods": ["neglabel"]},
+        })  # fmt: skip
+
+    running = job(2.0)
+    running.run_dir.mkdir(parents=True)
+    write_json(running.run_dir / "config.json", running.to_dict())
+    with run_folder_lock(running.run_dir), pytest.raises(NegRefineError, match="is in use by another"):
+        run_job(job(3.0), until="corpus")  # the running job holds its folder
+    assert read_json(running.run_dir / "config.json")["score"]["alpha"] == 2.0
