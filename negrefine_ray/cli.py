@@ -6,7 +6,10 @@ the results are. User-fixable errors print one message and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -72,6 +75,37 @@ def _fail(exc: NegRefineError) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+# Storage that fails under a running job: the disk fills up, the folder turns read-only, the store
+# drops out. Stages commit whole (run folder: a rename; store: the manifest last), so nothing finished
+# is lost and the same command resumes; say that instead of a traceback.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+}
+
+
+def _storage_error(exc: OSError, config: JobConfig | None) -> NegRefineError | None:
+    """The message for a storage failure mid-run, or None for any other OSError (raised as is)."""
+    where = exc.filename or (config.run_location.partition("?")[0] if config is not None else "")
+    if exc.errno in _STORAGE_ERRNOS:
+        free = ""
+        folder = Path(str(where or ".")).expanduser()
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        with contextlib.suppress(OSError):
+            free = f"; {shutil.disk_usage(folder).free / 1e9:.2f} GB free on {folder}'s file system"
+        what = f"{_STORAGE_ERRNOS[exc.errno]} writing {where}{free}"
+    elif config is not None and "://" in config.run.output_dir + config.run.cache_dir and exc.errno is None:
+        what = f"the object store failed ({exc})"
+    else:
+        return None
+    return NegRefineError(
+        f"Storage failed: {what}. Finished stages are kept (each commits whole): free space or fix the "
+        f"storage, then run the same command again to resume after the last finished stage."
+    )
+
+
 @app.command()
 def run(
     job: Annotated[Path, typer.Argument(help="TOML job file (or an existing run folder).")],
@@ -83,11 +117,17 @@ def run(
     until: Annotated[str | None, typer.Option("--until", help="Stop after this stage.")] = None,
 ) -> None:
     """Run every stage of a job in order, skipping the stages whose outputs are up to date."""
+    config: JobConfig | None = None
     try:
         config = _load_target(job, set_)
         run_job(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
     except NegRefineError as exc:
         _fail(exc)
+    except OSError as exc:
+        error = _storage_error(exc, config)
+        if error is None:
+            raise
+        _fail(error)
     pending = pending_stages()
     if pending:
         names = ", ".join(f"{s.name} ({s.planned_in})" for s in pending)
@@ -104,6 +144,7 @@ def _stage_command(name: str, help_text: str) -> None:
         force: Annotated[bool, typer.Option("--force", help="Recompute even if up to date.")] = False,
         address: AddressOpt = None,
     ) -> None:
+        config: JobConfig | None = None
         try:
             stage = get_stage(name)
             if stage.fn is None:
@@ -118,6 +159,11 @@ def _stage_command(name: str, help_text: str) -> None:
             )
         except NegRefineError as exc:
             _fail(exc)
+        except OSError as exc:
+            error = _storage_error(exc, config)
+            if error is None:
+                raise
+            _fail(error)
         typer.echo(f"results: {_within(config, name)}")
 
     command.__doc__ = help_text

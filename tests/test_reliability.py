@@ -4,6 +4,7 @@ every image failed stays visible in the report, and a fresh rerun writes the sam
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -283,6 +284,40 @@ def test_judge_settings_are_checked_before_any_stage(tmp_path: Path, judge: dict
     with pytest.raises(ConfigError, match=re.escape(message)):
         preflight(config, ["filter"])
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("error", "sets", "message"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "{tmp}/runs/smoke/score/scores.parquet"), [],
+         "Storage failed: no space left writing {tmp}/runs/smoke/score/scores.parquet; "),
+        (OSError(errno.EROFS, "Read-only file system", "{tmp}/runs/smoke/.staging"), [],
+         "Storage failed: read-only file system writing {tmp}/runs/smoke/.staging; "),
+        (OSError("When uploading part: AWS Error NETWORK_CONNECTION"),
+         ["run.output_dir=s3://b/runs?endpoint_override=127.0.0.1:9&scheme=http"],
+         "Storage failed: the object store failed (When uploading part: AWS Error NETWORK_CONNECTION)."),
+    ],
+)  # fmt: skip
+def test_storage_failing_mid_run_is_a_message_that_says_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: OSError, sets: list[str], message: str
+) -> None:
+    """Issue 21, item 13: a full disk, a run folder turned read-only and a store dropping out gave raw
+    OSError tracebacks (nothing was lost: the resume is byte-identical, test_faults)."""
+    from negrefine_ray import cli
+
+    if error.filename:
+        error.filename = error.filename.format(tmp=tmp_path)
+    monkeypatch.setattr(cli, "run_job", lambda *a, **k: (_ for _ in ()).throw(error))
+    overrides = [f"run.output_dir={tmp_path / 'runs'}", *sets]
+    code, out = _run("run", SMOKE, *(a for o in overrides for a in ("--set", o)))
+    assert code == 2, out
+    text = " ".join(out.split())
+    assert message.format(tmp=tmp_path) in text and "run the same command again to resume" in text
+    if error.errno is not None:
+        assert "GB free on" in text
+    monkeypatch.setattr(cli, "run_job", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EACCES, "x")))
+    with pytest.raises(PermissionError):  # any other OSError is not dressed up
+        CliRunner().invoke(app, ["run", SMOKE], catch_exceptions=False)
 
 
 # 5. A dataset whose every image failed -------------------------------------------------------------
