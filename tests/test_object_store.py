@@ -175,6 +175,31 @@ def test_committed_stages_are_pulled_into_a_fresh_working_copy(prefix: ObjectPat
     assert json.loads((second.local / "corpus" / "sub" / "info.json").read_text()) == {"v": 3}
 
 
+def test_damage_in_the_store_is_found_by_a_driver_with_a_working_copy(
+    prefix: ObjectPath, tmp_path: Path
+) -> None:
+    """Issue 21, item 6: a flipped byte or a deleted object in the store went unseen by a driver whose
+    working copy had the stage; now it is committed again from that copy, or, when the copy is damaged
+    too, the stage's manifests go so that it runs again."""
+    run = RemoteRun(prefix, tmp_path / "copy")
+    _stage_folder(run.local, "mine", 1)
+    run.push_stage("mine")
+    assert run.pull() == [] and run.repaired == []
+    table = prefix / "mine" / "table.parquet"
+    good = table.read_bytes()
+    table.write_bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])  # one bit, same size
+    (prefix / "mine" / "sub" / "info.json").unlink()
+    assert run.pull() == [] and run.repaired == ["mine"]
+    assert table.read_bytes() == good and (prefix / "mine" / "sub" / "info.json").is_file()
+    assert RemoteRun(prefix, tmp_path / "fresh").pull() == ["mine"]  # the store is whole again
+    table.write_bytes(b"x" * len(good))
+    (run.local / "mine" / "sub" / "info.json").write_text("{}")  # the working copy is damaged too
+    again = RemoteRun(prefix, run.local)
+    assert again.pull() == [] and again.repaired == ["mine"]
+    assert not (prefix / "mine" / "manifest.json").exists()
+    assert not (run.local / "mine" / "manifest.json").exists()
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
