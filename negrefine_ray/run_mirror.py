@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from negrefine_ray.artifacts import file_sha256, read_json
-from negrefine_ray.storage import ObjectPath
+from negrefine_ray.storage import ObjectPath, RunLease
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class RemoteRun:
     def __init__(self, remote: ObjectPath, local: Path) -> None:
         self.remote, self.local = remote, local
         self.repaired: list[str] = []  # stages `pull` found damaged on the store (and repaired or reset)
+        self.lease: RunLease | None = None  # while set, checked before every commit (run_folder_lock)
 
     def _download(self, src: ObjectPath, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +111,8 @@ class RemoteRun:
         """Commit the finished local stage folder `name` to the store: the old manifest goes first
         (so no manifest ever vouches for half-replaced files), then every other old object, then the
         artifacts, then the new manifest."""
+        if self.lease is not None:
+            self.lease.check()
         src, dest = self.local / name, self.remote / name
         manifest = read_json(src / MANIFEST)
         (dest / MANIFEST).unlink(missing_ok=True)
@@ -128,6 +131,8 @@ class RemoteRun:
 
     def push_file(self, name: str) -> None:
         """Copy a top-level file of the working copy (config.json, the seed summaries) to the store."""
+        if self.lease is not None:
+            self.lease.check()
         self._upload(self.local / name, self.remote / name)
 
 

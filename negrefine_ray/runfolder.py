@@ -257,10 +257,12 @@ def run_folder_lock(
     lease = RunLease(remote.remote, ttl=lease_seconds)
     with _local_lock(run_dir, "run.local_dir"):  # the working copy lives there
         lease.acquire()
+        remote.lease = lease  # every commit checks it first
         try:
             remote.pull()
             yield
         finally:
+            remote.lease = None
             lease.release()
 
 

@@ -214,6 +214,7 @@ class RunLease:
     def __init__(self, run: ObjectPath, ttl: float = 60.0, settle: float = 1.0) -> None:
         self.path, self.ttl, self.settle = run / ".lease.json", ttl, settle
         self.owner = uuid.uuid4().hex
+        self.lost: str | None = None  # why the lease was lost, once another driver's replaced it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -266,10 +267,35 @@ class RunLease:
         self._thread.start()
 
     def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 4) and self.beat():
+            pass
+
+    def beat(self) -> bool:
+        """Renew the heartbeat if the lease is still ours; if another driver's lease has replaced it
+        (this one was paused past `ttl`), record that it is lost and write nothing. True while held."""
         import json
 
-        while not self._stop.wait(self.ttl / 4):
-            self.path.write_text(json.dumps(self._record()))
+        if self.lost is None:
+            current = self._read()
+            if current is not None and current.get("owner") != self.owner:
+                self.lost = f"process {current.get('pid')} on {current.get('host')} holds it now"
+            else:
+                self.path.write_text(json.dumps(self._record()))
+        return self.lost is None
+
+    def check(self) -> None:
+        """Before a commit: raise if the lease is lost or another driver's lease is in the store (a
+        fencing check; without a conditional write, a driver paused for more than `ttl` between this
+        check and its next PUT can still write once)."""
+        current = self._read()
+        if self.lost is None and current is not None and current.get("owner") != self.owner:
+            self.lost = f"process {current.get('pid')} on {current.get('host')} holds it now"
+        if self.lost is not None:
+            raise StageError(
+                f"This driver lost its lease on {self.path.parent} ({self.lost}): it was paused or cut "
+                f"off for more than run.lease_seconds = {self.ttl:g}, and another driver took the run. "
+                f"It stops without committing; the other driver's results stand."
+            )
 
     def release(self) -> None:
         self._stop.set()

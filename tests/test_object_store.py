@@ -146,6 +146,37 @@ def test_the_run_lease_is_exclusive_and_expires(prefix: ObjectPath) -> None:
     again.release()
 
 
+def test_a_paused_driver_that_lost_its_lease_commits_nothing(prefix: ObjectPath, tmp_path: Path) -> None:
+    """Issue 21, item 5: driver A paused past the ttl (here: its renewal stopped, as SIGSTOP stops it),
+    B takes the run; when A resumes, its renewal must not overwrite B's lease, and A's next commit is
+    refused, while B commits."""
+    import time
+
+    a = RemoteRun(prefix, tmp_path / "a")
+    a.lease = RunLease(prefix, ttl=5, settle=0.1)
+    a.lease.acquire()
+    a.lease._stop.set()  # paused: no heartbeat from now on
+    record = json.loads((prefix / ".lease.json").read_text())
+    _lease(prefix, **{**record, "heartbeat": time.time() - 6})  # ...for longer than the ttl
+    b = RemoteRun(prefix, tmp_path / "b")
+    b.lease = RunLease(prefix, ttl=5, settle=0.1)
+    b.lease.acquire()
+    try:
+        assert a.lease.beat() is False  # A resumes: it sees B's lease and writes nothing
+        assert json.loads((prefix / ".lease.json").read_text())["owner"] == b.lease.owner
+        _stage_folder(a.local, "mine", 1)
+        with pytest.raises(StageError, match="lost its lease"):
+            a.push_stage("mine")
+        assert not (prefix / "mine").exists()
+        _stage_folder(b.local, "mine", 2)
+        b.push_stage("mine")
+        assert json.loads((prefix / "mine" / "sub" / "info.json").read_text()) == {"v": 2}
+    finally:
+        b.lease.release()
+        a.lease.release()  # releases nothing of B's
+    assert not (prefix / ".lease.json").exists()
+
+
 def _stage_folder(root: Path, name: str, value: int) -> None:
     write_parquet(root / name / "table.parquet", pa.table({"v": [value]}))
     write_json(root / name / "sub" / "info.json", {"v": value})

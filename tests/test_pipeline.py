@@ -74,12 +74,12 @@ def test_a_second_run_does_no_work_and_changes_nothing(smoke_run: SmokeRun) -> N
 
 def test_stage_commands_work_on_the_run_folder(smoke_run: SmokeRun) -> None:
     run_dir = smoke_run.run_dir
-    corpus = read_parquet(run_dir / "corpus" / "corpus.parquet")
-    code, out = run_cli("corpus", str(run_dir), "--force")  # a stage against the run folder
-    assert code == 0 and "corpus: " in out and "skipped" not in out
-    assert read_parquet(run_dir / "corpus" / "corpus.parquet").equals(corpus)
-    code, out = run_cli("mine", str(run_dir))  # same corpus content, so the same hash downstream
-    assert code == 0 and "mine: up to date, skipped" in out
+    negatives = read_parquet(run_dir / "mine" / "negatives.parquet")
+    code, out = run_cli("mine", str(run_dir), "--force")  # a stage against the run folder
+    assert code == 0 and "mine: " in out and "skipped" not in out
+    assert read_parquet(run_dir / "mine" / "negatives.parquet").equals(negatives)
+    code, out = run_cli("filter", str(run_dir))  # same negatives, so the same hash downstream
+    assert code == 0 and "filter: up to date, skipped" in out
 
 
 def test_config_errors_stop_before_any_work(tmp_path: Path) -> None:
