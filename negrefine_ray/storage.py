@@ -199,22 +199,85 @@ def local_copy_dir(local_root: Path, uri: str) -> Path:
     return local_root / "runs" / stable_hash(uri)[:16] / posixpath.basename(uri.partition("?")[0].rstrip("/"))
 
 
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")
+
+
+class ConditionalS3:
+    """Compare-and-swap on one S3 object: conditional PUTs (If-None-Match: *, If-Match: ETag) through
+    boto3, which pyarrow.fs does not expose. Only for s3:// paths where boto3 is installed
+    (`conditional_object`); the endpoint, scheme and region come from the URI's options."""
+
+    def __init__(self, obj: ObjectPath) -> None:
+        import urllib.parse
+
+        import boto3
+
+        options = dict(urllib.parse.parse_qsl(obj.uri.partition("?")[2]))
+        endpoint = options.get("endpoint_override")
+        url = f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else None
+        self.client = boto3.client("s3", endpoint_url=url, region_name=options.get("region") or None)
+        self.bucket, _, self.key = obj.path.partition("/")
+
+    def get(self) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of the object, or None when there is none."""
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return reply["Body"].read(), reply["ETag"]
+
+    def etag(self) -> str | None:
+        try:
+            return str(self.client.head_object(Bucket=self.bucket, Key=self.key)["ETag"])
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def put(self, data: bytes, *, if_match: str | None) -> str | None:
+        """Write `data` if the object's ETag is still `if_match` (None: if there is no object); the
+        new ETag, or None when the condition failed (another writer came first)."""
+        condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"}
+        try:
+            reply = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, **condition)
+        except self.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _CONDITION_FAILED:
+                return None
+            raise
+        return str(reply["ETag"])
+
+
+def conditional_object(obj: ObjectPath) -> ConditionalS3 | None:
+    """Compare-and-swap for `obj` where the store and the installed clients offer it, else None."""
+    if not obj.uri.startswith("s3://"):
+        return None
+    try:
+        return ConditionalS3(obj)
+    except ImportError:  # boto3 is optional: without it the lease relies on its settle-and-reread
+        return None
+
+
 class RunLease:
     """The run-folder lock on an object store: a lease object `<run>/.lease.json` holding its owner,
     host, process and a heartbeat renewed every `ttl / 4` seconds by a thread.
 
     Acquire: a lease whose heartbeat is younger than `ttl`, or whose owner is a live process on this
-    host, refuses the run; otherwise write our lease, wait `settle` seconds and read it back: if
-    another driver's lease replaced ours (two drivers raced past the first read), we back off. Object
-    stores with read-after-write consistency (S3 since 2020, GCS) make this exclusive as long as a
-    PUT completes within `settle`. A driver killed without releasing leaves a lease that expires
-    after `ttl`; one killed on this host is recognised at once (its process is gone).
+    host, refuses the run. On S3 with boto3 installed every write of the lease is a compare-and-swap
+    (ConditionalS3): taking it is conditional on the lease read (or on there being none), renewing it
+    on our last write, so of two drivers that raced exactly one wins, and a driver that lost its lease
+    learns so from the refused write. Elsewhere: write our lease, wait `settle` seconds and read it
+    back, backing off if another driver's lease replaced ours (exclusive on stores with
+    read-after-write consistency as long as a PUT completes within `settle`), and renew by
+    read-then-write. A driver killed without releasing leaves a lease that expires after `ttl`; one
+    killed on this host is recognised at once (its process is gone).
     """
 
     def __init__(self, run: ObjectPath, ttl: float = 60.0, settle: float = 1.0) -> None:
         self.path, self.ttl, self.settle = run / ".lease.json", ttl, settle
         self.owner = uuid.uuid4().hex
         self.lost: str | None = None  # why the lease was lost, once another driver's replaced it
+        self._cas = conditional_object(self.path)
+        self._etag: str | None = None  # of our last write of the lease (compare-and-swap)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -250,14 +313,32 @@ class RunLease:
             f"(the lease expires {self.ttl - age:.0f} s from now if that process is gone)"
         )
 
+    def _parse(self, data: bytes) -> dict[str, Any] | None:
+        import json
+
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
     def acquire(self) -> None:
         import json
 
-        holder = self._held_by_other(self._read())
-        if holder is None:
-            self.path.write_text(json.dumps(self._record()))
-            time.sleep(self.settle)
+        if self._cas is not None:
+            current = self._cas.get()
+            holder = self._held_by_other(self._parse(current[0]) if current else None)
+            if holder is None:
+                record = json.dumps(self._record()).encode()
+                self._etag = self._cas.put(record, if_match=current[1] if current else None)
+                if self._etag is None:
+                    holder = "another driver that took it at the same moment"
+        else:
             holder = self._held_by_other(self._read())
+            if holder is None:
+                self.path.write_text(json.dumps(self._record()))
+                time.sleep(self.settle)
+                holder = self._held_by_other(self._read())
         if holder is not None:
             raise StageError(
                 f"Run folder {self.path.parent} is in use by another negrefine-ray driver ({holder}); "
@@ -275,21 +356,35 @@ class RunLease:
         (this one was paused past `ttl`), record that it is lost and write nothing. True while held."""
         import json
 
-        if self.lost is None:
+        if self.lost is None and self._cas is not None:
+            self._etag = self._cas.put(json.dumps(self._record()).encode(), if_match=self._etag)
+            if self._etag is None:
+                self.lost = self._holder_now()
+        elif self.lost is None:
             current = self._read()
             if current is not None and current.get("owner") != self.owner:
-                self.lost = f"process {current.get('pid')} on {current.get('host')} holds it now"
+                self.lost = self._holder_now(current)
             else:
                 self.path.write_text(json.dumps(self._record()))
         return self.lost is None
 
+    def _holder_now(self, current: dict[str, Any] | None = None) -> str:
+        current = current if current is not None else self._read()
+        if current is None:
+            return "the lease object was removed"
+        return f"process {current.get('pid')} on {current.get('host')} holds it now"
+
     def check(self) -> None:
-        """Before a commit: raise if the lease is lost or another driver's lease is in the store (a
-        fencing check; without a conditional write, a driver paused for more than `ttl` between this
-        check and its next PUT can still write once)."""
-        current = self._read()
-        if self.lost is None and current is not None and current.get("owner") != self.owner:
-            self.lost = f"process {current.get('pid')} on {current.get('host')} holds it now"
+        """Before a commit: raise if the lease is lost or the store's lease is not our last write (a
+        fencing check; the commit's own PUT is not conditional, so a driver paused for more than `ttl`
+        between this check and that PUT can still write once)."""
+        if self.lost is None and self._cas is not None:
+            if self._cas.etag() != self._etag:
+                self.lost = self._holder_now()
+        elif self.lost is None:
+            current = self._read()
+            if current is not None and current.get("owner") != self.owner:
+                self.lost = self._holder_now(current)
         if self.lost is not None:
             raise StageError(
                 f"This driver lost its lease on {self.path.parent} ({self.lost}): it was paused or cut "

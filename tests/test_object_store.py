@@ -146,11 +146,19 @@ def test_the_run_lease_is_exclusive_and_expires(prefix: ObjectPath) -> None:
     again.release()
 
 
-def test_a_paused_driver_that_lost_its_lease_commits_nothing(prefix: ObjectPath, tmp_path: Path) -> None:
+@pytest.mark.parametrize("cas", [True, False], ids=["compare-and-swap", "settle-and-reread"])
+def test_a_paused_driver_that_lost_its_lease_commits_nothing(
+    prefix: ObjectPath, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cas: bool
+) -> None:
     """Issue 21, item 5: driver A paused past the ttl (here: its renewal stopped, as SIGSTOP stops it),
     B takes the run; when A resumes, its renewal must not overwrite B's lease, and A's next commit is
-    refused, while B commits."""
+    refused, while B commits. With boto3's conditional writes (the default on S3) and without."""
     import time
+
+    from negrefine_ray import storage
+
+    if not cas:
+        monkeypatch.setattr(storage, "conditional_object", lambda obj: None)
 
     a = RemoteRun(prefix, tmp_path / "a")
     a.lease = RunLease(prefix, ttl=5, settle=0.1)
@@ -174,6 +182,20 @@ def test_a_paused_driver_that_lost_its_lease_commits_nothing(prefix: ObjectPath,
     finally:
         b.lease.release()
         a.lease.release()  # releases nothing of B's
+    assert not (prefix / ".lease.json").exists()
+
+
+def test_two_drivers_racing_for_the_lease_give_it_to_one(prefix: ObjectPath) -> None:
+    """Both read "no lease", then both write: on S3 the second create-if-absent is refused."""
+    first, second = RunLease(prefix, ttl=30), RunLease(prefix, ttl=30)
+    assert first._cas is not None and second._cas is not None  # boto3 (moto's dependency) is here
+    first.acquire()
+    try:
+        assert second._cas.put(b"{}", if_match=None) is None  # its write as if it had read no lease
+        with pytest.raises(StageError, match="in use by another negrefine-ray driver"):
+            second.acquire()
+    finally:
+        first.release()
     assert not (prefix / ".lease.json").exists()
 
 
