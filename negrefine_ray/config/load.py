@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from negrefine_ray.config.sections import _PLAIN_NAME, PLAIN_NAME_MAX, JobConfig
+from negrefine_ray.core.lines import NotUtf8, utf8_text
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import ConfigError, did_you_mean
 
@@ -298,10 +299,9 @@ def _job_text(path: Path) -> str:
             f"`iconv -f utf-16 -t utf-8 {path.name} > job.toml`."
         )
     try:
-        return data.decode("utf-8-sig")  # a leading UTF-8 byte-order mark (Windows editors) is dropped
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        return utf8_text(data)
+    except NotUtf8 as exc:
         raise ConfigError(
-            f"Job file {path} is not UTF-8 (line {line}, bytes {data[exc.start : exc.end]!r}); TOML job "
-            f"files are UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {path.name} > job.toml`."
+            f"Job file {path} is not UTF-8 (line {exc.line}, bytes {exc.raw!r}); TOML job files are "
+            f"UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {path.name} > job.toml`."
         ) from None

@@ -9,7 +9,7 @@ import logging
 import posixpath
 import re
 
-from negrefine_ray.core.lines import text_lines
+from negrefine_ray.core.lines import NotUtf8, text_lines, utf8_text
 from negrefine_ray.errors import NegRefineError
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,11 @@ Entry = tuple[str, int, int]  # (normalised relative path, label, 1-based line n
 def decode_list(data: bytes, source: str) -> str:
     """UTF-8 text of a list file (a leading byte-order mark dropped), or an error naming the line."""
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
+        return utf8_text(data)
+    except NotUtf8 as exc:
         raise NegRefineError(
-            f"{source} line {line}: bytes {data[exc.start : exc.end]!r} are not valid UTF-8; save the "
-            f"list as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) with file names that are UTF-8 too."
+            f"{source} {exc}; save the list as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) with file names "
+            f"that are UTF-8 too."
         ) from exc
 
 
