@@ -120,7 +120,7 @@ def make_smoke_images(images: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
-    """The smoke job, run once per session (~60 s on 2 cores)."""
+    """The smoke job, run once per session (~40 s on 2 cores)."""
     root = tmp_path_factory.mktemp("smoke-run")
     make_smoke_images(root / "images")
     code, output = SmokeRun(root, "").run()
