@@ -19,7 +19,7 @@ import typer
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.errors import NegRefineError, StageError
 from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_job, run_pipeline
-from negrefine_ray.runfolder import StageResult
+from negrefine_ray.runfolder.folder import StageResult
 
 app = typer.Typer(
     add_completion=False,
@@ -223,7 +223,7 @@ def _setup_logging() -> None:
 
 
 def main() -> None:
-    from negrefine_ray.raysession import close_ray
+    from negrefine_ray.distributed.session import close_ray
 
     _setup_logging()
     try:

@@ -80,7 +80,7 @@ def check_llm_backends(config: JobConfig) -> Iterator[Check]:
 
 
 def check_ray(config: JobConfig, address: str | None) -> Iterator[Check]:
-    from negrefine_ray.raysession import ensure_ray, resolve_address
+    from negrefine_ray.distributed.session import ensure_ray, resolve_address
 
     target = resolve_address(config.ray, address) or "a new local Ray"
     try:

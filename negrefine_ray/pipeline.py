@@ -11,11 +11,11 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from negrefine_ray.artifacts import read_json, write_json
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.preflight import preflight
-from negrefine_ray.runfolder import Stage, StageResult, remote_run, run_folder_lock, run_stage
+from negrefine_ray.runfolder.atomic import read_json, write_json
+from negrefine_ray.runfolder.folder import Stage, StageResult, remote_run, run_folder_lock, run_stage
 from negrefine_ray.stages import corpus, embed_images, embed_text, filter_scope, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.storage import Location, ObjectPath, is_uri, location
+from negrefine_ray.runfolder.storage import Location, ObjectPath, is_uri, location
 
 # Stages that load the CLIP model, and those that read the ID labels or the image datasets.
 CLIP_STAGES = frozenset({"embed-text", "embed-images", "score"})
@@ -115,7 +115,7 @@ def check_judges(config: JobConfig) -> None:
 def check_device(config: JobConfig, ray_address: str | None) -> None:
     """model.device = "cuda" on a local Ray needs a CUDA GPU on this machine (on a cluster, the
     stages' pool plans check the cluster's GPUs)."""
-    from negrefine_ray.raysession import resolve_address
+    from negrefine_ray.distributed.session import resolve_address
 
     if config.model.device != "cuda" or resolve_address(config.ray, ray_address):
         return
@@ -135,7 +135,7 @@ def check_ray_address(config: JobConfig, ray_address: str | None) -> None:
     import socket
     import time
 
-    from negrefine_ray.raysession import resolve_address
+    from negrefine_ray.distributed.session import resolve_address
 
     address = resolve_address(config.ray, ray_address)
     if not address or address in ("auto", "local"):

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from negrefine_ray.artifacts import read_json, write_json, write_text
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import StageError
+from negrefine_ray.runfolder.atomic import read_json, write_json, write_text
 
 
 def job_seeds(config: JobConfig) -> list[int]:

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from negrefine_ray.artifacts import file_sha256, read_json, read_parquet, stable_hash
+from negrefine_ray.runfolder.atomic import file_sha256, read_json, read_parquet, stable_hash
 
 GOLDEN = Path(__file__).parent / "golden" / "smoke.json"
 BYTES = (

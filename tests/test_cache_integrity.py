@@ -15,15 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from negrefine_ray.artifacts import write_parquet
-from negrefine_ray.cache_files import checksum_path, write_entry
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.clip.text_cache import TextEmbeddingCache
 from negrefine_ray.config import build_config
 from negrefine_ray.core.negfilter import proper_question
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.atomic import write_parquet
+from negrefine_ray.runfolder.cache_files import checksum_path, write_entry
+from negrefine_ray.runfolder.folder import StageContext
 from negrefine_ray.stages import embed_images as image_stage
 from negrefine_ray.stages.embed_images import run_embed_images
 

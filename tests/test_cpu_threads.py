@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from negrefine_ray.clip.image import ImageEmbedder
-from negrefine_ray.pools import ActorPool, PoolPlan
-from negrefine_ray.resources import Cluster, Pool, cpu_threads
+from negrefine_ray.distributed.pools import ActorPool, PoolPlan
+from negrefine_ray.distributed.resources import Cluster, Pool, cpu_threads
 
 
 def cluster(*free_cpus: float, gpus: float = 0.0) -> Cluster:

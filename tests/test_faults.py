@@ -35,8 +35,8 @@ import pytest
 from conftest import LocalCluster as Cluster
 from conftest import local_cluster
 
-from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
 from negrefine_ray.data.demo_data import make_demo_images
+from negrefine_ray.runfolder.atomic import embedding_matrix, read_json, read_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from negrefine_ray import file_ids
 from negrefine_ray.config import build_config
-from negrefine_ray.file_ids import content_id, local_path, named_file_ids
 from negrefine_ray.pipeline import STAGES
-from negrefine_ray.runfolder import MANIFEST, stage_hash
+from negrefine_ray.runfolder import file_ids
+from negrefine_ray.runfolder.file_ids import content_id, local_path, named_file_ids
+from negrefine_ray.runfolder.folder import MANIFEST, stage_hash
 
 
 def _config(tmp: Path, **sections: dict[str, object]) -> object:

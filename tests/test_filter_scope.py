@@ -14,7 +14,6 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from negrefine_ray.artifacts import column_matrix, embedding_column, read_json, read_parquet
 from negrefine_ray.cli import app
 from negrefine_ray.config import JobConfig, build_config
 from negrefine_ray.core import scores
@@ -22,7 +21,8 @@ from negrefine_ray.core.methods import get_method
 from negrefine_ray.core.mining import clean_label, mine_by_id_distance
 from negrefine_ray.errors import ConfigError, NegRefineError
 from negrefine_ray.pipeline import get_stage
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.atomic import column_matrix, embedding_column, read_json, read_parquet
+from negrefine_ray.runfolder.folder import StageContext
 from negrefine_ray.stages.filter_scope import (
     FILTER_POOL,
     corpus_input,

@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from negrefine_ray.artifacts import embedding_matrix
 from negrefine_ray.clip import device_decode
 from negrefine_ray.clip.device_decode import (
     ENCODED,
@@ -41,7 +40,8 @@ from negrefine_ray.clip.preprocess import (
 from negrefine_ray.config import ModelConfig, build_config
 from negrefine_ray.core.methods import PREPROCESSING
 from negrefine_ray.errors import ConfigError, NegRefineError, StageError
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.atomic import embedding_matrix
+from negrefine_ray.runfolder.folder import StageContext
 from negrefine_ray.stages.embed_images import embed_images_settings, run_embed_images
 
 MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}

@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache, image_cache_base, image_cache_key
 from negrefine_ray.clip.image_checkpoint import PassCheckpoints, PassListing, partial_key, remove_partials
 from negrefine_ray.config import DatasetConfig
 from negrefine_ray.core.methods import embedding_name
 from negrefine_ray.data.datasets import Listing, list_dataset
-from negrefine_ray.pools import ROW
+from negrefine_ray.distributed.pools import ROW
+from negrefine_ray.runfolder.atomic import stable_hash
 from negrefine_ray.stages.embed_images import OnBatch, _embed_with_cache, _Todo
 
 VARIANTS = ("clip", "torchvision")

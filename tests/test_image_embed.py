@@ -16,16 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from negrefine_ray.artifacts import embedding_matrix
 from negrefine_ray.clip.image import ImageEmbedder, embed_files_local, embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.clip.model import create_clip
 from negrefine_ray.clip.preprocess import DecodeOptions, crop_spec, crop_spec_for_model, variant_specs
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
 from negrefine_ray.core.methods import TEST_PREPROCESSING
+from negrefine_ray.distributed.pools import plan_pool
 from negrefine_ray.errors import StageError
-from negrefine_ray.pools import plan_pool
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.atomic import embedding_matrix
+from negrefine_ray.runfolder.folder import StageContext
 from negrefine_ray.stages import embed_images as image_embed
 from negrefine_ray.stages.embed_images import run_embed_images
 

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.artifacts import embedding_column
 from negrefine_ray.config import build_config
 from negrefine_ray.core.methods import prototype_preprocessing
 from negrefine_ray.errors import ConfigError, StageError
+from negrefine_ray.runfolder.atomic import embedding_column
 from negrefine_ray.stages.score_interneg import prototypes, textual_negatives
 
 

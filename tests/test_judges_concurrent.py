@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import LocalCluster
 
-from negrefine_ray.artifacts import read_json
+from negrefine_ray.runfolder.atomic import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]

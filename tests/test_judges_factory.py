@@ -29,10 +29,10 @@ from negrefine_ray.judges import (
     make_backend,
     make_judge,
 )
+from negrefine_ray.judges.actor_pool import JudgeActor, _answers, ray_asker
 from negrefine_ray.judges.base import parse_yes_no
 from negrefine_ray.judges.fake import FakeBackend, fake_p_yes
 from negrefine_ray.judges.llm import LLMJudge, chat
-from negrefine_ray.judges.pool import JudgeActor, _answers, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.wordnet import WordNetJudge
 from negrefine_ray.stages.filter import run_judge

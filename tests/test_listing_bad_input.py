@@ -25,7 +25,7 @@ from negrefine_ray.config import DatasetConfig, ModelConfig, build_config
 from negrefine_ray.data.datasets import list_dataset, parse_image_list
 from negrefine_ray.data.file_walk import MISSING
 from negrefine_ray.errors import NegRefineError, StageError
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.folder import StageContext
 from negrefine_ray.stages.embed_images import _dataset_stats, check_listing, run_embed_images
 
 MODEL: dict[str, Any] = {"arch": "nr-tiny-vit", "pretrained": "none", "init_seed": 3}

@@ -15,9 +15,9 @@ import pytest
 
 from negrefine_ray.config import JudgeConfig
 from negrefine_ray.core.negfilter import PROMPT_SETS, proper_question, subcategory_questions
+from negrefine_ray.judges.actor_pool import JudgeActor, ray_asker
 from negrefine_ray.judges.base import parse_yes_no
 from negrefine_ray.judges.llm import answer_with, chat, common_prefix_length, llm_identity, p_yes
-from negrefine_ray.judges.pool import JudgeActor, ray_asker
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.transformers import TransformersBackend
 

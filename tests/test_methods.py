@@ -16,14 +16,6 @@ import pyarrow as pa
 import pytest
 
 from negrefine_ray import config as config_module
-from negrefine_ray.artifacts import (
-    column_matrix,
-    embedding_column,
-    read_json,
-    read_parquet,
-    write_json,
-    write_parquet,
-)
 from negrefine_ray.config import JobConfig, MiningConfig, ScoreConfig, build_config, load_config
 from negrefine_ray.core import corpus, scores
 from negrefine_ray.core.methods import (
@@ -42,7 +34,15 @@ from negrefine_ray.core.methods import (
 from negrefine_ray.core.templates import TEMPLATE_SETS
 from negrefine_ray.errors import ConfigError, NegRefineError
 from negrefine_ray.pipeline import get_stage
-from negrefine_ray.runfolder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.runfolder.atomic import (
+    column_matrix,
+    embedding_column,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
+from negrefine_ray.runfolder.folder import Stage, StageContext, StageOutput, run_stage
 from negrefine_ray.stages import embed_text as embed_text_stage
 from negrefine_ray.stages import score as score_stage
 from negrefine_ray.stages.report import evaluate, row_label

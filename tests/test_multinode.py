@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import LocalCluster
 
-from negrefine_ray.artifacts import read_json, read_parquet
+from negrefine_ray.runfolder.atomic import read_json, read_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.executable).parent

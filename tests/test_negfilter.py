@@ -233,12 +233,13 @@ def test_filter_stage_imports_neither_open_clip_nor_torchvision() -> None:
     scikit-learn, matplotlib or scipy: the CLI (which imports every stage module) and the filter
     stage must start without them. torch is there (vLLM needs it)."""
     cli = (
-        "negrefine_ray.cli, negrefine_ray.stages.filter, negrefine_ray.judges.pool, negrefine_ray.judges.vllm"
+        "negrefine_ray.cli, negrefine_ray.stages.filter, negrefine_ray.judges.actor_pool, "
+        "negrefine_ray.judges.vllm"
     )
     heavy = ("open_clip", "torchvision", "transformers", "vllm", "sklearn", "matplotlib", "scipy")
     assert _imported(cli, heavy) == []
     judges = (
-        "negrefine_ray.stages.filter, negrefine_ray.judges.pool, negrefine_ray.judges.vllm, "
+        "negrefine_ray.stages.filter, negrefine_ray.judges.actor_pool, negrefine_ray.judges.vllm, "
         "negrefine_ray.judges.llm, negrefine_ray.judges.transformers, negrefine_ray.judges.gguf, "
         "negrefine_ray.judges.fake"
     )

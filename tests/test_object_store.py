@@ -18,13 +18,13 @@ import pytest
 from conftest import LocalCluster, make_smoke_images
 from s3_server import S3Server, s3_server
 
-from negrefine_ray.artifacts import write_json, write_parquet
-from negrefine_ray.cache_files import checksum_path, read_entry, write_entry
 from negrefine_ray.clip.text_cache import TextEmbeddingCache
 from negrefine_ray.errors import StageError
-from negrefine_ray.run_mirror import RemoteRun
-from negrefine_ray.runfolder import _describe_artifact
-from negrefine_ray.storage import ObjectPath, RunLease, is_uri, location, write_bytes_atomic
+from negrefine_ray.runfolder.atomic import write_json, write_parquet
+from negrefine_ray.runfolder.cache_files import checksum_path, read_entry, write_entry
+from negrefine_ray.runfolder.folder import _describe_artifact
+from negrefine_ray.runfolder.mirror import RemoteRun
+from negrefine_ray.runfolder.storage import ObjectPath, RunLease, is_uri, location, write_bytes_atomic
 
 pytestmark = pytest.mark.cluster  # every test here uses the module's S3 server
 
@@ -155,7 +155,7 @@ def test_a_paused_driver_that_lost_its_lease_commits_nothing(
     refused, while B commits. With boto3's conditional writes (the default on S3) and without."""
     import time
 
-    from negrefine_ray import storage
+    from negrefine_ray.runfolder import storage
 
     if not cas:
         monkeypatch.setattr(storage, "conditional_object", lambda obj: None)

@@ -13,7 +13,7 @@ import pytest
 import smoke_fingerprint
 from conftest import SMOKE_JOB, SmokeRun, run_cli
 
-from negrefine_ray.artifacts import read_json, read_parquet
+from negrefine_ray.runfolder.atomic import read_json, read_parquet
 
 ROW_COLUMNS = ("dataset", "role", "path", "label", "status")
 

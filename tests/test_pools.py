@@ -13,9 +13,17 @@ from negrefine_ray.clip.image import ImageEmbedder, image_pool_spec
 from negrefine_ray.clip.text import TextEmbedder
 from negrefine_ray.clip.text_service import text_pool_spec
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, TextConfig
+from negrefine_ray.distributed.pools import (
+    ROW,
+    ActorPool,
+    PoolPlan,
+    PoolSpec,
+    plan_pool,
+    reassemble,
+    require_columns,
+)
+from negrefine_ray.distributed.resources import Pool
 from negrefine_ray.errors import StageError
-from negrefine_ray.pools import ROW, ActorPool, PoolPlan, PoolSpec, plan_pool, reassemble, require_columns
-from negrefine_ray.resources import Pool
 
 TEXT = PoolSpec("text embedding", 0, 1.0, "auto", count_key="text.num_actors", gpus_key="text.gpus_per_actor")
 

@@ -20,12 +20,12 @@ from conftest import SmokeRun
 from typer.testing import CliRunner
 
 from negrefine_ray import pipeline
-from negrefine_ray.artifacts import embedding_matrix, read_json, read_parquet
 from negrefine_ray.cli import app
 from negrefine_ray.clip.model import check_checkpoint
 from negrefine_ray.config import build_config, load_config
 from negrefine_ray.data.demo_data import make_demo_images
 from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.runfolder.atomic import embedding_matrix, read_json, read_parquet
 from negrefine_ray.stages.report import MEASURED_HEADING, evaluate, markdown_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,7 +217,7 @@ def test_real_checkpoints_pass_the_header_check(tmp_path: Path) -> None:
 
 
 def test_an_unwritable_output_dir_is_a_message_not_a_traceback(tmp_path: Path) -> None:
-    from negrefine_ray.runfolder import run_folder_lock
+    from negrefine_ray.runfolder.folder import run_folder_lock
 
     lock = run_folder_lock(Path("/proc/negrefine-x"))
     with pytest.raises(NegRefineError, match="Cannot create the run folder /proc/negrefine-x"), lock:
@@ -228,9 +228,9 @@ def test_an_unwritable_local_dir_names_run_local_dir(tmp_path: Path) -> None:
     """Issue 21, item 17: an object-store run's working copy lives in run.local_dir; the error named
     run.output_dir. Checked before any stage, and by the lock for a run started without preflight."""
     from negrefine_ray.preflight import preflight
-    from negrefine_ray.run_mirror import RemoteRun
-    from negrefine_ray.runfolder import run_folder_lock
-    from negrefine_ray.storage import ObjectPath
+    from negrefine_ray.runfolder.folder import run_folder_lock
+    from negrefine_ray.runfolder.mirror import RemoteRun
+    from negrefine_ray.runfolder.storage import ObjectPath
 
     overrides = ["run.output_dir=s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http",
                  f"run.cache_dir={tmp_path / 'cache'}", "run.local_dir=/proc/negrefine-x"]  # fmt: skip

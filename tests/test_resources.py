@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from negrefine_ray.distributed.resources import MIN_CPUS, Cluster, PoolRequest, fit_pool
 from negrefine_ray.errors import StageError
-from negrefine_ray.resources import MIN_CPUS, Cluster, Pool, fit_pool
 
-CPU_IMAGES = Pool("embed-images", 1, 0.5, task_cpus=1.0, count_key="images.num_actors")
+CPU_IMAGES = PoolRequest("embed-images", 1, 0.5, task_cpus=1.0, count_key="images.num_actors")
 
 
 def node(cpu: float, gpu: float = 0.0) -> dict[str, float]:
@@ -27,14 +27,14 @@ def node(cpu: float, gpu: float = 0.0) -> dict[str, float]:
 def test_a_pool_that_fits_is_left_alone() -> None:
     fit = fit_pool(CPU_IMAGES, Cluster(node(2), [node(2)]))
     assert fit.pool == CPU_IMAGES and fit.note == ""
-    gpus = Pool("judge 'q'", 4, 1.0, 1.0, count_key="num_actors")
+    gpus = PoolRequest("judge 'q'", 4, 1.0, 1.0, count_key="num_actors")
     cluster = Cluster(node(33, 4), [node(0), node(16, 2), node(16, 2)])  # the head has no CPU to give
     assert fit_pool(gpus, cluster).pool == gpus
 
 
 def test_tasks_may_run_on_another_node_than_the_actors() -> None:
     # The GPU node's only CPU goes to the actor; decode tasks run on the CPU node, nothing shrinks.
-    pool = Pool("embed-images", 1, 1.0, 1.0, task_cpus=1.0)
+    pool = PoolRequest("embed-images", 1, 1.0, 1.0, task_cpus=1.0)
     assert fit_pool(pool, Cluster(node(5, 1), [node(1, 1), node(4)])).note == ""
 
 
@@ -46,19 +46,19 @@ def test_the_2_cpu_head_with_the_driver_holding_one_is_sized_down() -> None:
     assert fit.pool.actor_cpus + fit.pool.task_cpus <= 1.0
     assert fit.note.startswith("embed-images: sized down to fit: actors take 0.3333 CPU instead of 0.5")
     assert "has 2 CPU, 0 GPU" in fit.note and "holds 1 CPU, 0 GPU" in fit.note
-    gpu = fit_pool(Pool("embed-images", 1, 1.0, 1.0, task_cpus=1.0), Cluster(node(2, 1), [node(1, 1)]))
+    gpu = fit_pool(PoolRequest("embed-images", 1, 1.0, 1.0, task_cpus=1.0), Cluster(node(2, 1), [node(1, 1)]))
     assert (gpu.pool.actor_cpus, gpu.pool.actor_gpus, gpu.pool.task_cpus) == (0.5, 1.0, 0.5)
 
 
 def test_an_automatic_gpu_count_is_cut_to_the_free_places() -> None:
-    pool = Pool("judge 'q'", 4, 1.0, 2.0, count_key="num_actors of [[judges]] 'q'")
+    pool = PoolRequest("judge 'q'", 4, 1.0, 2.0, count_key="num_actors of [[judges]] 'q'")
     fit = fit_pool(pool, Cluster(node(32, 4), [node(16, 2), node(15, 2)]))
     assert fit.pool.actors == 2 and "2 actor(s) instead of 4" in fit.note
 
 
 def test_gpus_must_lie_on_one_node() -> None:
     """Two free GPUs on two nodes cannot hold one 2-GPU actor."""
-    pool = Pool("judge 'q'", 1, 1.0, 2.0, count_key="num_actors of [[judges]] 'q'")
+    pool = PoolRequest("judge 'q'", 1, 1.0, 2.0, count_key="num_actors of [[judges]] 'q'")
     with pytest.raises(StageError) as err:
         fit_pool(pool, Cluster(node(8, 2), [node(4, 1), node(4, 1)]))
     msg = str(err.value)
@@ -68,10 +68,12 @@ def test_gpus_must_lie_on_one_node() -> None:
 
 
 def test_a_user_set_count_is_honoured_or_refused_with_the_count_that_fits() -> None:
-    pool = Pool("embed-images", 4, 1.0, 1.0, task_cpus=1.0, count_key="images.num_actors", count_fixed=True)
+    pool = PoolRequest(
+        "embed-images", 4, 1.0, 1.0, task_cpus=1.0, count_key="images.num_actors", count_fixed=True
+    )
     with pytest.raises(StageError, match=r"needs 4 actors x \(1 CPU \+ 1 GPU\).*set images\.num_actors = 2"):
         fit_pool(pool, Cluster(node(16, 2), [node(16, 2)]))
-    cpu = Pool("judge 'q'", 2, 1.0, count_key="num_actors", count_fixed=True)
+    cpu = PoolRequest("judge 'q'", 2, 1.0, count_key="num_actors", count_fixed=True)
     fit = fit_pool(cpu, Cluster(node(2), [node(1)]))  # CPU is soft: two actors at half a CPU
     assert (fit.pool.actors, fit.pool.actor_cpus) == (2, 0.5)
 
@@ -87,7 +89,7 @@ def test_no_free_cpu_is_refused_with_the_numbers_and_the_fix() -> None:
     )
     assert "leaving 0 CPU, 0 GPU free" in msg and "--entrypoint-num-cpus 0" in msg
     # Enough CPU for an actor but not for MIN_CPUS beside it: refused, not shrunk to nothing.
-    many = Pool("text embedding", 8, 1.0, count_key="text.num_actors", count_fixed=True)
+    many = PoolRequest("text embedding", 8, 1.0, count_key="text.num_actors", count_fixed=True)
     with pytest.raises(
         StageError, match=rf"at least {MIN_CPUS:g} CPU for each actor.*lower text\.num_actors"
     ):
@@ -95,9 +97,9 @@ def test_no_free_cpu_is_refused_with_the_numbers_and_the_fix() -> None:
 
 
 def test_scaled_amounts_follow_rays_granularity() -> None:
-    fit = fit_pool(Pool("x", 3, 1.0), Cluster(node(1), [node(1)]))
+    fit = fit_pool(PoolRequest("x", 3, 1.0), Cluster(node(1), [node(1)]))
     assert fit.pool.actor_cpus == 0.3333  # Ray keeps 1e-4
-    big = fit_pool(Pool("x", 1, 4.0), Cluster(node(4), [node(3)]))
+    big = fit_pool(PoolRequest("x", 1, 4.0), Cluster(node(4), [node(3)]))
     assert big.pool.actor_cpus == 3.0  # and wants amounts above 1 whole
 
 
@@ -130,7 +132,7 @@ def _run_stage_with_cpus_held(tmp: Path, held: int, deadline_s: float) -> tuple[
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
 
-    from negrefine_ray.runfolder import StageContext
+    from negrefine_ray.runfolder.folder import StageContext
     from negrefine_ray.stages.embed_images import run_embed_images
 
     config = _job(tmp)
@@ -168,7 +170,7 @@ def test_stage_on_a_2_cpu_ray_with_one_cpu_held_is_sized_down_and_finishes(
     import ray
 
     assert ray.cluster_resources().get("CPU") == 2  # the session Ray: the 2-CPU head of the issue
-    with caplog.at_level(logging.WARNING, logger="negrefine_ray.resources"):
+    with caplog.at_level(logging.WARNING, logger="negrefine_ray.distributed.resources"):
         output, _ = _run_stage_with_cpus_held(tmp_path, 1, deadline_s=240)
     assert not isinstance(output, BaseException), output
     assert output.stats["embedded"] == 6 and output.stats["failures"] == {}

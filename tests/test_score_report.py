@@ -16,7 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from negrefine_ray.artifacts import (
+from negrefine_ray.config import JobConfig, build_config
+from negrefine_ray.core import scores
+from negrefine_ray.core.metrics import compute_metrics
+from negrefine_ray.errors import ConfigError
+from negrefine_ray.pipeline import get_stage
+from negrefine_ray.runfolder.atomic import (
     column_matrix,
     embedding_column,
     read_json,
@@ -24,12 +29,7 @@ from negrefine_ray.artifacts import (
     write_json,
     write_parquet,
 )
-from negrefine_ray.config import JobConfig, build_config
-from negrefine_ray.core import scores
-from negrefine_ray.core.metrics import compute_metrics
-from negrefine_ray.errors import ConfigError
-from negrefine_ray.pipeline import get_stage
-from negrefine_ray.runfolder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.runfolder.folder import Stage, StageContext, StageOutput, run_stage
 from negrefine_ray.stages.report import MEASURED_HEADING, RANDOM_WARNING
 from negrefine_ray.stages.score import multi_matching_scores
 

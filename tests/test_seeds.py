@@ -47,10 +47,10 @@ def test_each_seed_runs_in_its_own_folder(tmp_path: Path) -> None:
 def test_a_refused_second_run_leaves_the_jobs_config_alone(tmp_path: Path) -> None:
     """Issue 21, item 15: a second driver of a multi-seed job, refused, wrote its config.json (alpha
     3.0 over the running alpha-2.0 job), and `negrefine-ray run RUNDIR` then used the wrong settings."""
-    from negrefine_ray.artifacts import read_json, write_json
     from negrefine_ray.errors import NegRefineError
     from negrefine_ray.pipeline import run_job
-    from negrefine_ray.runfolder import run_folder_lock
+    from negrefine_ray.runfolder.atomic import read_json, write_json
+    from negrefine_ray.runfolder.folder import run_folder_lock
 
     def job(alpha: float) -> JobConfig:
         return build_config({

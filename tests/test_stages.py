@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from negrefine_ray.artifacts import read_json
 from negrefine_ray.config import JobConfig, build_config
 from negrefine_ray.errors import StageError
-from negrefine_ray.runfolder import (
+from negrefine_ray.runfolder.atomic import read_json
+from negrefine_ray.runfolder.folder import (
     MANIFEST,
     STAGING,
     Stage,
@@ -125,7 +125,7 @@ def test_killed_process_leaves_only_debris_that_the_next_run_clears(tmp_path: Pa
             f"""
             import os, signal
             from negrefine_ray.config import build_config
-            from negrefine_ray.runfolder import Stage, StageOutput, run_stage
+            from negrefine_ray.runfolder.folder import Stage, StageOutput, run_stage
             def fn(ctx):
                 (ctx.out_dir / "words.txt").write_text("partial")
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -151,7 +151,8 @@ def test_run_folder_lock_is_exclusive(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from pathlib import Path; from negrefine_ray.runfolder import run_folder_lock\n"
+                "import sys; from pathlib import Path\n"
+                "from negrefine_ray.runfolder.folder import run_folder_lock\n"
                 "try:\n    run_folder_lock(Path(sys.argv[1])).__enter__()\n"
                 "except Exception as e:\n    print(e); sys.exit(3)",
                 str(run_dir),

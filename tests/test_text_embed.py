@@ -22,9 +22,9 @@ from negrefine_ray.clip.text import (
 from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.core.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
+from negrefine_ray.distributed.pools import PoolPlan
+from negrefine_ray.distributed.resources import Pool
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.pools import PoolPlan
-from negrefine_ray.resources import Pool
 
 TINY = "nr-tiny-vit-2l"
 TEXTS = [

@@ -14,10 +14,10 @@ import pyarrow as pa
 import pytest
 from conftest import SMOKE_JOB, SmokeRun
 
-from negrefine_ray.artifacts import column_matrix, read_json, read_parquet
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.templates import get_templates
+from negrefine_ray.runfolder.atomic import column_matrix, read_json, read_parquet
 
 pytestmark = pytest.mark.ray
 

@@ -56,7 +56,7 @@ def test_vllm_judge_logprob_and_generate(judge_cfg: JudgeConfig) -> None:
 def test_vllm_judge_on_a_ray_actor_pool(judge_cfg: JudgeConfig, tmp_path: Path) -> None:
     import ray
 
-    from negrefine_ray.judges.pool import ray_asker
+    from negrefine_ray.judges.actor_pool import ray_asker
     from negrefine_ray.judges.store import AnswerStore
 
     ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)

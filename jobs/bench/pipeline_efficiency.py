@@ -64,10 +64,10 @@ from negrefine_ray.clip.text_service import text_pool_spec
 from negrefine_ray.config import ImagesConfig, JobConfig, JudgeConfig, ModelConfig, TextConfig
 from negrefine_ray.core.negfilter import PROMPT_SETS, Question
 from negrefine_ray.core.templates import apply_templates, get_templates
-from negrefine_ray.judges.pool import QUESTION_COLUMNS, JudgeActor, ray_asker
+from negrefine_ray.distributed.pools import CPU_ACTOR_THREADS_ENV, PoolPlan, cluster_gpus, plan_pool
+from negrefine_ray.distributed.pools import fit_plan as stage_fit_plan
+from negrefine_ray.judges.actor_pool import QUESTION_COLUMNS, JudgeActor, ray_asker
 from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.pools import CPU_ACTOR_THREADS_ENV, PoolPlan, cluster_gpus, plan_pool
-from negrefine_ray.pools import fit_plan as stage_fit_plan
 
 TRACE_ENV = "NR_PIPELINE_TRACE"  # folder the traced actors write their events to
 RAY_DEFAULT_THREADS = False  # set by --actor-threads ray-default
@@ -444,7 +444,7 @@ def filter_stage(args: argparse.Namespace, root: Path, ctx: dict[str, Any]) -> d
     print(f"filter: judge alone {passes[0]['rate']} questions/s", file=sys.stderr)
     store = AnswerStore(Path(tempfile.mkdtemp(prefix="answers-", dir=root)))  # empty: every question asked
     if RAY_DEFAULT_THREADS:
-        import negrefine_ray.judges.pool as judge_pool
+        import negrefine_ray.judges.actor_pool as judge_pool
 
         judge_pool.fit_plan = fit_plan  # type: ignore[assignment]
     ask = ray_asker(cfg, prompts, store, seed=0, chunk_size=2048, actor_cls=TracedJudgeActor)
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unknown = set(parts) - {"images", "text", "filter"}
     if unknown:
         raise SystemExit(f"--parts: unknown {sorted(unknown)}; choose from images, text, filter")
-    from negrefine_ray.raysession import quiet_ray_data
+    from negrefine_ray.distributed.session import quiet_ray_data
 
     device = resolve_device(args.device)
     monitor = CpuMonitor().start()

@@ -34,8 +34,7 @@ from negrefine_ray.clip.preprocess import (
 )
 from negrefine_ray.config import ImagesConfig, ModelConfig
 from negrefine_ray.core.methods import embedding_name
-from negrefine_ray.errors import StageError
-from negrefine_ray.pools import (
+from negrefine_ray.distributed.pools import (
     NODE,
     ROW,
     ActorPool,
@@ -46,6 +45,7 @@ from negrefine_ray.pools import (
     reassemble,
     require_columns,
 )
+from negrefine_ray.errors import StageError
 
 DECODE_BATCH = 64  # rows per decode task: ~10 MB of 224x224 crops, small enough to stream
 

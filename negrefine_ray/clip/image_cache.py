@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import embedding_column, stable_hash
-from negrefine_ray.cache_files import (
+from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK
+from negrefine_ray.runfolder.atomic import embedding_column, stable_hash
+from negrefine_ray.runfolder.cache_files import (
     EMBEDDING,
     BadEntry,
     check_columns,
@@ -23,8 +24,7 @@ from negrefine_ray.cache_files import (
     read_entry,
     write_entry,
 )
-from negrefine_ray.clip.preprocess import FAILURE_KINDS, OK
-from negrefine_ray.storage import Location, glob, location
+from negrefine_ray.runfolder.storage import Location, glob, location
 
 _CACHE_VERSION = 2  # 2: entries per base folder, with each file's size and mtime
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.cache_files import checksum_path
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.core.methods import embedding_name
-from negrefine_ray.pools import ROW
+from negrefine_ray.distributed.pools import ROW
+from negrefine_ray.runfolder.cache_files import checksum_path
 
 log = logging.getLogger(__name__)
 

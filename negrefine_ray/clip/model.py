@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from negrefine_ray.artifacts import file_sha256
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.errors import NegRefineError, unknown_name
+from negrefine_ray.runfolder.atomic import file_sha256
 
 CONFIG_DIR = Path(__file__).parents[1] / "model_configs"
 RANDOM_INIT = "none"

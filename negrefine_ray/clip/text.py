@@ -26,8 +26,7 @@ from negrefine_ray.clip.model import (
 )
 from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.core.templates import apply_templates
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.pools import (
+from negrefine_ray.distributed.pools import (
     NODE,
     ROW,
     ActorPool,
@@ -37,6 +36,7 @@ from negrefine_ray.pools import (
     reassemble,
     require_columns,
 )
+from negrefine_ray.errors import NegRefineError
 
 Precision = Literal["fp32", "fp16", "bf16"]
 EnsembleMode = Literal["raw-mean", "norm-mean"]

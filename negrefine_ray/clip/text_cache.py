@@ -11,8 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import embedding_column, stable_hash
-from negrefine_ray.cache_files import (
+from negrefine_ray.errors import NegRefineError
+from negrefine_ray.runfolder.atomic import embedding_column, stable_hash
+from negrefine_ray.runfolder.cache_files import (
     EMBEDDING,
     check_columns,
     check_no_nulls,
@@ -20,8 +21,7 @@ from negrefine_ray.cache_files import (
     read_entry,
     write_entry,
 )
-from negrefine_ray.errors import NegRefineError
-from negrefine_ray.storage import Location, location
+from negrefine_ray.runfolder.storage import Location, location
 
 _CACHE_VERSION = 1
 

@@ -17,7 +17,7 @@ from negrefine_ray.clip.text import EnsembleMode, encode_texts, ensemble
 from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.templates import apply_templates
-from negrefine_ray.pools import PoolPlan, PoolSpec, cluster_gpus, fit_plan, plan_pool
+from negrefine_ray.distributed.pools import PoolPlan, PoolSpec, cluster_gpus, fit_plan, plan_pool
 
 
 class TextEncoder:

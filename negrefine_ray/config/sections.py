@@ -23,7 +23,7 @@ from negrefine_ray.core.methods import (
     TEST_PREPROCESSING,
 )
 from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
-from negrefine_ray.storage import Location, is_uri, local_copy_dir, location
+from negrefine_ray.runfolder.storage import Location, is_uri, local_copy_dir, location
 
 
 def _choices(*values: str) -> dict[str, Any]:

@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from negrefine_ray.artifacts import stable_hash
 from negrefine_ray.config import DatasetConfig
 from negrefine_ray.data.file_walk import LISTED_MISSING, class_folders, confinement, files_under, stat_listed
 from negrefine_ray.data.image_lists import decode_list, parse_ground_truth, parse_image_list, unique_entries
 from negrefine_ray.errors import NegRefineError
+from negrefine_ray.runfolder.atomic import stable_hash
 
 log = logging.getLogger(__name__)
 

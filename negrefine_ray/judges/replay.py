@@ -64,7 +64,7 @@ class ReplayJudge:
         return cls([Path(p).expanduser() for p in (cfg.log_noun, cfg.log_adj) if p], cfg.name)
 
     def identity(self) -> dict[str, Any]:
-        from negrefine_ray.artifacts import file_sha256
+        from negrefine_ray.runfolder.atomic import file_sha256
 
         return {"backend": "replay", "logs": [file_sha256(p) for p in self._logs]}
 

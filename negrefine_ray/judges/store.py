@@ -10,11 +10,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from negrefine_ray.artifacts import stable_hash
-from negrefine_ray.cache_files import check_columns, check_no_nulls, check_values, read_entry, write_entry
 from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.judges.base import Answer
-from negrefine_ray.storage import Location, glob
+from negrefine_ray.runfolder.atomic import stable_hash
+from negrefine_ray.runfolder.cache_files import (
+    check_columns,
+    check_no_nulls,
+    check_values,
+    read_entry,
+    write_entry,
+)
+from negrefine_ray.runfolder.storage import Location, glob
 
 ANSWER_SCHEMA = pa.schema(
     [("qid", pa.string()), ("yes", pa.int8()), ("p_yes", pa.float64()), ("raw", pa.string()),

@@ -15,7 +15,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray.artifacts import file_sha256, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.corpus import (
     POOL_RULES,
@@ -27,7 +26,8 @@ from negrefine_ray.core.corpus import (
 )
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.errors import NegRefineError
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import file_sha256, write_parquet
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 
 
 def requested_lexnames(config: JobConfig) -> tuple[str, ...]:

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import embedding_column, stable_hash, write_parquet
 from negrefine_ray.clip.device_decode import check_device_specs
 from negrefine_ray.clip.image import embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.image_cache import (
@@ -50,9 +49,10 @@ from negrefine_ray.core.methods import (
 )
 from negrefine_ray.data.datasets import Listing, list_datasets
 from negrefine_ray.data.presets import resolve_datasets
+from negrefine_ray.distributed.pools import cluster_gpus, fit_plan, plan_pool
 from negrefine_ray.errors import StageError
-from negrefine_ray.pools import cluster_gpus, fit_plan, plan_pool
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import embedding_column, stable_hash, write_parquet
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 
 log = logging.getLogger(__name__)
 

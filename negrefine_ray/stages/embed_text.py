@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
 from negrefine_ray.clip.text import l2_normalise
 from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
@@ -28,7 +27,8 @@ from negrefine_ray.core.corpus import get_pool_rule
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
 from negrefine_ray.core.templates import csp_phrases, get_templates
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import column_matrix, embedding_column, read_parquet, write_parquet
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 
 # The candidate table has a base view over every candidate, a phrase view over the CSP family's pools
 # and per further view (InterNeg's) one column over the pools of the methods using it.

@@ -23,7 +23,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray.artifacts import read_parquet, write_json, write_parquet, write_text
 from negrefine_ray.config import JobConfig, JudgeConfig
 from negrefine_ray.core.negfilter import (
     Decision,
@@ -39,7 +38,8 @@ from negrefine_ray.errors import NegRefineError, StageError, unknown_name
 from negrefine_ray.judges.accounting import overlapping, p_yes_histogram
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import read_parquet, write_json, write_parquet, write_text
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages import filter_scope
 from negrefine_ray.stages.judging import ask_judges
 

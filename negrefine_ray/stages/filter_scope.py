@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray.artifacts import read_parquet, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import get_method
 from negrefine_ray.errors import NegRefineError, StageError
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.atomic import read_parquet, write_parquet
+from negrefine_ray.runfolder.folder import StageContext
 
 if TYPE_CHECKING:
     from negrefine_ray.stages.mine import Nearest

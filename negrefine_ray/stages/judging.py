@@ -22,7 +22,7 @@ from negrefine_ray.judges.accounting import JudgeAccount
 from negrefine_ray.judges.base import Judge
 from negrefine_ray.judges.schedule import Task, run_concurrently
 from negrefine_ray.judges.store import AnswerStore, answer_store_root
-from negrefine_ray.runfolder import StageContext
+from negrefine_ray.runfolder.folder import StageContext
 
 if TYPE_CHECKING:
     from negrefine_ray.stages.filter import Asker, JudgeRun
@@ -60,7 +60,7 @@ def _asker(
 ) -> Asker:
     """LLM judges ask on a Ray actor pool; the others answer in this process."""
     if backend_spec(cfg.backend).on_ray:
-        from negrefine_ray.judges.pool import ray_asker
+        from negrefine_ray.judges.actor_pool import ray_asker
 
         return ray_asker(
             cfg, prompts, store, seed=config.run.seed, chunk_size=config.filter.chunk_size, account=account
@@ -87,8 +87,8 @@ def _run_members(
 
 def judge_demand(cfg: JudgeConfig) -> dict[str, float]:
     """What the judge's actor pool holds while it runs, as Ray resources."""
-    from negrefine_ray.judges.pool import judge_pool_spec, judge_resources
-    from negrefine_ray.pools import cluster_gpus, plan_pool
+    from negrefine_ray.distributed.pools import cluster_gpus, plan_pool
+    from negrefine_ray.judges.actor_pool import judge_pool_spec, judge_resources
 
     pool = plan_pool(judge_pool_spec(cfg), cluster_gpus()).pool
     demand = {"CPU": pool.actors * pool.actor_cpus, "GPU": pool.actors * pool.actor_gpus}

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import column_matrix, embedding_column, read_parquet, write_parquet
 from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, Method, get_method
@@ -35,7 +34,8 @@ from negrefine_ray.core.mining import (
     nearest_id_labels,
 )
 from negrefine_ray.errors import ConfigError
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import column_matrix, embedding_column, read_parquet, write_parquet
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages.embed_text import SINGLE as SINGLE_VIEW
 from negrefine_ray.stages.embed_text import method_pools, view_matrix
 from negrefine_ray.stages.filter_scope import FILTER_POOL, write_filter_pool

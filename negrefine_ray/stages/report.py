@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.artifacts import read_json, read_parquet, write_json, write_text
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
-from negrefine_ray.runfolder import MANIFEST, StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import read_json, read_parquet, write_json, write_text
+from negrefine_ray.runfolder.folder import MANIFEST, StageContext, StageOutput
 from negrefine_ray.stages.report_judges import judge_lines, judge_table, write_judge_plot
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")

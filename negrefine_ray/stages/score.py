@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from negrefine_ray.artifacts import column_matrix, read_parquet, write_json, write_parquet
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core import scores
 from negrefine_ray.core.methods import (
@@ -44,7 +43,8 @@ from negrefine_ray.core.multi_matching import (  # NegRefine's pure core (tests 
 from negrefine_ray.core.templates import get_templates
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.progress import Progress
-from negrefine_ray.runfolder import StageContext, StageOutput
+from negrefine_ray.runfolder.atomic import column_matrix, read_parquet, write_json, write_parquet
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages.embed_text import view_matrix
 
 IMAGE_COLUMNS = ("dataset", "role", "path", "label", "status")  # plus one embedding@<variant> each

@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from negrefine_ray.artifacts import column_matrix, read_parquet
 from negrefine_ray.config import InterNegConfig, JobConfig
 from negrefine_ray.core import interneg
 from negrefine_ray.core.methods import Method
 from negrefine_ray.errors import StageError
+from negrefine_ray.runfolder.atomic import column_matrix, read_parquet
 
 Precision = {"fp32": "float32", "fp16": "float16"}
 
@@ -130,7 +130,7 @@ def run_streams(
     through the object store once. Results in `streams` order."""
     import ray
 
-    from negrefine_ray.pools import cluster_gpus
+    from negrefine_ray.distributed.pools import cluster_gpus
 
     gpu = config.model.device != "cpu" and cluster_gpus() >= 1
     task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=2)(online_scores)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from negrefine_ray.artifacts import file_sha256, read_json
-from negrefine_ray.storage import ObjectPath, RunLease
+from negrefine_ray.runfolder.atomic import file_sha256, read_json
+from negrefine_ray.runfolder.storage import ObjectPath, RunLease
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ MIN_CPUS = 0.1  # the smallest CPU request a pool is sized down to; below it the
 
 
 @dataclass(frozen=True)
-class Pool:
+class PoolRequest:
     """What one stage asks Ray for. `count_key` names the setting behind `actors` in messages
     (e.g. "images.num_actors"); `count_fixed` is True when the user set it (then it is never cut)."""
 
@@ -81,7 +81,7 @@ class Cluster:
 class Fit:
     """The pool to run and, when it differs from the request, one line saying what changed and why."""
 
-    pool: Pool
+    pool: PoolRequest
     note: str = ""
 
 
@@ -90,7 +90,7 @@ def _floor4(x: float) -> float:
     return float(math.floor(x)) if x > 1 else math.floor(x * 1e4 + 1e-9) / 1e4
 
 
-def _slots(pool: Pool, nodes: Sequence[Mapping[str, float]]) -> list[int]:
+def _slots(pool: PoolRequest, nodes: Sequence[Mapping[str, float]]) -> list[int]:
     """Per node, how many of the pool's actors it could hold: GPU actors by its free GPUs, CPU actors
     without limit (CPU is soft); a node with less than MIN_CPUS free CPU holds none."""
     return [
@@ -103,7 +103,7 @@ def _slots(pool: Pool, nodes: Sequence[Mapping[str, float]]) -> list[int]:
     ]
 
 
-def _place(pool: Pool, nodes: Sequence[Mapping[str, float]], slots: list[int]) -> list[int]:
+def _place(pool: PoolRequest, nodes: Sequence[Mapping[str, float]], slots: list[int]) -> list[int]:
     """Actors per node: each goes where the most CPU is left among the nodes with a slot open."""
     placed = [0] * len(nodes)
     for _ in range(pool.actors):
@@ -113,7 +113,7 @@ def _place(pool: Pool, nodes: Sequence[Mapping[str, float]], slots: list[int]) -
     return placed
 
 
-def _cpu_scale(pool: Pool, nodes: Sequence[Mapping[str, float]], placed: list[int]) -> float:
+def _cpu_scale(pool: PoolRequest, nodes: Sequence[Mapping[str, float]], placed: list[int]) -> float:
     """The largest s <= 1 such that every node holds its actors at s * actor_cpus and some node also
     holds one task at s * task_cpus."""
     cpu = [n.get("CPU", 0.0) for n in nodes]
@@ -123,7 +123,7 @@ def _cpu_scale(pool: Pool, nodes: Sequence[Mapping[str, float]], placed: list[in
     return s
 
 
-def fits_as_asked(pool: Pool, cluster: Cluster) -> bool:
+def fits_as_asked(pool: PoolRequest, cluster: Cluster) -> bool:
     """True when `pool` fits `cluster.free` without sizing anything down."""
     slots = _slots(pool, cluster.free)
     if sum(slots) < pool.actors:
@@ -131,14 +131,14 @@ def fits_as_asked(pool: Pool, cluster: Cluster) -> bool:
     return _cpu_scale(pool, cluster.free, _place(pool, cluster.free, slots)) >= 1.0
 
 
-def _refusal(pool: Pool, cluster: Cluster, why: str, fixes: list[str]) -> StageError:
+def _refusal(pool: PoolRequest, cluster: Cluster, why: str, fixes: list[str]) -> StageError:
     return StageError(
         f"{pool.stage} cannot start: it needs {pool.describe()}, that is {why}; {cluster.describe()}. "
         f"Waiting would never end, so it stops now. Fix: {'; or '.join(fixes)}."
     )
 
 
-def _fixes(pool: Pool, cluster: Cluster, key: str, count: str = "") -> list[str]:
+def _fixes(pool: PoolRequest, cluster: Cluster, key: str, count: str = "") -> list[str]:
     """The ways out: free what the entrypoint holds, change the actor count, add nodes."""
     fixes = []
     if cluster.held(key) > 0:
@@ -151,7 +151,7 @@ def _fixes(pool: Pool, cluster: Cluster, key: str, count: str = "") -> list[str]
     return [*fixes, f"add nodes with free {key}s"]
 
 
-def fit_pool(pool: Pool, cluster: Cluster) -> Fit:
+def fit_pool(pool: PoolRequest, cluster: Cluster) -> Fit:
     """`pool` as asked when it fits `cluster.free`; else sized down (an automatic GPU actor count cut
     to the free places, CPU requests scaled down to at least MIN_CPUS); else a StageError with the
     numbers needed and free and the fix."""
@@ -183,7 +183,7 @@ def fit_pool(pool: Pool, cluster: Cluster) -> Fit:
     return Fit(pool, f"{pool.stage}: sized down to fit: {'; '.join(notes)} ({cluster.describe()}).")
 
 
-def cpu_threads(pool: Pool, cluster: Cluster) -> int:
+def cpu_threads(pool: PoolRequest, cluster: Cluster) -> int:
     """The intra-op threads (OMP_NUM_THREADS) each CPU actor of `pool` should run: the free CPUs of
     the node it is placed on shared among the pool's actors there, rounded down, at least 1; 0 for a
     GPU pool (Ray's default stands). Ray would give an actor floor(its CPU request) threads, 1 for
@@ -211,7 +211,7 @@ def read_cluster() -> Cluster:
     return Cluster(total, free)
 
 
-def fit_pool_on_cluster(pool: Pool, settle_s: float = 2.0) -> Fit:
+def fit_pool_on_cluster(pool: PoolRequest, settle_s: float = 2.0) -> Fit:
     """`fit_pool` on the connected Ray, logging what was sized down. When the pool does not fit as
     asked, the reading is repeated for up to `settle_s` seconds first: the previous stage's actors may
     still be releasing their resources."""

@@ -186,7 +186,7 @@ def write_bytes_atomic(target: Location, data: bytes) -> None:
     if isinstance(target, ObjectPath):
         target.write_bytes(data)
         return
-    from negrefine_ray.artifacts import atomic_path
+    from negrefine_ray.runfolder.atomic import atomic_path
 
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
@@ -194,7 +194,7 @@ def write_bytes_atomic(target: Location, data: bytes) -> None:
 
 def local_copy_dir(local_root: Path, uri: str) -> Path:
     """The driver's working copy of the object-store folder `uri` under `local_root`."""
-    from negrefine_ray.artifacts import stable_hash
+    from negrefine_ray.runfolder.atomic import stable_hash
 
     return local_root / "runs" / stable_hash(uri)[:16] / posixpath.basename(uri.partition("?")[0].rstrip("/"))
 

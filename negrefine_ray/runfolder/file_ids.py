@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from negrefine_ray.artifacts import file_sha256, stable_hash
+from negrefine_ray.runfolder.atomic import file_sha256, stable_hash
 
 _MEMO: dict[tuple[str, int, int, int], str] = {}
 

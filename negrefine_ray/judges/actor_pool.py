@@ -14,12 +14,19 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from negrefine_ray.core.negfilter import PromptSet, Question
+from negrefine_ray.distributed.pools import (
+    ActorPool,
+    PoolSpec,
+    cluster_gpus,
+    fit_plan,
+    plan_pool,
+    require_columns,
+)
 from negrefine_ray.judges import make_backend
 from negrefine_ray.judges.accounting import JudgeAccount
 from negrefine_ray.judges.base import Answer
 from negrefine_ray.judges.llm import answer_with
 from negrefine_ray.judges.store import YES_CODE, YES_FROM_CODE, AnswerStore
-from negrefine_ray.pools import ActorPool, PoolSpec, cluster_gpus, fit_plan, plan_pool, require_columns
 from negrefine_ray.progress import ray_stage_progress
 
 if TYPE_CHECKING:

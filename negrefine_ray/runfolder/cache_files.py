@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negrefine_ray.artifacts import embedding_matrix
-from negrefine_ray.storage import Location, write_bytes_atomic
+from negrefine_ray.runfolder.atomic import embedding_matrix
+from negrefine_ray.runfolder.storage import Location, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

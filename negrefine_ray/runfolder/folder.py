@@ -27,12 +27,12 @@ from typing import Any, Literal
 import pyarrow.parquet as pq
 
 from negrefine_ray import __version__
-from negrefine_ray.artifacts import file_sha256, read_json, stable_hash, write_json
 from negrefine_ray.config import JobConfig, named_paths
 from negrefine_ray.errors import StageError
-from negrefine_ray.file_ids import named_file_ids
-from negrefine_ray.run_mirror import RemoteRun
-from negrefine_ray.storage import ObjectPath, RunLease, is_uri
+from negrefine_ray.runfolder.atomic import file_sha256, read_json, stable_hash, write_json
+from negrefine_ray.runfolder.file_ids import named_file_ids
+from negrefine_ray.runfolder.mirror import RemoteRun
+from negrefine_ray.runfolder.storage import ObjectPath, RunLease, is_uri
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
@@ -67,7 +67,7 @@ class StageContext:
 
     def ray(self) -> None:
         """Connect to (or start) Ray; stages that distribute work call this first."""
-        from negrefine_ray.raysession import ensure_ray
+        from negrefine_ray.distributed.session import ensure_ray
 
         ensure_ray(self.config.ray, self.ray_address)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from negrefine_ray.distributed.resources import PoolRequest, cpu_threads, fit_pool_on_cluster, read_cluster
 from negrefine_ray.errors import StageError
-from negrefine_ray.resources import Pool, cpu_threads, fit_pool_on_cluster, read_cluster
 
 ROW = "row"  # int64 row index 0..N-1 that each row carries through a pool and comes back by
 
@@ -52,7 +52,7 @@ class PoolPlan:
     """Where the actors run ("cuda" or "cpu") and what the pool asks Ray for."""
 
     device: str
-    pool: Pool
+    pool: PoolRequest
     # OMP_NUM_THREADS of each CPU actor, set by fit_plan (resources.cpu_threads); 0: Ray's default
     cpu_threads: int = 0
 
@@ -90,7 +90,7 @@ def plan_pool(spec: PoolSpec, cluster_gpus: float) -> PoolPlan:
     else:
         n, device, cpus, gpus = spec.count or 1, "cpu", spec.cpu_actor_cpus, 0.0
     fixed = spec.count > 0  # a user-set count is honoured or refused by fit_plan, never cut
-    pool = Pool(spec.stage, n, cpus, gpus, spec.task_cpus, spec.count_key, count_fixed=fixed)
+    pool = PoolRequest(spec.stage, n, cpus, gpus, spec.task_cpus, spec.count_key, count_fixed=fixed)
     return PoolPlan(device, pool)
 
 
