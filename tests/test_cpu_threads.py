@@ -8,7 +8,7 @@ import pytest
 
 from negrefine_ray.clip.image import ImageEmbedder
 from negrefine_ray.distributed.pools import ActorPool, PoolPlan
-from negrefine_ray.distributed.resources import Cluster, Pool, cpu_threads
+from negrefine_ray.distributed.resources import Cluster, PoolRequest, cpu_threads
 
 
 def cluster(*free_cpus: float, gpus: float = 0.0) -> Cluster:
@@ -17,25 +17,25 @@ def cluster(*free_cpus: float, gpus: float = 0.0) -> Cluster:
 
 
 def test_one_cpu_actor_gets_every_free_core_of_its_node() -> None:
-    assert cpu_threads(Pool("embed-images", 1, 0.5, task_cpus=1.0), cluster(2)) == 2
-    assert cpu_threads(Pool("text embedding", 1, 1.0), cluster(16)) == 16
-    assert cpu_threads(Pool("judge", 1, 1.0), cluster(1.5)) == 1  # what is held elsewhere is not taken
+    assert cpu_threads(PoolRequest("embed-images", 1, 0.5, task_cpus=1.0), cluster(2)) == 2
+    assert cpu_threads(PoolRequest("text embedding", 1, 1.0), cluster(16)) == 16
+    assert cpu_threads(PoolRequest("judge", 1, 1.0), cluster(1.5)) == 1  # what is held elsewhere is not taken
 
 
 def test_actors_on_one_node_share_its_cores() -> None:
-    assert cpu_threads(Pool("text embedding", 2, 1.0), cluster(8)) == 4
-    assert cpu_threads(Pool("text embedding", 3, 1.0), cluster(2)) == 1  # never below 1
-    assert cpu_threads(Pool("text embedding", 2, 1.0), cluster(8, 8)) == 8  # one on each node
+    assert cpu_threads(PoolRequest("text embedding", 2, 1.0), cluster(8)) == 4
+    assert cpu_threads(PoolRequest("text embedding", 3, 1.0), cluster(2)) == 1  # never below 1
+    assert cpu_threads(PoolRequest("text embedding", 2, 1.0), cluster(8, 8)) == 8  # one on each node
 
 
 def test_gpu_pools_keep_rays_default() -> None:
-    assert cpu_threads(Pool("embed-images", 1, 1.0, 1.0), cluster(16, gpus=1)) == 0
+    assert cpu_threads(PoolRequest("embed-images", 1, 1.0, 1.0), cluster(16, gpus=1)) == 0
 
 
 def test_the_plan_sets_omp_num_threads_of_cpu_actors_only() -> None:
     pytest.importorskip("ray")
-    cpu = ActorPool(ImageEmbedder, {}, PoolPlan("cpu", Pool("p", 1, 0.5), cpu_threads=2), 8)
+    cpu = ActorPool(ImageEmbedder, {}, PoolPlan("cpu", PoolRequest("p", 1, 0.5), cpu_threads=2), 8)
     env = cpu.map_batches_kwargs()["runtime_env"]["env_vars"]
     assert env == {"OMP_NUM_THREADS": "2"}
-    unset = ActorPool(ImageEmbedder, {}, PoolPlan("cuda", Pool("p", 1, 1.0, 1.0)), 8)
+    unset = ActorPool(ImageEmbedder, {}, PoolPlan("cuda", PoolRequest("p", 1, 1.0, 1.0)), 8)
     assert "runtime_env" not in unset.map_batches_kwargs()

@@ -22,7 +22,7 @@ from negrefine_ray.distributed.pools import (
     reassemble,
     require_columns,
 )
-from negrefine_ray.distributed.resources import Pool
+from negrefine_ray.distributed.resources import PoolRequest
 from negrefine_ray.errors import StageError
 
 TEXT = PoolSpec("text embedding", 0, 1.0, "auto", count_key="text.num_actors", gpus_key="text.gpus_per_actor")
@@ -30,7 +30,7 @@ TEXT = PoolSpec("text embedding", 0, 1.0, "auto", count_key="text.num_actors", g
 
 def test_automatic_count_is_one_actor_per_gpu_share() -> None:
     plan = plan_pool(TEXT, 4)
-    assert plan.device == "cuda" and plan.pool == Pool("text embedding", 4, 1.0, 1.0, 0.0, "text.num_actors")
+    assert plan.device == "cuda" and plan.pool == PoolRequest("text embedding", 4, 1.0, 1.0, 0.0, "text.num_actors")
     quarter = plan_pool(PoolSpec("p", 0, 0.25), 3)
     assert (quarter.pool.actors, quarter.describe()) == (12, "12 actors x 0.25 GPU")
     assert plan_pool(PoolSpec("p", 0, 0.1), 0.7).pool.actors == 7  # 0.7 / 0.1 is 6.9999...: not cut to 6
@@ -79,7 +79,7 @@ def test_text_pool_follows_model_device() -> None:
 
 def test_map_batches_arguments_come_from_the_plan() -> None:
     pytest.importorskip("ray")
-    plan = PoolPlan("cuda", Pool("p", 3, 0.5, 0.25))
+    plan = PoolPlan("cuda", PoolRequest("p", 3, 0.5, 0.25))
     kwargs = ActorPool(ImageEmbedder, {"device": "cuda"}, plan, 64).map_batches_kwargs()
     assert kwargs["compute"].min_size == kwargs["compute"].max_size == 3
     assert (kwargs["num_cpus"], kwargs["num_gpus"], kwargs["batch_size"]) == (0.5, 0.25, 64)

@@ -23,7 +23,7 @@ from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, te
 from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.core.templates import CSP_ADJ4, CSP_NOUN8, apply_templates
 from negrefine_ray.distributed.pools import PoolPlan
-from negrefine_ray.distributed.resources import Pool
+from negrefine_ray.distributed.resources import PoolRequest
 from negrefine_ray.errors import NegRefineError
 
 TINY = "nr-tiny-vit-2l"
@@ -199,6 +199,6 @@ def test_ray_embedding_equals_local(ray_session: None, tiny: tuple[torch.nn.Modu
     model, tok = tiny
     texts = [f"the nice {w}{i}" for i, w in enumerate(["tench", "daisy", "gooey landscape"] * 17)]
     cfg = ModelConfig(arch=TINY, pretrained="none", init_seed=3)
-    plan = PoolPlan("cpu", Pool("text embedding", 2, 0.5))
+    plan = PoolPlan("cpu", PoolRequest("text embedding", 2, 0.5))
     got = embed_texts_ray(texts, cfg, TextConfig(batch_size=8), plan)
     np.testing.assert_allclose(got, encode_texts(model, tok, texts), atol=1e-5)
