@@ -30,7 +30,8 @@ TEXT = PoolSpec("text embedding", 0, 1.0, "auto", count_key="text.num_actors", g
 
 def test_automatic_count_is_one_actor_per_gpu_share() -> None:
     plan = plan_pool(TEXT, 4)
-    assert plan.device == "cuda" and plan.pool == PoolRequest("text embedding", 4, 1.0, 1.0, 0.0, "text.num_actors")
+    want = PoolRequest("text embedding", 4, 1.0, 1.0, 0.0, "text.num_actors")
+    assert plan.device == "cuda" and plan.pool == want
     quarter = plan_pool(PoolSpec("p", 0, 0.25), 3)
     assert (quarter.pool.actors, quarter.describe()) == (12, "12 actors x 0.25 GPU")
     assert plan_pool(PoolSpec("p", 0, 0.1), 0.7).pool.actors == 7  # 0.7 / 0.1 is 6.9999...: not cut to 6
