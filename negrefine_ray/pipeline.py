@@ -16,19 +16,13 @@ from negrefine_ray.errors import unknown_name
 from negrefine_ray.preflight import preflight
 from negrefine_ray.runfolder.atomic import read_json, write_json
 from negrefine_ray.runfolder.folder import Stage, StageResult, remote_run, run_folder_lock, run_stage
-from negrefine_ray.stages import corpus, embed_images, embed_text, filter_scope, mine, report, score
+from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
 
 
 def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
     """Settings = the named config sections, whole."""
     return lambda cfg: {n: dataclasses.asdict(getattr(cfg, n)) for n in names}
-
-
-def _filter_settings(cfg: JobConfig) -> dict[str, Any]:
-    """The judges' settings, plus under filter.scope = "corpus" what the pools re-mined for
-    mining.filtered_by depend on (their selections read embed-text's candidates, hence its need)."""
-    return {**filter_stage.filter_settings(cfg), **filter_scope.reselection_settings(cfg)}
 
 
 STAGES: tuple[Stage, ...] = (
@@ -61,7 +55,7 @@ STAGES: tuple[Stage, ...] = (
         "NegFilter: LLM filtering of NegRefine's negative labels (or of every candidate)",
         ("embed-text", "mine"),
         1,
-        _filter_settings,
+        filter_stage.filter_settings,
         filter_stage.run_filter,
     ),
     Stage(
@@ -88,9 +82,12 @@ STAGES: tuple[Stage, ...] = (
         1,
         report.report_settings,
         report.run_report,
+        # the run facts and stage times come from every earlier stage's manifest
+        reads_manifests=("corpus", "embed-text", "mine", "filter", "embed-images", "score"),
     ),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
+assert STAGES[-1].reads_manifests == STAGE_NAMES[:-1], "the report reads every earlier stage's manifest"
 
 
 def get_stage(name: str) -> Stage:

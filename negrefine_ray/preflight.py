@@ -28,6 +28,16 @@ IMAGE_STAGES = frozenset({"embed-images"})
 RAY_STAGES = frozenset({"embed-text", "filter", "embed-images", "score"})
 
 
+def check_mining(config: JobConfig) -> None:
+    """A method mining by density (DNM) has hyper-parameters for the model (mining.dnm_preset)."""
+    from negrefine_ray.core.methods import METHODS
+    from negrefine_ray.negatives.selection import dnm_preset
+
+    rules = {m.mining.rule for n in config.mining.methods if (m := METHODS.get(n)) and m.mining}
+    if "density" in rules:
+        dnm_preset(config)
+
+
 def check_writable(folder: Location, key: str) -> None:
     """Create `folder` if needed and write a probe file in it, or raise naming the key and the fix.
     An object-store folder gets a probe object, written and deleted."""
@@ -89,7 +99,7 @@ def check_judges(config: JobConfig) -> None:
     local path that exists), a replay judge its decision logs. The actors would otherwise die on it
     after the mine stage."""
     from negrefine_ray.judges.gguf import resolve_model
-    from negrefine_ray.stages.filter import judge_configs
+    from negrefine_ray.judges.roster import judge_configs
 
     for cfg in judge_configs(config):
         key = f"judges.{cfg.name}"
@@ -176,10 +186,8 @@ def preflight(config: JobConfig, stages: Collection[str], ray_address: str | Non
             check_datasets(config)
         if "filter" in stages:
             check_judges(config)
-        if "mine" in stages and "dnm" in config.mining.methods:
-            from negrefine_ray.stages.mine import dnm_preset
-
-            dnm_preset(config)
+        if "mine" in stages:
+            check_mining(config)
         if CLIP_STAGES & set(stages):
             check_device(config, ray_address)
         if RAY_STAGES & set(stages):

@@ -94,5 +94,5 @@ def interactive() -> bool:
 def ray_stage_progress(what: str, total: int, unit: str) -> Progress | None:
     """Progress of a Ray Data pass consumed by the driver: None on a terminal, where Ray Data's own
     bars show it; without one, a Progress that logs a line at most every LOG_EVERY_S seconds (Ray
-    Data's own logging is off then: raysession.quiet_ray_data)."""
+    Data's own logging is off then: distributed.session.quiet_ray_data)."""
     return None if interactive() else Progress(what, total, unit, tty=False)

@@ -20,18 +20,14 @@ from negrefine_ray.core import scores
 from negrefine_ray.core.methods import get_method
 from negrefine_ray.core.mining import clean_label, mine_by_id_distance
 from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.negatives.scope import filtered_kept, removed_by, reselect
+from negrefine_ray.negatives.selection import mined_table
 from negrefine_ray.pipeline import get_stage
+from negrefine_ray.runfolder.artifacts import FILTER_POOL
 from negrefine_ray.runfolder.atomic import column_matrix, embedding_column, read_json, read_parquet
 from negrefine_ray.runfolder.folder import StageContext
-from negrefine_ray.stages.filter_scope import (
-    FILTER_POOL,
-    corpus_input,
-    negrefine_kept,
-    removed_by,
-    reselect,
-    write_filter_pool,
-)
-from negrefine_ray.stages.mine import mined_table
+from negrefine_ray.stages._filter_scope import corpus_input
+from negrefine_ray.stages.mine import write_filter_pool
 
 REPO = Path(__file__).resolve().parents[1]
 D = 8
@@ -109,8 +105,8 @@ def _config(tmp_path: Path, **sections: Any) -> JobConfig:
 def _filter_pool(tmp_path: Path) -> tuple[pa.Table, _Nearest, Any]:
     nearest = _Nearest()
     (tmp_path / "r" / "mine").mkdir(parents=True)
-    lookup = write_filter_pool(tmp_path / "r" / "mine" / FILTER_POOL, _pools(), _inputs()[0], nearest)
-    return read_parquet(tmp_path / "r" / "mine" / FILTER_POOL), nearest, lookup
+    lookup = write_filter_pool(tmp_path / "r" / "mine", _pools(), _inputs()[0], nearest)
+    return read_parquet(FILTER_POOL.path(tmp_path / "r")), nearest, lookup
 
 
 def test_the_corpus_input_asks_every_distinct_candidate_once(tmp_path: Path) -> None:
@@ -183,8 +179,8 @@ def test_negrefine_keeps_only_its_mined_labels_of_a_corpus_wide_kept_table() -> 
         "clean_label": [None, "a", "b", "b"], "filter_input": [None, True, True, False],
     })  # fmt: skip
     kept = pa.table({"label": ["z", "b", "a", "q"], "pos": ["noun", "noun", "adj", "noun"]})
-    assert negrefine_kept(kept, negatives, "negatives").equals(kept)
-    assert negrefine_kept(kept, negatives, "corpus").to_pylist() == [{"label": "b", "pos": "noun"}]
+    assert filtered_kept(kept, negatives, "negatives").equals(kept)
+    assert filtered_kept(kept, negatives, "corpus").to_pylist() == [{"label": "b", "pos": "noun"}]
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from negrefine_ray.clip import device_decode
+from negrefine_ray.clip.decode_task import decode_rows
 from negrefine_ray.clip.device_decode import (
     ENCODED,
     PENDING,
@@ -33,7 +34,6 @@ from negrefine_ray.clip.preprocess import (
     DecodeOptions,
     crop_spec_for_model,
     decode_crops,
-    decode_rows,
     resize_crop,
     variant_specs,
 )

@@ -1,4 +1,4 @@
-"""InterNeg in the score stage (stages/score_interneg.py): prototypes from role-"prototype" rows with
+"""InterNeg in the score stage (scoring/interneg.py): prototypes from role-"prototype" rows with
 their errors, the textual selection from mine/pools.parquet, the preprocessing of prototype images,
 and the config checks. The pure core is tested in test_interneg_core.py, the inversion in
 test_inversion.py, the whole method end to end by the smoke job (test_pipeline.py)."""
@@ -13,7 +13,7 @@ from negrefine_ray.config import build_config
 from negrefine_ray.core.methods import prototype_preprocessing
 from negrefine_ray.errors import ConfigError, StageError
 from negrefine_ray.runfolder.atomic import embedding_column
-from negrefine_ray.stages.score_interneg import prototypes, textual_negatives
+from negrefine_ray.scoring.interneg import prototypes, textual_negatives
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -49,13 +49,13 @@ def test_textual_negatives_keep_the_admissible_words_by_deviation() -> None:
         "method": ["interneg"] * 4, "word": list(words), "pos": [p for p, _ in words.values()],
         "embedding": embedding_column(emb),
     })  # fmt: skip
-    selected, base, stats = textual_negatives(pools, id_text, protos, m=3)
+    selected, base, stats = textual_negatives(pools, id_text, protos, m=3, method="interneg")
     np.testing.assert_allclose(base, [0.8, 0.8], atol=1e-6)
     assert (stats["admissible_nouns"], stats["admissible_adjectives"]) == (2, 1)
     assert stats["first_labels"] == ["blue", "far", "mid"]  # 3 * 1/3 = 1 adjective, then 2 nouns
     np.testing.assert_allclose(selected, emb[[3, 1, 2]], atol=1e-6)
-    with pytest.raises(StageError, match=r"add 'interneg' to mining\.methods"):
-        textual_negatives(pools.filter(pa.array([False] * 4)), id_text, protos, m=3)
+    with pytest.raises(StageError, match=r"no candidates of 'interneg'; add it to mining\.methods"):
+        textual_negatives(pools.filter(pa.array([False] * 4)), id_text, protos, m=3, method="interneg")
 
 
 def test_prototype_images_use_their_own_preprocessing() -> None:

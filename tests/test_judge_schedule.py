@@ -130,7 +130,8 @@ def test_progress_does_not_repeat_a_final_line_already_logged(caplog: pytest.Log
 def test_without_a_terminal_ray_data_logs_no_progress_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray.data import DataContext
 
-    from negrefine_ray import progress, raysession
+    from negrefine_ray import progress
+    from negrefine_ray.distributed import session as raysession
 
     ctx = DataContext.get_current()
     monkeypatch.setattr(ctx, "enable_progress_bars", True)

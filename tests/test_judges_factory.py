@@ -35,8 +35,7 @@ from negrefine_ray.judges.fake import FakeBackend, fake_p_yes
 from negrefine_ray.judges.llm import LLMJudge, chat
 from negrefine_ray.judges.store import AnswerStore
 from negrefine_ray.judges.wordnet import WordNetJudge
-from negrefine_ray.stages.filter import run_judge
-from negrefine_ray.stages.judging import in_process_asker
+from negrefine_ray.stages._filter_judging import in_process_asker, run_judge
 
 pytest_plugins = ("conftest_wordnet",)
 

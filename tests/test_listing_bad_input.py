@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from negrefine_ray.clip.decode_task import decode_rows
 from negrefine_ray.clip.image_cache import EmbedResult
 from negrefine_ray.clip.preprocess import (
     FAILURE_KINDS,
     DecodeOptions,
     crop_spec_for_model,
-    decode_rows,
     read_and_decode,
 )
 from negrefine_ray.config import DatasetConfig, ModelConfig, build_config

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from negrefine_ray import config as config_module
@@ -43,8 +44,8 @@ from negrefine_ray.runfolder.atomic import (
     write_parquet,
 )
 from negrefine_ray.runfolder.folder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.scoring.registry import SCORERS, scorer_of
 from negrefine_ray.stages import embed_text as embed_text_stage
-from negrefine_ray.stages import score as score_stage
 from negrefine_ray.stages.report import evaluate, row_label
 
 D, K = 32, 4  # nr-tiny-vit's embedding width, ID labels
@@ -78,7 +79,7 @@ def test_every_entry_is_consistent(name: str) -> None:
     if m.mining is not None and isinstance(m.mining.quantile, str):
         assert typing.get_type_hints(MiningConfig)[m.mining.quantile] is float
     # Its scorer exists on the score stage, and its rows are distinct and resolvable.
-    assert callable(getattr(score_stage._Scorer, f"score_{m.scorer}"))
+    assert callable(scorer_of(m))
     keys = [r.key for r in m.rows]
     assert len(set(keys)) == len(keys) and all(k.startswith(name) for k in keys)
     assert len({(r.judge, r.s_mm, r.visual, r.pool) for r in m.rows}) == len(m.rows)  # Method.row finds one
@@ -123,7 +124,7 @@ def test_pool_rules_and_config_choices_derive_from_the_catalogue() -> None:
     fields = {f.name: f for f in dataclasses.fields(ScoreConfig)}
     assert fields["methods"].metadata["choices"] == SCORE_METHODS
     assert ScoreConfig().methods == DEFAULT_SCORE_METHODS
-    assert set(score_stage._SCORERS) == set(METHODS)
+    assert {m.scorer for m in METHODS.values()} == set(SCORERS)
 
 
 def test_row_labels_come_from_the_catalogue() -> None:
@@ -269,8 +270,9 @@ def test_each_method_scores_the_embeddings_of_its_preprocessing(tmp_path: Path, 
     images = read_parquet(config.run_dir / "embed-images" / "images.parquet")
     ids = read_parquet(config.run_dir / "embed-text" / "id_labels.parquet")
     id_text = column_matrix(ids, "the_nice_raw")
-    negatives = score_stage.method_negatives(
-        read_parquet(config.run_dir / "mine" / "negatives.parquet"), "neglabel"
+    mined = read_parquet(config.run_dir / "mine" / "negatives.parquet")
+    negatives = column_matrix(
+        mined.filter(pc.equal(mined.column("method"), "neglabel")).sort_by("rank"), "embedding"
     )
     perm = scores.grouping_permutation(8, 2, 0)
     id_text /= np.linalg.norm(id_text, axis=1, keepdims=True)

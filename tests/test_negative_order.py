@@ -60,11 +60,11 @@ def test_shuffled_drops_a_random_remainder_ranked_the_last_ranked() -> None:
     n_nouns, n_adjs, groups = 100, 37, 10
     table = _mined(n_nouns, n_adjs)
     kept = scores.kept_negatives(n_nouns + n_adjs, groups)
-    ranked = refined_negatives(table, {}, order="ranked")
+    ranked = refined_negatives(table, {}, method="negrefine", order="ranked")
     assert ranked.labels[kept:] == [f"adj{i} scene" for i in range(30, 37)]
     dropped_ranks = []
     for seed in range(300):
-        labels = refined_negatives(table, {}, order="shuffled", seed=seed).labels
+        labels = refined_negatives(table, {}, method="negrefine", order="shuffled", seed=seed).labels
         assert sorted(labels[:n_nouns]) == sorted(ranked.labels[:n_nouns])  # nouns stay first
         dropped_ranks += [int(label[3:].split()[0]) for label in labels[kept:]]
     assert set(dropped_ranks) == set(range(n_adjs))
@@ -79,7 +79,7 @@ def test_judge_sets_follow_the_final_order() -> None:
         {"label": ["adj3 scene", "noun5", "noun0", "adj0 scene"], "pos": ["adj", "noun", "noun", "adj"]}
     )
     for order in ("ranked", "shuffled"):
-        refined = refined_negatives(table, {"j": kept}, order=order, seed=3)
+        refined = refined_negatives(table, {"j": kept}, method="negrefine", order=order, seed=3)
         assert len(refined.labels) == 10
         chosen = [refined.labels[i] for i in refined.sets["j"]]
         assert chosen == [label for label in refined.labels if label in set(kept.column("label").to_pylist())]
@@ -89,4 +89,4 @@ def test_judge_sets_follow_the_final_order() -> None:
 def test_a_kept_label_that_was_not_mined_is_an_error() -> None:
     kept = pa.table({"label": ["unmined"], "pos": ["noun"]})
     with pytest.raises(StageError, match="did not mine"):
-        refined_negatives(_mined(3, 2), {"j": kept})
+        refined_negatives(_mined(3, 2), {"j": kept}, method="negrefine")

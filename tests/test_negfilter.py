@@ -26,8 +26,7 @@ from negrefine_ray.judges.base import Answer, parse_yes_no
 from negrefine_ray.judges.compare import cohen_kappa, compare_judges
 from negrefine_ray.judges.replay import ReplayJudge, parse_decision_log
 from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.stages.filter import filter_labels, run_judge
-from negrefine_ray.stages.judging import in_process_asker
+from negrefine_ray.stages._filter_judging import filter_labels, in_process_asker, run_judge
 
 PROMPTS = PROMPT_SETS["negrefine"]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from negrefine_ray.stages.report_judges import PLOT, judge_lines, judge_table, write_judge_plot
+from negrefine_ray.stages._report_judges import PLOT, judge_lines, judge_table, write_judge_plot
 
 
 def _column(

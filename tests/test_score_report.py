@@ -19,6 +19,7 @@ import pytest
 from negrefine_ray.config import JobConfig, build_config
 from negrefine_ray.core import scores
 from negrefine_ray.core.metrics import compute_metrics
+from negrefine_ray.core.multi_matching import multi_matching_scores
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.pipeline import get_stage
 from negrefine_ray.runfolder.atomic import (
@@ -31,7 +32,6 @@ from negrefine_ray.runfolder.atomic import (
 )
 from negrefine_ray.runfolder.folder import Stage, StageContext, StageOutput, run_stage
 from negrefine_ray.stages.report import MEASURED_HEADING, RANDOM_WARNING
-from negrefine_ray.stages.score import multi_matching_scores
 
 D, K, G = 32, 6, 3  # nr-tiny-vit's embedding width, ID labels, groups
 ID_NAMES = ["tench", "goldfish", "kite (bird of prey)", "daisy", "mushroom", "toilet paper"]

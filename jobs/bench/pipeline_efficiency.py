@@ -56,9 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 import psutil
 
+from negrefine_ray.clip.decode_task import decode_rows
 from negrefine_ray.clip.image import DECODE_BATCH, ImageEmbedder, embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.model import resolve_device
-from negrefine_ray.clip.preprocess import OK, DecodeOptions, crop_spec_for_model, decode_rows, variant_specs
+from negrefine_ray.clip.preprocess import OK, DecodeOptions, crop_spec_for_model, variant_specs
 from negrefine_ray.clip.text import TextEmbedder, embed_texts_ray
 from negrefine_ray.clip.text_service import text_pool_spec
 from negrefine_ray.config import ImagesConfig, JobConfig, JudgeConfig, ModelConfig, TextConfig

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from negrefine_ray.clip.decode_task import decode_rows
 from negrefine_ray.clip.device_decode import ENCODED, check_device_specs, decode_payloads, read_encoded
 from negrefine_ray.clip.image_cache import EmbedResult
 from negrefine_ray.clip.model import autocast, create_clip, resolve_device, resolve_precision
@@ -26,7 +27,6 @@ from negrefine_ray.clip.preprocess import (
     CropSpec,
     DecodeOptions,
     crop_spec,
-    decode_rows,
     normalise,
     pixels_column,
     read_and_decode,

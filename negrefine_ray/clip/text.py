@@ -26,6 +26,7 @@ from negrefine_ray.clip.model import (
 )
 from negrefine_ray.config import ModelConfig, TextConfig
 from negrefine_ray.core.templates import apply_templates
+from negrefine_ray.core.vectors import l2_normalise
 from negrefine_ray.distributed.pools import (
     NODE,
     ROW,
@@ -165,11 +166,6 @@ def _output_dim(model: torch.nn.Module) -> int:
     if isinstance(proj, torch.Tensor):
         return int(proj.shape[1])
     return int(getattr(model, "embed_dim", 0))
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows (last axis) scaled to unit length, in x's dtype; the same 1e-12 floor as torch's normalize."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def ensemble(features: np.ndarray, n_templates: int, mode: EnsembleMode) -> np.ndarray:

@@ -4,10 +4,10 @@ InterNeg) that says what each stage needs to know about it: its pool rule (corpu
 function (score) and score columns and report rows (score, report). The config's method choices come
 from here too. Pure (standard library and errors.py only): config.py imports it.
 
-Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and a
-`score_<scorer>` method on score_stage's scorer that calls it (or an existing scorer). A new mining
-rule is a function in core/mining.py plus its branch in stages/mine.py _select; a new text view, its column
-in stages/embed_text.py.
+Adding a method: one `Method` entry in METHODS, its pure score function in scores.py and its
+scorer in scoring/ listed in scoring.registry.SCORERS (or an existing scorer). A new mining rule is
+a function in core/mining.py plus its branch in negatives.selection.select; a new text view, its
+column in stages/embed_text.py.
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ class Method:
     column: str = "{row}"
     preprocess: str = "clip"  # the PREPROCESSING its reference embeds images with
     default: bool = True  # in the default score.methods/mining.methods (InterNeg needs prototype images)
+    needs_prototypes: bool = False  # scores against labelled ID images (a dataset of role "prototype")
+    settings: str | None = None  # its own JobConfig section, part of the score stage's hash when scored
 
     @property
     def mines(self) -> bool:
@@ -175,6 +177,12 @@ class Method:
             f"method {self.name!r} has no report row with judge={judge!r}, s_mm={s_mm}, visual={visual}, "
             f"pool={pool}."
         )
+
+    @property
+    def judged(self) -> bool:
+        """A NegFilter judge changes what it scores: its mined negatives are filtered, or it can be
+        re-mined from a pool a judge filtered (the report's judge comparison takes these)."""
+        return self.filtered or self.pool_filterable
 
     @property
     def pool_filterable(self) -> bool:
@@ -232,7 +240,7 @@ METHODS: dict[str, Method] = {
             pool=Pool("all 27 files, nouns before adjectives, ID names dropped from both (5.2)",
                       exclude_id_names_from="both", file_order="interneg"),
             mining=Mining("inter-modal"), candidate_view="interneg", column="{row}@{ood}",
-            preprocess="openood", default=False,
+            preprocess="openood", default=False, needs_prototypes=True, settings="interneg",
         ),
     )
 }  # fmt: skip
@@ -262,11 +270,13 @@ def image_preprocessing(methods: Sequence[str], setting: str) -> dict[str, str]:
 
 def prototype_preprocessing(methods: Sequence[str], setting: str, prototype: str) -> str | None:
     """The PREPROCESSING of role-"prototype" images (InterNeg's class prototypes) under
-    interneg.prototype_preprocess = `prototype`: "augment", or for "center" InterNeg's test
-    preprocessing under images.preprocess = `setting`; None when InterNeg is not among `methods`."""
-    if "interneg" not in methods:
+    interneg.prototype_preprocess = `prototype`: "augment", or for "center" the test preprocessing
+    of the method that needs prototypes under images.preprocess = `setting`; None when no method
+    among `methods` needs prototypes."""
+    users = [m for m in methods if m in METHODS and METHODS[m].needs_prototypes]
+    if not users:
         return None
-    return "augment" if prototype == "augment" else image_preprocessing(["interneg"], setting)["interneg"]
+    return "augment" if prototype == "augment" else image_preprocessing(users[:1], setting)[users[0]]
 
 
 def get_method(name: str) -> Method:

@@ -8,6 +8,7 @@ Output: floats in [0, 1]. `auroc`, `aupr_in`, `aupr_out`, `fpr95` follow NegLabe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -15,6 +16,31 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from negrefine_ray.errors import NegRefineError, unknown_name
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A registered metric: its function, whether a higher value is better, and its table heading."""
+
+    name: str
+    fn: Metric
+    higher_is_better: bool
+    label: str
+
+
+METRIC_INFO: dict[str, MetricInfo] = {}  # in registration order, which tables follow
+
+
+def register_metric(name: str, *, higher_is_better: bool, label: str) -> Callable[[Metric], Metric]:
+    """Register the decorated function as metric `name`, its metadata beside it."""
+
+    def register(fn: Metric) -> Metric:
+        if name in METRIC_INFO:
+            raise ValueError(f"metric {name!r} is registered twice.")
+        METRIC_INFO[name] = MetricInfo(name, fn, higher_is_better, label)
+        return fn
+
+    return register
 
 
 def _scores(values: np.ndarray | Sequence[float], name: str) -> np.ndarray:
@@ -43,6 +69,7 @@ def _labelled(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray
     return labels, np.concatenate([ids, oods])
 
 
+@register_metric("auroc", higher_is_better=True, label="AUROC")
 def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """Area under the ROC curve, ID positive; equals sklearn `roc_auc_score(labels, scores)`.
 
@@ -53,6 +80,7 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+@register_metric("aupr_in", higher_is_better=True, label="AUPR-In")
 def aupr_in(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """AUPR-In as NegLabel/CSP/NegRefine/DNM: `average_precision_score(labels, scores)`, ID positive.
 
@@ -63,12 +91,14 @@ def aupr_in(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
+@register_metric("aupr_out", higher_is_better=True, label="AUPR-Out")
 def aupr_out(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """AUPR-Out as NegLabel/CSP: `average_precision_score(1 - labels, -scores)`, OOD positive, step-wise."""
     labels, scores = _labelled(id_scores, ood_scores)
     return float(average_precision_score(1 - labels, -scores))
 
 
+@register_metric("fpr95", higher_is_better=False, label="FPR95")
 def fpr95(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float = 0.95) -> float:
     """FPR at 95 % TPR as NegLabel/CSP/NegRefine/DNM (`fpr_and_fdr_at_recall`, methods.md 6.1).
 
@@ -98,6 +128,7 @@ def _openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray,
     return 1 - labels, scores
 
 
+@register_metric("fpr95_openood", higher_is_better=False, label="FPR95 (OpenOOD)")
 def fpr95_openood(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float = 0.95) -> float:
     """FPR at 95 % TPR as OpenOOD/InterNeg (methods.md 6.2): OOD is positive.
 
@@ -111,6 +142,7 @@ def fpr95_openood(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: f
     return float(fpr[int(np.argmax(tpr >= recall_level))])
 
 
+@register_metric("aupr_in_openood", higher_is_better=True, label="AUPR-In (OpenOOD)")
 def aupr_in_openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """AUPR-In as OpenOOD: trapezoid area `auc(recall, precision)` of
     `precision_recall_curve(1 - ood_indicator, conf)` (ID positive), not step-wise AP."""
@@ -119,6 +151,7 @@ def aupr_in_openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(auc(recall, precision))
 
 
+@register_metric("aupr_out_openood", higher_is_better=True, label="AUPR-Out (OpenOOD)")
 def aupr_out_openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     """AUPR-Out as OpenOOD: trapezoid area of `precision_recall_curve(ood_indicator, -conf)`."""
     ood, conf = _openood(id_scores, ood_scores)
@@ -126,15 +159,7 @@ def aupr_out_openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(auc(recall, precision))
 
 
-METRICS: dict[str, Metric] = {
-    "auroc": auroc,
-    "aupr_in": aupr_in,
-    "aupr_out": aupr_out,
-    "fpr95": fpr95,
-    "fpr95_openood": fpr95_openood,
-    "aupr_in_openood": aupr_in_openood,
-    "aupr_out_openood": aupr_out_openood,
-}
+METRICS: dict[str, Metric] = {name: info.fn for name, info in METRIC_INFO.items()}
 # What NegLabel and CSP log per OOD set (NegRefine prints only AUROC and FPR95).
 DEFAULT_METRICS: tuple[str, ...] = ("auroc", "aupr_in", "aupr_out", "fpr95")
 

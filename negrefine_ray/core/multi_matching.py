@@ -54,13 +54,20 @@ def negative_order(pos: Sequence[str], order: str, seed: int) -> np.ndarray:
 
 
 def refined_negatives(
-    negatives: pa.Table, kept: Mapping[str, pa.Table], *, order: str = "shuffled", seed: int = 0
+    negatives: pa.Table,
+    kept: Mapping[str, pa.Table],
+    *,
+    method: str,
+    order: str = "shuffled",
+    seed: int = 0,
 ) -> RefinedNegatives:
-    """The unfiltered set from mine/negatives.parquet and each judge's from its kept.parquet, in
-    `order` (NEGREFINE_ORDERS) drawn with `seed` (the run seed)."""
-    rows = negatives.filter(pc.equal(negatives.column("method"), "negrefine"))
+    """The unfiltered set of `method`'s rows of mine/negatives.parquet and each judge's from its
+    kept.parquet, in `order` (NEGREFINE_ORDERS) drawn with `seed` (the run seed)."""
+    rows = negatives.filter(pc.equal(negatives.column("method"), method))
     if "filter_input" not in rows.column_names or rows.num_rows == 0:
-        raise StageError("mine/negatives.parquet has no NegRefine negatives with filter inputs; rerun mine.")
+        raise StageError(
+            f"mine/negatives.parquet has no negatives of '{method}' with filter inputs; rerun mine."
+        )
     rows = rows.filter(pc.fill_null(rows.column("filter_input"), False)).sort_by("rank")
     labels, pos = rows.column("clean_label").to_pylist(), rows.column("pos").to_pylist()
     final = negative_order(pos, order, seed)

@@ -26,15 +26,15 @@ from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from negrefine_ray import __version__
 from negrefine_ray.config import JobConfig, named_paths
 from negrefine_ray.errors import StageError
+from negrefine_ray.runfolder.artifacts import MANIFEST
 from negrefine_ray.runfolder.atomic import file_sha256, read_json, stable_hash, write_json
 from negrefine_ray.runfolder.file_ids import named_file_ids
 from negrefine_ray.runfolder.mirror import RemoteRun
 from negrefine_ray.runfolder.storage import ObjectPath, RunLease, is_uri
+from negrefine_ray.version import __version__
 
-MANIFEST = "manifest.json"
 STAGING = ".staging"
 _VERSIONED = ("ray", "torch", "open_clip_torch", "nltk", "pyarrow", "numpy", "transformers", "vllm")
 
@@ -50,13 +50,15 @@ class StageOutput:
 
 @dataclass
 class StageContext:
-    """Everything a stage function may use: the config, its staging folder and its inputs."""
+    """Everything a stage function may use: the config, its staging folder and its inputs.
+    `upstream`: the stages whose manifests `upstream_manifests` reads (Stage.reads_manifests)."""
 
     config: JobConfig
     stage: str
     out_dir: Path
     run_dir: Path
     ray_address: str | None = None
+    upstream: tuple[str, ...] = ()
 
     def input(self, stage: str, artifact: str) -> Path:
         """Path of an upstream stage's artifact (already verified by the runner)."""
@@ -64,6 +66,10 @@ class StageContext:
 
     def manifest(self, stage: str) -> dict[str, Any]:
         return read_json(self.run_dir / stage / MANIFEST)  # type: ignore[no-any-return]
+
+    def upstream_manifests(self) -> dict[str, dict[str, Any]]:
+        """The manifest of each upstream stage that has run, in pipeline order."""
+        return {s: self.manifest(s) for s in self.upstream if (self.run_dir / s / MANIFEST).is_file()}
 
     def ray(self) -> None:
         """Connect to (or start) Ray; stages that distribute work call this first."""
@@ -91,6 +97,7 @@ class Stage:
     fn: StageFn | None
     planned_in: str = ""
     sources: Callable[[JobConfig], Mapping[str, Any]] | None = None
+    reads_manifests: tuple[str, ...] = ()  # stages whose manifests it reads where they exist (report)
 
 
 @dataclass(frozen=True)
@@ -118,7 +125,7 @@ def stage_hash(stage: Stage, config: JobConfig, run_dir: Path) -> str:
 
 def stage_key(stage: Stage, config: JobConfig, run_dir: Path) -> dict[str, Any]:
     """Hash of the stage's code version, its settings, the content of the local files and folders its
-    settings name (file_ids.py), the identity of the files it reads outside the run folder
+    settings name (runfolder/file_ids.py), the identity of the files it reads outside the run folder
     (`Stage.sources`) and the content (sha256) of its upstream artifacts: a recomputed upstream stage
     that wrote the same bytes leaves this stage valid."""
     inputs = {}
@@ -209,7 +216,7 @@ def run_stage(
     staging.mkdir(parents=True)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
-    ctx = StageContext(config, stage.name, staging, run_dir, ray_address)
+    ctx = StageContext(config, stage.name, staging, run_dir, ray_address, stage.reads_manifests)
     output = stage.fn(ctx)
     seconds = time.perf_counter() - t0
     missing = [a for a in output.artifacts if not (staging / a).is_file()]

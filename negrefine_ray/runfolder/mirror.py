@@ -21,12 +21,12 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from negrefine_ray.runfolder.artifacts import MANIFEST
 from negrefine_ray.runfolder.atomic import file_sha256, read_json
 from negrefine_ray.runfolder.storage import ObjectPath, RunLease
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"  # runfolder.MANIFEST (runfolder imports this module)
 _LOCAL = pafs.LocalFileSystem()
 
 

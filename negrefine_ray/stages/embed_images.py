@@ -3,8 +3,8 @@
 Ray's batch-inference pattern (methods.md 3.5; ray_vllm.md 1.4): a stateless task reads and decodes
 each file once and cuts one crop per preprocessing the scored methods need (core.methods
 PREPROCESSING, images.preprocess), one `ImageEmbedder` actor per GPU (or CPU) normalises, encodes
-and L2-normalises each (clip/image.py; the pool is sized and fitted by pools.py); with images.decode
-"gpu" the tasks only read bytes and the actors decode the JPEGs (clip/device_decode.py). Output:
+and L2-normalises each (clip/image.py; the pool is sized and fitted by distributed/pools.py); with
+images.decode "gpu" the tasks only read bytes and the actors decode the JPEGs (clip/device_decode.py). Output:
 images.parquet (dataset, role, path, label, status, one embedding@<variant>
 fixed_size_list<float32>[D] per preprocessing, null unless status is "ok") in listing order, and
 failures.parquet. Embeddings are cached per dataset listing, and while a pass runs its finished rows

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from negrefine_ray.clip.text import l2_normalise
 from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import JobConfig
-from negrefine_ray.core.corpus import get_pool_rule
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS, METHODS
 from negrefine_ray.core.templates import csp_phrases, get_templates
-from negrefine_ray.runfolder.atomic import column_matrix, embedding_column, read_parquet, write_parquet
+from negrefine_ray.negatives.selection import method_pools
+from negrefine_ray.runfolder.artifacts import CANDIDATES, CORPUS, ID_LABELS
+from negrefine_ray.runfolder.atomic import embedding_column
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
 
 # The candidate table has a base view over every candidate, a phrase view over the CSP family's pools
@@ -36,27 +36,12 @@ SINGLE, ENSEMBLE, *OTHER_VIEWS = CANDIDATE_VIEWS
 CSP_FAMILY = tuple(m.name for m in METHODS.values() if m.candidate_view == ENSEMBLE)  # CSP's phrases
 
 
-def view_matrix(table: pa.Table, view: str, *, unit: bool = True) -> np.ndarray:
-    """(n, D) float32 embeddings of a view column of id_labels/candidates.parquet; `unit` L2-normalises
-    the rows of a raw view (methods.TextView) for cosines, the other views are already unit rows."""
-    x = column_matrix(table, view)
-    return l2_normalise(x) if unit and {**ID_VIEWS, **CANDIDATE_VIEWS}[view].raw else x
-
-
 def _encode(encoder: TextEncoder, texts: list[str], templates: str, raw: bool) -> np.ndarray:
     """(n, D): a raw view's single template's features, else the set's L2-normalised raw-mean."""
     if raw:
         (template,) = get_templates(templates)
         return encoder.raw(texts, template)
     return encoder.embed(texts, get_templates(templates))
-
-
-def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:
-    """Each method's candidate pool, its files walked in `mining.file_order` (methods.md 0.5)."""
-    id_labels = load_id_labels(config.labels.id_labels)
-    return {
-        m: get_pool_rule(m, config.mining.file_order).pool(corpus, id_labels) for m in config.mining.methods
-    }
 
 
 def _distinct(pools: Sequence[pa.Table], pos: str) -> list[str]:
@@ -131,15 +116,15 @@ def _sparse_column(rows: Sequence[np.ndarray | None], dim: int) -> pa.Array:
 
 def run_embed_text(ctx: StageContext) -> StageOutput:
     config = ctx.config
-    corpus = read_parquet(ctx.input("corpus", "corpus.parquet"))
+    corpus = CORPUS.read(ctx.run_dir)
     pools = method_pools(config, corpus)
     encoder = TextEncoder(config, ctx.ray)
     labels = load_id_labels(config.labels.id_labels)
     views = {name: _encode(encoder, labels, v.templates, v.raw) for name, v in ID_VIEWS.items()}
     id_table = pa.table({"label": labels, **{name: embedding_column(x) for name, x in views.items()}})
-    write_parquet(ctx.out_dir / "id_labels.parquet", id_table)
+    ID_LABELS.write(ctx.out_dir, id_table)
     candidates = _candidate_table(encoder, pools, config.run.seed)
-    write_parquet(ctx.out_dir / "candidates.parquet", candidates)
+    CANDIDATES.write(ctx.out_dir, candidates)
     pos = candidates.column("pos").to_pylist()
     stats = {
         "id_labels": len(labels),

@@ -1,7 +1,7 @@
 """The `filter` stage: NegFilter over the mined NegRefine negatives (filter.scope = "negatives", the
-reference) or over every candidate of the mining methods' pools ("corpus", stages/filter_scope.py,
+reference) or over every candidate of the mining methods' pools ("corpus", stages/_filter_scope.py,
 which also re-selects each method from each `mining.filtered_by` judge's filtered pool), once per
-configured judge; the judges run at once where their pools fit (stages/judging.py).
+configured judge; the judges run at once where their pools fit (stages/_filter_judging.py).
 
 Input: `mine/negatives.parquet` rows of method "negrefine" (label = the cleaned label, pos,
 nearest_id_labels). Output per judge J: `J/decisions.parquet` (every question asked), `J/labels.parquet`
@@ -14,9 +14,9 @@ Judges come from negrefine_ray.judges' factory, which alone reads each judge's b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,129 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from negrefine_ray.config import JobConfig, JudgeConfig
-from negrefine_ray.core.negfilter import (
-    Decision,
-    Question,
-    count_reasons,
-    decide,
-    get_prompt_set,
-    proper_question,
-    sequential_questions,
-    subcategory_questions,
-)
-from negrefine_ray.errors import NegRefineError, StageError, unknown_name
+from negrefine_ray.core.negfilter import get_prompt_set
+from negrefine_ray.errors import NegRefineError, StageError
 from negrefine_ray.judges.accounting import overlapping, p_yes_histogram
-from negrefine_ray.judges.base import Answer
-from negrefine_ray.judges.store import AnswerStore
-from negrefine_ray.runfolder.atomic import read_parquet, write_json, write_parquet, write_text
+from negrefine_ray.judges.roster import judge_configs
+from negrefine_ray.negatives.scope import FILTERED_METHODS
+from negrefine_ray.runfolder.artifacts import DECISIONS, KEPT, LABELS, NEGATIVES
+from negrefine_ray.runfolder.atomic import read_parquet, write_json, write_text
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
-from negrefine_ray.stages import filter_scope
-from negrefine_ray.stages.judging import ask_judges
+from negrefine_ray.stages import _filter_scope
+from negrefine_ray.stages._filter_judging import JudgeRun, ask_judges
 
 log = logging.getLogger(__name__)
-Asker = Callable[[Sequence[Question]], None]
-
-
-@dataclass(frozen=True)
-class JudgeRun:
-    decisions: pa.Table  # one row per question asked
-    labels: pa.Table  # one row per label
-    counts: dict[str, int]
-    answer_seconds: float = 0.0  # the judge's time answering the questions asked (their latencies)
-
-
-def _resolve(answer: Answer, invalid_policy: str) -> bool:
-    """An invalid answer counts as "no" under policy "keep" (the label survives that question, as
-    in the reference) and as "yes" under "drop"."""
-    return answer.yes if answer.yes is not None else invalid_policy == "drop"
-
-
-def filter_labels(
-    labels: Sequence[str], nearest: Sequence[Sequence[str]], ask: Asker, store: AnswerStore, *, policy: str
-) -> tuple[list[Decision], list[Question], dict[str, bool]]:
-    """Two waves: every proper-noun question, then the subcategory questions of the survivors.
-    Returns the decisions, the questions asked (wave order) and the resolved yes/no per qid."""
-    wave1 = [proper_question(label) for label in labels]
-    ask(wave1)
-    yes = {q.qid: _resolve(store.answers[q.qid], policy) for q in wave1}
-    wave2 = [
-        q
-        for label, ids in zip(labels, nearest, strict=True)
-        if not yes[proper_question(label).qid]
-        for q in subcategory_questions(label, ids)
-    ]
-    ask(wave2)
-    yes.update({q.qid: _resolve(store.answers[q.qid], policy) for q in wave2})
-    decisions = [decide(label, ids, yes) for label, ids in zip(labels, nearest, strict=True)]
-    return decisions, wave1 + wave2, yes
-
-
-def _decision_table(
-    asked: Sequence[Question],
-    store: AnswerStore,
-    yes: dict[str, bool],
-    needed: set[str],
-    meta: dict[str, str],
-) -> pa.Table:
-    answers = [store.answers[q.qid] for q in asked]
-    return pa.table(
-        {
-            "qid": [q.qid for q in asked],
-            "wave": [1 if q.kind == "proper" else 2 for q in asked],
-            "label": [q.label for q in asked],
-            "kind": [q.kind for q in asked],
-            "id_label": [q.id_label for q in asked],
-            "rank": pa.array([q.rank for q in asked], pa.int32()),
-            "prompt_set": [meta["prompt_set"]] * len(asked),
-            "judge": [meta["judge"]] * len(asked),
-            "answer": [{True: "yes", False: "no", None: "invalid"}[a.yes] for a in answers],
-            "p_yes": pa.array([a.p_yes for a in answers], pa.float64()),
-            "raw": [a.raw for a in answers],
-            "decision_yes": [yes[q.qid] for q in asked],
-            "needed_by_sequential_rule": [q.qid in needed for q in asked],
-        }
-    )  # no latency here: timings vary by run, and this table must not (they go to the manifest)
-
-
-def run_judge(
-    negatives: pa.Table, ask: Asker, store: AnswerStore, meta: dict[str, str], policy: str
-) -> JudgeRun:
-    labels = negatives.column("label").to_pylist()
-    nearest = negatives.column("nearest_id_labels").to_pylist()
-    decisions, asked, yes = filter_labels(labels, nearest, ask, store, policy=policy)
-    needed = {
-        qid
-        for label, ids in zip(labels, nearest, strict=True)
-        for qid in sequential_questions(label, ids, yes)
-    }
-    table = _decision_table(asked, store, yes, needed, meta)
-    label_table = pa.table(
-        {
-            "label": labels,
-            "pos": negatives.column("pos"),
-            "reason": [d.reason for d in decisions],
-            "id_label": [d.id_label for d in decisions],
-            "kept": [d.kept for d in decisions],
-        }
-    )
-    counts = count_reasons(decisions)
-    counts.update(
-        questions_asked=len(asked),
-        questions_sequential_rule=len(needed),
-        invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
-    )
-    seconds = sum(store.answers[q.qid].latency_s for q in asked)
-    return JudgeRun(table, label_table, counts, round(seconds, 3))
-
-
-def judge_configs(config: JobConfig) -> list[JudgeConfig]:
-    """The judges named in filter.judges; "wordnet" is built in when no [[judges]] entry has it."""
-    by_name = {j.name: j for j in config.judges}
-    by_name.setdefault("wordnet", JudgeConfig(name="wordnet", backend="wordnet"))
-    missing = [n for n in config.filter.judges if n not in by_name]
-    if missing:
-        raise unknown_name("judge (filter.judges)", missing[0], by_name)
-    return [by_name[n] for n in config.filter.judges]
 
 
 def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
@@ -156,12 +45,13 @@ def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
     needed = {"method", "clean_label", "filter_input", "pos", "nearest_id_labels"}
     if not needed <= set(table.column_names):
         raise StageError(
-            f"{path} lacks columns {sorted(needed - set(table.column_names))}; NegFilter needs NegRefine's "
-            f"negatives: add 'negrefine' to mining.methods and rerun the mine stage."
+            f"{path} lacks columns {sorted(needed - set(table.column_names))}; NegFilter needs the "
+            f"negatives of {_filtered_names()}: add one to mining.methods and rerun the mine stage."
         )
-    table = table.filter(pc.and_(pc.equal(table.column("method"), "negrefine"), table.column("filter_input")))
+    filtered = pc.is_in(table.column("method"), pa.array(FILTERED_METHODS, pa.string()))
+    table = table.filter(pc.and_(filtered, table.column("filter_input")))
     if table.num_rows == 0:
-        raise StageError(f"{path} has no negatives of method 'negrefine'; NegFilter refines those.")
+        raise StageError(f"{path} has no negatives of {_filtered_names()}; NegFilter refines those.")
     nearest = table.column("nearest_id_labels").to_pylist()
     if min(len(ids) for ids in nearest) < n_id_labels:
         raise NegRefineError(
@@ -181,9 +71,14 @@ def load_negatives(path: Path, n_id_labels: int) -> pa.Table:
 _EXECUTION_ONLY = {"batch_size", "num_actors", "gpu_memory_utilization", "device", "prefix_cache", "resource"}
 
 
-def filter_settings(config: JobConfig) -> dict[str, Any]:
-    import dataclasses
+def _filtered_names() -> str:
+    """The methods whose negatives NegFilter refines (catalogue flag `filtered`), quoted."""
+    return " or ".join(f"'{m}'" for m in FILTERED_METHODS)
 
+
+def filter_settings(config: JobConfig) -> dict[str, Any]:
+    """The judges' settings, plus under filter.scope = "corpus" what the pools re-mined for
+    mining.filtered_by depend on (their selections read embed-text's candidates)."""
     judges = [
         {k: v for k, v in dataclasses.asdict(j).items() if k not in _EXECUTION_ONLY}
         for j in judge_configs(config)
@@ -192,6 +87,7 @@ def filter_settings(config: JobConfig) -> dict[str, Any]:
         "filter": {k: v for k, v in dataclasses.asdict(config.filter).items() if k != "chunk_size"},
         "judges": judges,
         "seed": config.run.seed,
+        **_filter_scope.reselection_settings(config),
     }
 
 
@@ -211,9 +107,9 @@ def _check_kept_some(cfg: JudgeConfig, counts: Mapping[str, int]) -> None:
 def run_filter(ctx: StageContext) -> StageOutput:
     config = ctx.config
     negatives = (
-        filter_scope.corpus_input(ctx)  # filter.scope = "corpus": every candidate of the pools
+        _filter_scope.corpus_input(ctx)  # filter.scope = "corpus": every candidate of the pools
         if config.filter.scope == "corpus"
-        else load_negatives(ctx.input("mine", "negatives.parquet"), config.filter.n_id_labels)
+        else load_negatives(NEGATIVES.path(ctx.run_dir), config.filter.n_id_labels)
     )
     prompts = get_prompt_set(config.filter.prompt_set)
     artifacts: list[str] = []
@@ -225,10 +121,9 @@ def run_filter(ctx: StageContext) -> StageOutput:
     for cfg in cfgs:
         run = runs[cfg.name]
         kept = run.labels.filter(run.labels.column("kept")).select(["label", "pos"])
-        for name, table in (("decisions", run.decisions), ("labels", run.labels), ("kept", kept)):
-            write_parquet(ctx.out_dir / cfg.name / f"{name}.parquet", table)
-            artifacts.append(f"{cfg.name}/{name}.parquet")
-    artifacts += filter_scope.write_reselections(ctx)  # mining.filtered_by: re-mined filtered pools
+        for artifact, table in ((DECISIONS, run.decisions), (LABELS, run.labels), (KEPT, kept)):
+            artifacts.append(artifact.write(ctx.out_dir, table, cfg.name))
+    artifacts += _filter_scope.write_reselections(ctx)  # mining.filtered_by: re-mined filtered pools
     write_json(ctx.out_dir / "counts.json", {name: run.counts for name, run in runs.items()})
     artifacts.append("counts.json")
     if len(runs) > 1:

@@ -22,15 +22,13 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
 from negrefine_ray.runfolder.atomic import read_json, read_parquet, write_json, write_text
-from negrefine_ray.runfolder.folder import MANIFEST, StageContext, StageOutput
-from negrefine_ray.stages.report_judges import judge_lines, judge_table, write_judge_plot
+from negrefine_ray.runfolder.folder import StageContext, StageOutput
+from negrefine_ray.stages._report_judges import judge_lines, judge_table, write_judge_plot
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood")
 # The heading of the report's last section before the resolved config: every wall-clock figure.
 MEASURED_HEADING = "Measured times (they differ between runs)"
 RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
-_HEADERS = {"auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out", "fpr95": "FPR95",
-            "fpr95_openood": "FPR95 (OpenOOD)"}  # fmt: skip
 
 
 def report_settings(config: JobConfig) -> dict[str, Any]:
@@ -124,6 +122,8 @@ def _cell(entry: Mapping[str, Any], key: str, metrics: Sequence[str] = ("auroc",
 
 def markdown_tables(result: Mapping[str, Any]) -> list[str]:
     """The papers' table (AUROC / FPR95 per OOD dataset and Average) and a per-dataset detail table."""
+    from negrefine_ray.core.metrics import METRIC_INFO  # scikit-learn, as in evaluate
+
     ood, rows, failed = result["ood_datasets"], result["rows"], result.get("failed_ood_datasets", {})
     average = f"Average of {len(ood)}" if failed else "Average"
     lines = [
@@ -148,7 +148,7 @@ def markdown_tables(result: Mapping[str, Any]) -> list[str]:
             + f". The average covers {', '.join(ood)} only.",
         ]
     names = result["metrics"]
-    header = " | ".join(_HEADERS.get(m, m) for m in names)
+    header = " | ".join(METRIC_INFO[m].label for m in names)
     lines += ["", "| Method | Dataset | " + header + " |", "|---|---|" + "---|" * len(names)]
     for e in rows.values():
         lines += [
@@ -202,14 +202,6 @@ def write_plots(table: pa.Table, catalogue: Sequence[Mapping[str, Any]], out_dir
     return written
 
 
-def _manifests(ctx: StageContext) -> dict[str, dict[str, Any]]:
-    from negrefine_ray.pipeline import STAGE_NAMES
-
-    return {
-        s: ctx.manifest(s) for s in STAGE_NAMES if (ctx.run_dir / s / MANIFEST).is_file() and s != ctx.stage
-    }
-
-
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + [
@@ -229,7 +221,9 @@ def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     keys = ("negatives", "kept", "dropped", "per_group")
     used = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("score", {}).get("negatives", {}).items()]
     lines += ["", *_table(["Score set", "M", "Used (M')", "Dropped", "Per group (Q)"], used)]
-    lines += _interneg_lines(stats.get("score", {}).get("interneg"))
+    for method in METHODS.values():  # methods that select in the score stage report it there
+        if method.mined_in_score:
+            lines += _online_lines(method.display, stats.get("score", {}).get(method.name))
     pairs = stats.get("score", {}).get("pairs")
     if pairs:
         lines += [
@@ -261,14 +255,15 @@ def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
     return ["", "Judges, the cost of this run's questions:", "", *_table(header, rows)]
 
 
-def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
-    """InterNeg's selection against its prototypes and each OOD stream's inversion counts."""
+def _online_lines(display: str, interneg: Mapping[str, Any] | None) -> list[str]:
+    """An online method's (InterNeg's) selection against its prototypes and each OOD stream's
+    inversion counts, from its scorer's manifest entry."""
     if not interneg:
         return []
     sel, protos = interneg["selection"], interneg["prototypes"]
     lines = [
         "",
-        f"InterNeg: prototypes from {protos['images']:,} images of {protos['classes']:,} classes (at least "
+        f"{display}: prototypes from {protos['images']:,} images of {protos['classes']:,} classes (at least "
         f"{protos['min_per_class']} per class; {len(protos['short'])} classes below the asked number); "
         f"admissible {sel['admissible_nouns']:,} of {sel['pool_nouns']:,} nouns and "
         f"{sel['admissible_adjectives']:,} of {sel['pool_adjectives']:,} adjectives; selected "
@@ -277,12 +272,12 @@ def _interneg_lines(interneg: Mapping[str, Any] | None) -> list[str]:
     ]
     keys = ("activated", "inverted", "kept", "activated_id", "kept_id")
     rows = [[d, v["images"], *(v["counts"].get(k) for k in keys)] for d, v in interneg["streams"].items()]
-    header = ["InterNeg stream", "Images", "Activated", "Inversions", "Kept", "Activated ID", "Kept ID"]
+    header = [f"{display} stream", "Images", "Activated", "Inversions", "Kept", "Activated ID", "Kept ID"]
     lines += _table(header, rows)
     spread = {d: v["shuffles"] for d, v in interneg["streams"].items() if "shuffles" in v}
     for d, metrics in spread.items():
         cells = ", ".join(f"{m} {100 * v['mean']:.2f} ± {100 * v['std']:.2f}" for m, v in metrics.items())
-        lines += ["", f"InterNeg over the stream orders of `interneg.shuffles`, {d}: {cells} (%)."]
+        lines += ["", f"{display} over the stream orders of `interneg.shuffles`, {d}: {cells} (%)."]
     return lines
 
 
@@ -349,7 +344,7 @@ def run_report(ctx: StageContext) -> StageOutput:
     result = evaluate(table, catalogue)
     write_json(ctx.out_dir / "metrics.json", result)
     plots = write_plots(table, catalogue, ctx.out_dir)
-    manifests = _manifests(ctx)
+    manifests = ctx.upstream_manifests()
     judges = judge_table(result, catalogue, manifests.get("filter", {}).get("stats", {}))
     plots += write_judge_plot(judges, ctx.out_dir)
     random = config.model.pretrained.lower() == "none"

@@ -13,19 +13,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from negrefine_ray.core.methods import METHODS
+
 PLOT = "plots/judges_auroc_cost.png"
 
 
 def _key(column: Mapping[str, Any]) -> str | None:
-    """The comparison column a score row belongs to, or None (MCM, InterNeg, NegRefine w/o S_MM)."""
-    method = column["method"]
-    if (
-        method in ("mcm", "interneg")
-        or column.get("visual")
-        or (method == "negrefine" and not column["s_mm"])
-    ):
+    """The comparison column a score row belongs to, or None: methods no judge changes (catalogue
+    property `judged`: MCM, InterNeg), visual rows, and a filtered method's rows without S_MM."""
+    method = METHODS[column["method"]]
+    if not method.judged or column.get("visual") or (method.filtered and not column["s_mm"]):
         return None
-    return f"{method} (pool)" if column.get("pool") and method == "negrefine" else method
+    # a filtered method has rows over its filtered negatives and rows mined from the filtered pool
+    return f"{method.name} (pool)" if column.get("pool") and method.filtered else method.name
 
 
 def judge_table(
@@ -38,9 +38,9 @@ def judge_table(
         key = _key(column)
         if key is None or column["row"] not in result["rows"]:
             continue
-        judge = column["judge"] or "none"
-        if key == "negrefine" and judge == "none" and column["row"] != "negrefine_nofilter":
-            continue
+        judge, method = column["judge"] or "none", METHODS[column["method"]]
+        if method.filtered and judge == "none" and column["row"] != method.row(None, s_mm=True)[0]:
+            continue  # the unfiltered comparison row is the method's without NegFilter, with S_MM
         entry = cells.setdefault(judge, {"cost": {}, "methods": {}})
         entry["methods"][key] = result["rows"][column["row"]]["average"]
     if set(cells) <= {"none"}:

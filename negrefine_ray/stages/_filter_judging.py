@@ -3,29 +3,132 @@ asks through its own Ray actor pool with its own shape (GPUs per replica = tenso
 `num_actors` replicas, a custom `resource`), the in-process judges (wordnet, replay) one after
 another beside them. Judges that share an answer store (the same model and prompts, e.g. two
 thresholds) run one after the other in one task: the second finds every answer stored.
-Each judge's accounting (judges.accounting) comes back with its results.
+Each judge's accounting (judges.accounting) comes back with its results. A judge's run is NegFilter's
+rule (methods.md 3.2) over its answers: the proper-noun wave, then the subcategory wave for the labels
+that are not proper nouns (run_judge).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from negrefine_ray.config import JobConfig, JudgeConfig
-from negrefine_ray.core.negfilter import PromptSet, Question
+from negrefine_ray.core.negfilter import (
+    Decision,
+    PromptSet,
+    Question,
+    count_reasons,
+    decide,
+    proper_question,
+    sequential_questions,
+    subcategory_questions,
+)
 from negrefine_ray.judges import backend_spec, make_judge
 from negrefine_ray.judges.accounting import JudgeAccount
-from negrefine_ray.judges.base import Judge
+from negrefine_ray.judges.base import Answer, Judge
 from negrefine_ray.judges.schedule import Task, run_concurrently
 from negrefine_ray.judges.store import AnswerStore, answer_store_root
 from negrefine_ray.runfolder.folder import StageContext
 
-if TYPE_CHECKING:
-    from negrefine_ray.stages.filter import Asker, JudgeRun
+Asker = Callable[[Sequence[Question]], None]
+
+
+@dataclass(frozen=True)
+class JudgeRun:
+    decisions: pa.Table  # one row per question asked
+    labels: pa.Table  # one row per label
+    counts: dict[str, int]
+    answer_seconds: float = 0.0  # the judge's time answering the questions asked (their latencies)
+
+
+def _resolve(answer: Answer, invalid_policy: str) -> bool:
+    """An invalid answer counts as "no" under policy "keep" (the label survives that question, as
+    in the reference) and as "yes" under "drop"."""
+    return answer.yes if answer.yes is not None else invalid_policy == "drop"
+
+
+def filter_labels(
+    labels: Sequence[str], nearest: Sequence[Sequence[str]], ask: Asker, store: AnswerStore, *, policy: str
+) -> tuple[list[Decision], list[Question], dict[str, bool]]:
+    """Two waves: every proper-noun question, then the subcategory questions of the survivors.
+    Returns the decisions, the questions asked (wave order) and the resolved yes/no per qid."""
+    wave1 = [proper_question(label) for label in labels]
+    ask(wave1)
+    yes = {q.qid: _resolve(store.answers[q.qid], policy) for q in wave1}
+    wave2 = [
+        q
+        for label, ids in zip(labels, nearest, strict=True)
+        if not yes[proper_question(label).qid]
+        for q in subcategory_questions(label, ids)
+    ]
+    ask(wave2)
+    yes.update({q.qid: _resolve(store.answers[q.qid], policy) for q in wave2})
+    decisions = [decide(label, ids, yes) for label, ids in zip(labels, nearest, strict=True)]
+    return decisions, wave1 + wave2, yes
+
+
+def _decision_table(
+    asked: Sequence[Question],
+    store: AnswerStore,
+    yes: dict[str, bool],
+    needed: set[str],
+    meta: dict[str, str],
+) -> pa.Table:
+    answers = [store.answers[q.qid] for q in asked]
+    return pa.table(
+        {
+            "qid": [q.qid for q in asked],
+            "wave": [1 if q.kind == "proper" else 2 for q in asked],
+            "label": [q.label for q in asked],
+            "kind": [q.kind for q in asked],
+            "id_label": [q.id_label for q in asked],
+            "rank": pa.array([q.rank for q in asked], pa.int32()),
+            "prompt_set": [meta["prompt_set"]] * len(asked),
+            "judge": [meta["judge"]] * len(asked),
+            "answer": [{True: "yes", False: "no", None: "invalid"}[a.yes] for a in answers],
+            "p_yes": pa.array([a.p_yes for a in answers], pa.float64()),
+            "raw": [a.raw for a in answers],
+            "decision_yes": [yes[q.qid] for q in asked],
+            "needed_by_sequential_rule": [q.qid in needed for q in asked],
+        }
+    )  # no latency here: timings vary by run, and this table must not (they go to the manifest)
+
+
+def run_judge(
+    negatives: pa.Table, ask: Asker, store: AnswerStore, meta: dict[str, str], policy: str
+) -> JudgeRun:
+    labels = negatives.column("label").to_pylist()
+    nearest = negatives.column("nearest_id_labels").to_pylist()
+    decisions, asked, yes = filter_labels(labels, nearest, ask, store, policy=policy)
+    needed = {
+        qid
+        for label, ids in zip(labels, nearest, strict=True)
+        for qid in sequential_questions(label, ids, yes)
+    }
+    table = _decision_table(asked, store, yes, needed, meta)
+    label_table = pa.table(
+        {
+            "label": labels,
+            "pos": negatives.column("pos"),
+            "reason": [d.reason for d in decisions],
+            "id_label": [d.id_label for d in decisions],
+            "kept": [d.kept for d in decisions],
+        }
+    )
+    counts = count_reasons(decisions)
+    counts.update(
+        questions_asked=len(asked),
+        questions_sequential_rule=len(needed),
+        invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
+    )
+    seconds = sum(store.answers[q.qid].latency_s for q in asked)
+    return JudgeRun(table, label_table, counts, round(seconds, 3))
+
 
 Member = tuple[JudgeConfig, Judge]
 
@@ -71,8 +174,6 @@ def _asker(
 def _run_members(
     members: Sequence[Member], negatives: pa.Table, prompts: PromptSet, config: JobConfig
 ) -> dict[str, tuple[JudgeRun, JudgeAccount]]:
-    from negrefine_ray.stages.filter import run_judge
-
     out = {}
     for cfg, judge in members:
         account = JudgeAccount(cfg.name)

@@ -1,4 +1,4 @@
-"""InterNeg in the score stage (methods.md 5): its textual negatives are chosen here, not in mine,
+"""InterNeg's scorer (methods.md 5): its textual negatives are chosen here, not in mine,
 because the inter-modal rule needs the ID image prototypes (embed-images' rows of role "prototype");
 then the textual score, and per OOD dataset the online stream that inverts confident OOD images into
 further negatives (core.interneg.run_online with clip.inversion's OnlineInverter).
@@ -21,9 +21,11 @@ import pyarrow.compute as pc
 
 from negrefine_ray.config import InterNegConfig, JobConfig
 from negrefine_ray.core import interneg
-from negrefine_ray.core.methods import Method
 from negrefine_ray.errors import StageError
-from negrefine_ray.runfolder.atomic import column_matrix, read_parquet
+from negrefine_ray.runfolder.artifacts import POOLS
+from negrefine_ray.runfolder.atomic import column_matrix
+from negrefine_ray.scoring.columns import score_column
+from negrefine_ray.scoring.inputs import Scored, ScoreInput
 
 Precision = {"fp32": "float32", "fp16": "float16"}
 
@@ -58,13 +60,14 @@ def prototypes(
 
 
 def textual_negatives(
-    pools: pa.Table, id_text: np.ndarray, protos: np.ndarray, m: int
+    pools: pa.Table, id_text: np.ndarray, protos: np.ndarray, m: int, method: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(selected (M, D) [adjectives | nouns], base similarity (K,), counts) from mine/pools.parquet
-    (5.3): admissible words by the inter-modal rule, split in proportion, ranked by deviation."""
-    rows = pools.filter(pc.equal(pools.column("method"), "interneg"))
+    """(selected (M, D) [adjectives | nouns], base similarity (K,), counts) from `method`'s rows of
+    mine/pools.parquet (5.3): admissible words by the inter-modal rule, split in proportion, ranked by
+    deviation."""
+    rows = pools.filter(pc.equal(pools.column("method"), method))
     if rows.num_rows == 0:
-        raise StageError("mine/pools.parquet has no InterNeg candidates; add 'interneg' to mining.methods.")
+        raise StageError(f"mine/pools.parquet has no candidates of '{method}'; add it to mining.methods.")
     pos = np.array(rows.column("pos").to_pylist())
     emb, words = column_matrix(rows, "embedding"), rows.column("word").to_pylist()
     nouns, adjs = emb[pos == "noun"], emb[pos != "noun"]
@@ -154,19 +157,21 @@ def shuffle_spread(columns: dict[int, np.ndarray], is_id: np.ndarray) -> dict[st
     }
 
 
-def run_interneg(scorer: Any, method: Method) -> None:
-    """The score stage's InterNeg (Method.scorer = "interneg"): columns interneg_text@d, interneg@d."""
-    from negrefine_ray.stages.score import score_column
-
-    ctx, config = scorer.ctx, scorer.ctx.config
+def score_interneg(inp: ScoreInput) -> Scored:
+    """InterNeg's columns interneg_text@d and interneg@d; its selection, prototypes and streams go to
+    the manifest under the method's name."""
+    out, config, method = Scored(), inp.config, inp.method
     cfg = config.interneg
     per_class = max((d.per_class for d in config.datasets if d.role == "prototype"), default=0)
-    names = scorer.ids.column("label").to_pylist()
-    labels, embeddings = scorer.prototypes(method)
-    protos, proto_stats = prototypes(labels, embeddings, names, per_class)
-    id_text = scorer.id_text(method)
-    pools = read_parquet(ctx.input("mine", "pools.parquet"))
-    text_negs, base, selection = textual_negatives(pools, id_text, protos, cfg.n_negatives)
+    names = inp.ids.column("label").to_pylist()
+    if inp.prototypes is None or len(inp.prototypes[0]) == 0:
+        raise StageError(
+            f"{method.display} needs readable images of a dataset with role 'prototype'; none were embedded."
+        )
+    protos, proto_stats = prototypes(*inp.prototypes, names, per_class)
+    id_text = inp.id_text()
+    pools = POOLS.read(inp.run_dir)
+    text_negs, base, selection = textual_negatives(pools, id_text, protos, cfg.n_negatives, method.name)
     if len(text_negs) < cfg.n_groups:
         raise StageError(
             f"InterNeg selected {len(text_negs)} textual negatives ({selection['admissible_nouns']:,} "
@@ -175,31 +180,32 @@ def run_interneg(scorer: Any, method: Method) -> None:
         )
     dtype = Precision[cfg.precision]
     textual = interneg.interneg_score(
-        scorer.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=_logit_scale(config),
+        inp.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=_logit_scale(config),
         dtype=dtype,  # type: ignore[arg-type]
     )  # fmt: skip
-    is_id_all = np.array([d is None for d in scorer.ood_of], dtype=bool)
-    rows_of = {name: is_id_all | (scorer.ood_of == name) for name in scorer.ood}
-    jobs = [(name, s) for name in scorer.ood for s in range(cfg.shuffles)]
-    ctx.ray()
+    is_id_all = np.array([d is None for d in inp.ood_of], dtype=bool)
+    rows_of = {name: is_id_all | (inp.ood_of == name) for name in inp.ood}
+    jobs = [(name, s) for name in inp.ood for s in range(cfg.shuffles)]
+    inp.connect_ray()
     shared = {"id_text": id_text, "text_negs": text_negs, "protos": protos, "base": base}
     results = run_streams(
         config,
-        [(scorer.image[rows_of[name]], is_id_all[rows_of[name]], config.run.seed + s) for name, s in jobs],
+        [(inp.image[rows_of[name]], is_id_all[rows_of[name]], config.run.seed + s) for name, s in jobs],
         shared,
     )
-    out = dict(zip(jobs, results, strict=True))
+    by_job = dict(zip(jobs, results, strict=True))
     streams: dict[str, Any] = {}
-    for name in scorer.ood:
+    for name in inp.ood:
         rows = rows_of[name]
-        values = np.full(scorer.image.shape[0], np.nan)
+        values = np.full(inp.image.shape[0], np.nan)
         values[rows] = textual[rows]
-        scorer.add(score_column(method, ood=name), values)
-        values = np.full(scorer.image.shape[0], np.nan)
-        values[rows] = out[name, 0][0]
-        scorer.add(score_column(method, ood=name, visual=True, seed=config.run.seed), values)
-        streams[name] = {"counts": out[name, 0][1], "images": int(rows.sum())}
+        out.add(score_column(method, ood=name), values)
+        values = np.full(inp.image.shape[0], np.nan)
+        values[rows] = by_job[name, 0][0]
+        out.add(score_column(method, ood=name, visual=True, seed=config.run.seed), values)
+        streams[name] = {"counts": by_job[name, 0][1], "images": int(rows.sum())}
         if cfg.shuffles > 1:
-            by_shuffle = {s: out[name, s][0] for s in range(cfg.shuffles)}
+            by_shuffle = {s: by_job[name, s][0] for s in range(cfg.shuffles)}
             streams[name]["shuffles"] = shuffle_spread(by_shuffle, is_id_all[rows])
-    scorer.extra["interneg"] = {"prototypes": proto_stats, "selection": selection, "streams": streams}
+    out.manifest = {method.name: {"prototypes": proto_stats, "selection": selection, "streams": streams}}
+    return out

@@ -1,0 +1,104 @@
+"""What a scorer takes and what it gives back. The score stage builds one frozen ScoreInput per method
+(and per judge of mining.filtered_by for the methods that mine in the mine stage); a scorer returns a
+Scored: its columns, the negatives it grouped, and its own manifest entries. The NegLabel grouping
+that several scorers share (0.6) is here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from negrefine_ray.config import JobConfig, ScoreConfig
+from negrefine_ray.core import scores
+from negrefine_ray.core.methods import Method
+from negrefine_ray.errors import ConfigError, StageError
+from negrefine_ray.runfolder.artifacts import view_matrix
+from negrefine_ray.runfolder.atomic import column_matrix
+from negrefine_ray.scoring.columns import ScoreColumn, grouping_seed
+
+
+@dataclass(frozen=True)
+class ScoreInput:
+    """One method's scoring input. `image`: the ok images' (n_ok, D) embeddings in the method's
+    preprocessing; `ood_of` (n_ok,) object: each row's OOD dataset, None for ID rows; `ood`: the OOD
+    datasets in order. `negatives`: the method's mined negatives table (mine/negatives.parquet, or with
+    `pool` = J filter/J/mined.parquet, mined from the pool judge J filtered); `mined`: always
+    mine/negatives.parquet. `judges`: the NegFilter judges of a filtered method. `prototypes`: (labels,
+    embeddings) of the readable role-"prototype" images, for methods that need them. `connect_ray`
+    starts or joins Ray for scorers that distribute work."""
+
+    method: Method
+    config: JobConfig
+    image: np.ndarray
+    ood_of: np.ndarray
+    ood: tuple[str, ...]
+    ids: pa.Table
+    negatives: pa.Table
+    mined: pa.Table
+    run_dir: Path
+    connect_ray: Callable[[], None]
+    pool: str | None = None
+    judges: tuple[str, ...] = ()
+    prototypes: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def sc(self) -> ScoreConfig:
+        return self.config.score
+
+    @property
+    def seed(self) -> int:
+        return grouping_seed(self.config)
+
+    def id_text(self, unit: bool = True) -> np.ndarray:
+        """(K, D) float32 ID-label embeddings of the method's view; `unit`: L2-normalised rows."""
+        return view_matrix(self.ids, self.method.id_view, unit=unit)
+
+    def negative_text(self) -> np.ndarray:
+        """(M, D) float32 embeddings of the method's negatives in its canonical order (rank)."""
+        rows = self.negatives.filter(pc.equal(self.negatives.column("method"), self.method.name))
+        if rows.num_rows == 0:
+            where = "mine/negatives.parquet" if self.pool is None else f"filter/{self.pool}/mined.parquet"
+            raise StageError(f"{where} has no negatives of method '{self.method.name}'; rerun mine.")
+        return column_matrix(rows.sort_by("rank"), "embedding")
+
+
+@dataclass
+class Scored:
+    """A scorer's output: (column, (n_ok,) float64 values) in order, the negatives it grouped (per
+    row: how many, how many the grouping kept), and entries for the score stage's manifest."""
+
+    columns: list[tuple[ScoreColumn, np.ndarray]] = field(default_factory=list)
+    negatives: dict[str, dict[str, int]] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, column: ScoreColumn, values: np.ndarray) -> None:
+        self.columns.append((column, values))
+
+    def grouped(self, inp: ScoreInput, what: str, id_text: np.ndarray, neg_text: np.ndarray) -> np.ndarray:
+        """NegLabel's grouped score (0.6) under the run's grouping permutation: (n_ok,) float64; the
+        grouping's counts are recorded under `what`."""
+        sc = inp.sc
+        self.check_groups(sc.n_groups, neg_text.shape[0], what)
+        perm = scores.grouping_permutation(neg_text.shape[0], sc.n_groups, inp.seed, sc.permutation_device)
+        return scores.neglabel(
+            inp.image, id_text, neg_text, n_groups=sc.n_groups, logit_scale=sc.logit_scale,
+            permutation=perm, chunk_size=sc.chunk_size,
+        )  # fmt: skip
+
+    def check_groups(self, g: int, m: int, what: str) -> None:
+        if g > m:
+            raise ConfigError(
+                f"score.n_groups = {g} but {what} has only {m} negatives; set score.n_groups <= {m}."
+            )
+        kept = scores.kept_negatives(m, g)
+        self.negatives[what] = {"negatives": m, "kept": kept, "dropped": m - kept, "per_group": kept // g}
+
+
+Scorer = Callable[[ScoreInput], Scored]
