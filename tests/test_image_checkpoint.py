@@ -19,7 +19,7 @@ from negrefine_ray.core.methods import embedding_name
 from negrefine_ray.data.datasets import Listing, list_dataset
 from negrefine_ray.distributed.pools import ROW
 from negrefine_ray.runfolder.atomic import stable_hash
-from negrefine_ray.stages.embed_images import OnBatch, _embed_with_cache, _Todo
+from negrefine_ray.stages._embed_images_cache import OnBatch, Todo, embed_with_cache
 
 VARIANTS = ("clip", "torchvision")
 BATCH = 4
@@ -37,7 +37,7 @@ def vector(path: str, variant: str) -> np.ndarray:
 
 
 class FakePass:
-    """An `embed` for _embed_with_cache: files named bad* are "corrupt", the rest get `vector`; the
+    """An `embed` for embed_with_cache: files named bad* are "corrupt", the rest get `vector`; the
     rows go to `on_batch` BATCH at a time, and with `stop_after` the pass stops after that many
     batches (before it returns, even when they were all of them)."""
 
@@ -71,14 +71,14 @@ def make_listing(root: Path, names: Sequence[str]) -> Listing:
     return list_dataset(DatasetConfig(name=root.name, role="ood", root=str(root), format="files"))
 
 
-def todo_of(listings: Sequence[Listing]) -> dict[str, _Todo]:
+def todo_of(listings: Sequence[Listing]) -> dict[str, Todo]:
     todo = {}
     for li in listings:
         entries = {}
         for v in VARIANTS:
             base = image_cache_base("weights", "nr-tiny-vit", "fp32", {"variant": v}, li.root)
             entries[v] = (base, image_cache_key(base, li.fingerprint()))
-        todo[li.name] = _Todo(li, entries)
+        todo[li.name] = Todo(li, entries)
     return todo
 
 
@@ -86,7 +86,7 @@ def cache_files(cache: ImageEmbeddingCache) -> list[str]:
     return sorted(p.name for p in cache.root.glob("*/*.parquet"))
 
 
-def complete_names(todo: Mapping[str, _Todo]) -> list[str]:
+def complete_names(todo: Mapping[str, Todo]) -> list[str]:
     return sorted(f"{key}.parquet" for item in todo.values() for _, key in item.variants.values())
 
 
@@ -98,7 +98,7 @@ def test_a_stopped_pass_resumes_from_its_partial_entries(tmp_path: Path) -> None
 
     first = FakePass(stop_after=2)  # rows 0-7 of a finished; never due, so kept when the pass fails
     with pytest.raises(KilledPass):
-        _embed_with_cache(todo, cache, first, checkpoint_s=3600)
+        embed_with_cache(todo, cache, first, checkpoint_s=3600)
     for v, (base, key) in todo["a"].variants.items():
         assert cache.get(base, key, a.table.column("path").to_pylist()) is None  # partial, never complete
         rows, found = cache.reusable(base, a.table)
@@ -109,7 +109,7 @@ def test_a_stopped_pass_resumes_from_its_partial_entries(tmp_path: Path) -> None
 
     second = FakePass(stop_after=2)  # a's last two rows (one bad) and b's first six
     with pytest.raises(KilledPass):
-        _embed_with_cache(todo, cache, second, checkpoint_s=0)  # a checkpoint after every batch
+        embed_with_cache(todo, cache, second, checkpoint_s=0)  # a checkpoint after every batch
     assert second.paths == [["08.jpg", "bad.jpg", *(f"{i:02d}.png" for i in range(7))]]
     base, _ = todo["a"].variants["clip"]
     rows, found = cache.reusable(base, a.table)
@@ -117,12 +117,12 @@ def test_a_stopped_pass_resumes_from_its_partial_entries(tmp_path: Path) -> None
     assert rows.detail[-1] == "cut short"  # the first interruption's rows were kept too
 
     third = FakePass()
-    results, embedded = _embed_with_cache(todo, cache, third, checkpoint_s=0)
+    results, embedded = embed_with_cache(todo, cache, third, checkpoint_s=0)
     assert third.paths == [["06.png"]] and embedded == {"b": 1}
     assert cache_files(cache) == complete_names(todo)  # the partial entries are gone
 
     fresh_cache = ImageEmbeddingCache(tmp_path / "fresh")
-    undisturbed, _ = _embed_with_cache(todo, fresh_cache, FakePass(), checkpoint_s=0)
+    undisturbed, _ = embed_with_cache(todo, fresh_cache, FakePass(), checkpoint_s=0)
     for name in ("a", "b"):
         for v in VARIANTS:
             got, want = results[name][v], undisturbed[name][v]
@@ -136,12 +136,12 @@ def test_a_complete_partial_entry_is_reused_whole_but_never_returned_by_get(tmp_
     todo = todo_of([a])
     cache = ImageEmbeddingCache(tmp_path / "cache")
     with pytest.raises(KilledPass):  # every batch came back; the driver died before the entry was stored
-        _embed_with_cache(todo, cache, FakePass(stop_after=2), checkpoint_s=3600)
+        embed_with_cache(todo, cache, FakePass(stop_after=2), checkpoint_s=3600)
     base, key = todo["a"].variants["clip"]
     assert cache.get(base, key, a.table.column("path").to_pylist()) is None
     assert cache.reusable(base, a.table)[1].all()
     again = FakePass()
-    _, embedded = _embed_with_cache(todo, cache, again, checkpoint_s=3600)
+    _, embedded = embed_with_cache(todo, cache, again, checkpoint_s=3600)
     assert again.paths == [] and embedded == {}  # nothing embedded again
     assert cache_files(cache) == complete_names(todo)
     assert cache.get(base, key, a.table.column("path").to_pylist()) is not None
@@ -150,12 +150,12 @@ def test_a_complete_partial_entry_is_reused_whole_but_never_returned_by_get(tmp_
 def test_reused_rows_of_a_changed_listing_stay_in_its_partial_entries(tmp_path: Path) -> None:
     old = make_listing(tmp_path / "a", [f"{i}.jpg" for i in range(4)])
     cache = ImageEmbeddingCache(tmp_path / "cache")
-    _embed_with_cache(todo_of([old]), cache, FakePass(), checkpoint_s=3600)
+    embed_with_cache(todo_of([old]), cache, FakePass(), checkpoint_s=3600)
     grown = make_listing(tmp_path / "a", [f"{i}.jpg" for i in range(10)])  # 6 new files, 4 unchanged
     todo = todo_of([grown])
     interrupted = FakePass(stop_after=1)
     with pytest.raises(KilledPass):
-        _embed_with_cache(todo, cache, interrupted, checkpoint_s=0)
+        embed_with_cache(todo, cache, interrupted, checkpoint_s=0)
     assert interrupted.paths == [[f"{i}.jpg" for i in range(4, 10)]]
     base, _ = todo["a"].variants["clip"]
     cache.path(base, image_cache_key(base, old.fingerprint())).unlink()  # only the partial entry is left
