@@ -2,7 +2,7 @@
 
 Stages: corpus -> embed-text -> mine -> filter -> embed-images -> score -> report, one module each
 in negrefine_ray/stages/, imported here by name. A stage whose code does not exist yet (fn None) is
-listed with the issue that builds it; `run` stops before it, so nothing pretends to have run.
+listed with where it is planned; `run` stops before it, so nothing pretends to have run.
 """
 
 from __future__ import annotations

@@ -238,7 +238,7 @@ def test_lost_worker_nodes_while_the_judge_pool_and_embed_images_run(
     same_images(case.run, undisturbed.run, atol=0)
     stats = read_json(case.run / "embed-images" / "manifest.json")["stats"]
     assert stats["embedded"] == stats["images"] and sum(stats["nodes"].values()) == stats["images"]
-    print(  # the figures of the README's fault section (pytest -s)
+    print(  # the figures of cluster/README.md's Faults section (pytest -s)
         f"\nnodes lost: filter {case.seconds('filter'):.1f} s (undisturbed "
         f"{undisturbed.seconds('filter'):.1f} s), embed-images {case.seconds('embed-images'):.1f} s "
         f"(undisturbed {undisturbed.seconds('embed-images'):.1f} s)"

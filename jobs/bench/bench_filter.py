@@ -1,4 +1,4 @@
-"""Benchmark of NegFilter's LLM judge (issue 4) with the transformers backend: the reference's way
+"""Benchmark of NegFilter's LLM judge with the transformers backend: the reference's way
 (one prompt at a time, generate), batched P(yes) forward passes, and batched passes that reuse the
 shared prompt prefix's KV cache; extrapolated to NegRefine's workload (~8.4k labels, ~74k questions)
 and to `filter.scope = "corpus"` (at most ~0.9M questions) on one device and on 8 data-parallel replicas.

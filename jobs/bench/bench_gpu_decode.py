@@ -1,4 +1,4 @@
-"""Benchmark and parity check of images.decode = "gpu" (issue 15, item 4): images/s of (a) the PIL
+"""Benchmark and parity check of images.decode = "gpu": images/s of (a) the PIL
 path (decode + resize + centre crop, one process) and (b) torchvision's decode_jpeg batched on the
 device plus the device resize and crop (clip/device_decode.py), with the decode task's CPU share
 (reading the header) per core; then how close (b) is to (a): mean / max pixel error of the crops and

@@ -1,4 +1,4 @@
-"""Benchmark of the image side (issue 5): decode+preprocess per CPU core (pil, pil-draft, and one
+"""Benchmark of the image side: decode+preprocess per CPU core (pil, pil-draft, and one
 decode cut into the default methods' two preprocessings), CLIP image embedding throughput per batch
 size and precision, end to end through the DataLoader driver for images.preprocess "shared" (one
 embedding per image) and "per-method" (clip + torchvision: two), and the effect of pil-draft on

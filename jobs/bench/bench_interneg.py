@@ -1,4 +1,4 @@
-"""Benchmark of InterNeg's online stage (issue 12): stream items/s of core.interneg.run_online at the
+"""Benchmark of InterNeg's online stage: stream items/s of core.interneg.run_online at the
 real shapes (D from the model, K = 1000 ID labels, M = 2000 textual negatives, K_extra = 2000, batches
 of 256), with the real textual inversion (clip.inversion, random weights of the real architecture),
 and the cost split: scoring, inversion, the rest (bank and filter). Runs without Ray.

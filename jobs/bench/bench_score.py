@@ -1,4 +1,4 @@
-"""Benchmark of the score stage's math (issue 6 item 8): 111,865 images (ImageNet val + the NegRefine
+"""Benchmark of the score stage's math: 111,865 images (ImageNet val + the NegRefine
 OOD sets) against 1,000 ID labels and 6,370 negatives, D = 512, random L2-normalised embeddings.
 Times NegLabel's grouped score, NegRefine's S_MM (top pairs, distinct pairs, multi-matching; the pair
 texts' CLIP encoding is not included, its text count is reported) and DNM.

@@ -1,4 +1,4 @@
-"""Benchmark of the text side (issue 3): CLIP text-tower throughput per batch size and precision,
+"""Benchmark of the text side: CLIP text-tower throughput per batch size and precision,
 the shortest-exact-sequence encoder against 77-token padding, and NegRefine's whole text workload
 (1,000 ID labels x 8 templates, ~57k nouns x 8, ~9.4k adjective phrases x 4 = ~503k texts).
 

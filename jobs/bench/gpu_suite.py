@@ -1,4 +1,4 @@
-"""Helpers of jobs/bench/gpu_suite.sh (issue 15): the environment report, the image benchmark with its
+"""Helpers of jobs/bench/gpu_suite.sh: the environment report, the image benchmark with its
 JPEGs generated on every core, the judge benchmark at a tiny Qwen2 shape (dry run), a synthetic
 ChatML tokenizer (dry run without the carried one), and the one results table built from the parts'
 JSON. Runs without Ray (torch, transformers, open_clip).
@@ -32,7 +32,7 @@ REQUIRED = (
     "timm", "huggingface_hub", "safetensors", "regex", "ftfy", "tqdm", "open_clip", "pytest", "negrefine_ray",
 )  # fmt: skip
 HALF = ("fp16", "bf16")
-CANDIDATES = 57_690 + 13_702  # WordNet 3.0 nouns + bare adjectives: the candidate pool (README, filter)
+CANDIDATES = 57_690 + 13_702  # WordNet 3.0 nouns + bare adjectives: the candidate pool (docs/judges.md)
 REFERENCE_QUESTIONS = 73_037  # bench_filter.REFERENCE_QUESTIONS: NegRefine's NegFilter calls
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared command for a GPU machine (issue 15 item 2): installs the wheels carried in .whl/, then
+# One prepared command for a GPU machine: installs the wheels carried in .whl/, then
 # runs the GPU checks (tests/test_gpu.py, pytest -m gpu) and the score, text, filter, image (and GPU
 # decode, when jobs/bench/bench_gpu_decode.py exists) benchmarks at real shapes, each part under its
 # own timeout inside one overall budget, going on after a failed part; prints one table at the end.

@@ -1,4 +1,4 @@
-"""Agreement of a NegFilter judge with a published NegRefine run (issue 11): the questions logged in
+"""Agreement of a NegFilter judge with a published NegRefine run: the questions logged in
 its llm_process_noun.txt / llm_process_adj.txt are asked again of the judge (default the built-in
 `wordnet` judge, or any judge of a job file) and compared with the logged answers: agreement and
 Cohen's kappa per question kind and per label (kept/removed), yes counts, and disagreements.

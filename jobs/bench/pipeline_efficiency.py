@@ -1,4 +1,4 @@
-"""Does the Ray pipeline overlap its parts (issue 15)? For embed-images, embed-text and the filter,
+"""Does the Ray pipeline overlap its parts? For embed-images, embed-text and the filter,
 this measures in one run on one machine the capacity of each part alone and the end-to-end
 throughput of the real stage code through Ray Data, and prints efficiency = end to end / bound.
 

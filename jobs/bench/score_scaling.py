@@ -1,4 +1,4 @@
-"""The score stage's growth (issue 15 item 5): time and peak memory of its math at 10k, 100k and 1M
+"""The score stage's growth: time and peak memory of its math at 10k, 100k and 1M
 images against 1,000 ID labels and 6,370 negatives (random embeddings, D = 512), with numpy (the
 stage's code) and with torch on the CPU. Each size runs bench_score.py in its own process, so its
 peak resident memory (the kernel's ru_maxrss of that process) is its own; the input embeddings alone

@@ -129,7 +129,7 @@ def markdown_tables(result: Mapping[str, Any]) -> list[str]:
     lines = [
         "AUROC ↑ / FPR95 ↓ in %; FPR95 is the NegLabel/CSP/NegRefine/DNM convention (ID positive, "
         "methods.md 6.1). Several seeds: report-seeds.md in the job folder gives mean ± std. Images: "
-        "the preprocessing of each row's image embeddings (images.preprocess; README, Faithfulness).",
+        "the preprocessing of each row's image embeddings (images.preprocess; docs/faithfulness.md).",
         "",
         "| Method | Images | " + " | ".join([*ood, *failed]) + f" | {average} |",
         "|---|---|" + "---|" * (len(ood) + len(failed) + 1),
