@@ -1,7 +1,8 @@
 """Finding and stat-ing a dataset's files: a local root through os.scandir (symbolic links followed
 as torchvision's `os.walk(followlinks=True)`, broken links kept, links out of the root flagged on
 request), a URI root (s3://, gs://, hdfs://) through pyarrow.fs, which has no links. Output rows
-are (relative POSIX path, size, mtime_ns, status), status "" for a file to read.
+are (relative POSIX path, size, mtime_ns, status), status "" for a file to read. Also opening a
+root, and reading an image-list file, given by local path or URI.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import posixpath
 import stat
 from collections.abc import Sequence
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
+from negrefine_ray.data.image_lists import decode_list
 from negrefine_ray.errors import NegRefineError
 
 MISSING = -1  # size and mtime_ns of a listed file that does not exist or is not read
@@ -169,3 +172,34 @@ def _infos(fs: pafs.FileSystem, selector: pafs.FileSelector) -> list[pafs.FileIn
 
 def _info_stat(info: pafs.FileInfo) -> Stat:
     return int(info.size), MISSING if info.mtime_ns is None else int(info.mtime_ns), ""
+
+
+def open_root(root: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, base path) of a local path (`~` expanded, made absolute) or a filesystem URI."""
+    if "://" in root:
+        try:
+            fs, base = pafs.FileSystem.from_uri(root)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise NegRefineError(
+                f"Cannot open {root!r} ({exc}); use a local path or a URI pyarrow supports (s3://, gs://)."
+            ) from exc
+        return fs, base.rstrip("/")
+    return pafs.LocalFileSystem(), posixpath.abspath(posixpath.expanduser(root))
+
+
+def require_list_file(location: str, what: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of a list file that exists and is a file, else a NegRefineError naming `what`."""
+    fs, path = open_root(location)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise NegRefineError(f"{what} {location!r} does not exist; set it to an existing file.")
+    if kind != pafs.FileType.File:
+        raise NegRefineError(f"{what} {location!r} is a folder, not a list file; set it to the list file.")
+    return fs, path
+
+
+def read_list_file(location: str, what: str) -> str:
+    """UTF-8 text of a list file given by local path or URI."""
+    fs, path = require_list_file(location, what)
+    with fs.open_input_stream(path) as fh:
+        return decode_list(fh.read(), location)
