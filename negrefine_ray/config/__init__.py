@@ -1,9 +1,11 @@
-"""The job configuration: one typed, frozen dataclass per `[section]` (sections.py) and how a TOML job
-file plus `--set` overrides becomes a validated JobConfig (load.py)."""
+"""The job configuration: one typed, frozen dataclass per `[section]` (sections.py) and the whole job
+(job.py), how a TOML job file plus `--set` overrides becomes a validated JobConfig (load.py), and the
+checks across sections and within a judge (checks.py)."""
 
+from negrefine_ray.config.checks import check_references
+from negrefine_ray.config.job import JobConfig
 from negrefine_ray.config.load import (
     build_config,
-    check_references,
     load_config,
     parse_override,
     section_names,
@@ -16,7 +18,6 @@ from negrefine_ray.config.sections import (
     FilterConfig,
     ImagesConfig,
     InterNegConfig,
-    JobConfig,
     JudgeConfig,
     LabelsConfig,
     MiningConfig,

@@ -1,6 +1,7 @@
 """Loading a job: TOML (or a saved config.json) plus `--set section.key=value` overrides, validated
-field by field (types, ranges, choices, plain names, finite numbers) and across sections (methods,
-judges, presets), every message naming the key, the value seen and the fix."""
+field by field (types, ranges, choices, plain names, finite numbers), per judge (the keys its backend
+reads) and across sections (methods, judges, presets; checks.py), every message naming the key, the
+value seen and the fix."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from negrefine_ray.config.sections import _PLAIN_NAME, PLAIN_NAME_MAX, JobConfig
+from negrefine_ray.config.checks import check_backend_options, check_references
+from negrefine_ray.config.job import JobConfig
+from negrefine_ray.config.sections import _PLAIN_NAME, PLAIN_NAME_MAX, JudgeConfig
 from negrefine_ray.core.lines import NotUtf8, utf8_text
-from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import ConfigError, did_you_mean
 
 
@@ -131,6 +133,14 @@ def _table_list_type(name: str) -> Any | None:
     return typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
 
 
+def _build_entry(cls: Any, prefix: str, values: Mapping[str, Any]) -> Any:
+    """One entry of an array of tables; a judge's keys must be ones its backend reads."""
+    entry = _build_dataclass(cls, prefix, values)
+    if isinstance(entry, JudgeConfig):
+        check_backend_options(prefix, values, entry)
+    return entry
+
+
 def _build_section(name: str, values: Any) -> Any:
     entry = _table_list_type(name)
     if entry is None:
@@ -139,7 +149,7 @@ def _build_section(name: str, values: Any) -> Any:
         return _build_dataclass(_section_type(name), name, values)
     if not isinstance(values, list | tuple) or not all(isinstance(v, Mapping) for v in values):
         raise ConfigError(f"{name} must be an array of tables ([[{name}]] entries), got {values!r}.")
-    built = tuple(_build_dataclass(entry, f"{name}.{v.get('name', i)}", v) for i, v in enumerate(values))
+    built = tuple(_build_entry(entry, f"{name}.{v.get('name', i)}", v) for i, v in enumerate(values))
     names = [b.name for b in built]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -210,64 +220,6 @@ def build_config(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> JobC
     )
     check_references(job)
     return job
-
-
-def check_references(job: JobConfig) -> None:
-    """Checks across sections, by name only (no file system, no heavy import): score methods need
-    their negatives mined, filter.judges name [[judges]] entries (or the built-in "wordnet"), and
-    images.preset names a preset."""
-    for i, method in enumerate(job.score.methods):
-        if METHODS[method].mines and method not in job.mining.methods:
-            raise ConfigError(
-                f"score.methods[{i}] = {method!r} needs negatives, but mining.methods = "
-                f"{list(job.mining.methods)} lacks it; add it to mining.methods or remove it from "
-                f"score.methods."
-            )
-    if "interneg" in job.score.methods and not any(d.role == "prototype" for d in job.datasets):
-        raise ConfigError(
-            "score.methods has 'interneg', whose negatives are chosen against ID image prototypes, but no "
-            '[[datasets]] entry has role = "prototype"; add one (labelled ID training images, e.g. '
-            "ImageNet's train_imagenet_16.txt list or an imagefolder with per_class = 16)."
-        )
-    judges = {"wordnet", *(j.name for j in job.judges)}
-    for i, name in enumerate(job.filter.judges):
-        if name not in judges:
-            raise ConfigError(
-                f"filter.judges[{i}] = {name!r} is not a judge of this job.{did_you_mean(name, judges)} "
-                f"Known: {', '.join(sorted(judges))}; add a [[judges]] entry named {name!r} or fix the name."
-            )
-    _check_filtered_by(job)
-    if job.images.preset:
-        from negrefine_ray.data.presets import PRESETS
-
-        if job.images.preset not in PRESETS:
-            raise ConfigError(
-                f"images.preset = {job.images.preset!r} is unknown.{did_you_mean(job.images.preset, PRESETS)}"
-                f" Known: {', '.join(sorted(PRESETS))}; or leave it empty and list [[datasets]]."
-            )
-
-
-def _check_filtered_by(job: JobConfig) -> None:
-    """mining.filtered_by re-mines the pool a judge filtered: the judge must run (filter.judges) and be
-    asked about the whole pool (filter.scope = "corpus")."""
-    if not job.mining.filtered_by:
-        return
-    if job.filter.scope != "corpus":
-        raise ConfigError(
-            f"mining.filtered_by = {list(job.mining.filtered_by)} needs every candidate judged, but "
-            f"filter.scope = {job.filter.scope!r} judges only NegRefine's mined negatives; set "
-            'filter.scope = "corpus" or empty mining.filtered_by.'
-        )
-    for i, name in enumerate(job.mining.filtered_by):
-        if name not in job.filter.judges:
-            raise ConfigError(
-                f"mining.filtered_by[{i}] = {name!r} is not among filter.judges = {list(job.filter.judges)}."
-                f"{did_you_mean(name, job.filter.judges)} Add it to filter.judges or remove it from "
-                "mining.filtered_by."
-            )
-    repeated = sorted({n for n in job.mining.filtered_by if job.mining.filtered_by.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"mining.filtered_by lists {', '.join(repeated)} twice; list each judge once.")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

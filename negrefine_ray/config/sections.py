@@ -1,4 +1,5 @@
-"""The job's sections: one typed, frozen dataclass per `[section]` of a job file.
+"""The job's sections: one typed, frozen dataclass per `[section]` of a job file (the whole job, their
+sum, is job.py).
 
 Each `[section]` of a job file maps to one frozen dataclass below; every field declares its type and,
 where it matters, its allowed range or choices in `field(metadata=...)`, which load.py enforces before
@@ -8,11 +9,8 @@ any work starts.
 from __future__ import annotations
 
 import dataclasses
-import json
-import posixpath
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from negrefine_ray.core.methods import (
@@ -22,8 +20,7 @@ from negrefine_ray.core.methods import (
     SCORE_METHODS,
     TEST_PREPROCESSING,
 )
-from negrefine_ray.judges import BACKEND_NAMES as JUDGE_BACKENDS
-from negrefine_ray.runfolder.storage import Location, is_uri, local_copy_dir, location
+from negrefine_ray.judges.backends import BACKEND_NAMES as JUDGE_BACKENDS
 
 
 def _choices(*values: str) -> dict[str, Any]:
@@ -247,7 +244,11 @@ class FilterConfig:
 @dataclass(frozen=True)
 class JudgeConfig:
     """One judge (a `[[judges]]` table). `backend`: a name of negrefine_ray.judges.BACKENDS (vllm,
-    transformers, wordnet, replay, or fake: a deterministic test double with meaningless answers)."""
+    transformers, wordnet, replay, or fake: a deterministic test double with meaningless answers).
+
+    The fields are every backend's options; each backend reads only those its `BackendSpec.options`
+    name (judges/backends.py), and loading a job refuses a key its backend does not read unless the
+    key holds its default (checks.check_backend_options)."""
 
     name: str = field(metadata=_NAME)
     backend: str = field(metadata=_choices(*JUDGE_BACKENDS))
@@ -339,54 +340,3 @@ class InterNegConfig:
     prototype_preprocess: Literal["augment", "center"] = field(
         default="augment", metadata=_choices("augment", "center")
     )
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    """A whole job: one field per `[section]` of the job file."""
-
-    run: RunConfig = RunConfig()
-    ray: RayConfig = RayConfig()
-    model: ModelConfig = ModelConfig()
-    corpus: CorpusConfig = CorpusConfig()
-    labels: LabelsConfig = LabelsConfig()
-    text: TextConfig = TextConfig()
-    mining: MiningConfig = MiningConfig()
-    images: ImagesConfig = ImagesConfig()
-    datasets: tuple[DatasetConfig, ...] = ()
-    filter: FilterConfig = FilterConfig()
-    judges: tuple[JudgeConfig, ...] = ()
-    score: ScoreConfig = ScoreConfig()
-    interneg: InterNegConfig = InterNegConfig()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples as lists), the form saved in the run folder."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @property
-    def run_location(self) -> str:
-        """Where the run lives: the local run folder, or its object-store URI."""
-        if is_uri(self.run.output_dir):
-            base, sep, query = self.run.output_dir.partition("?")
-            return posixpath.join(base, self.run.name) + sep + query
-        return str(Path(self.run.output_dir).expanduser() / self.run.name)
-
-    @property
-    def run_dir(self) -> Path:
-        """The run folder the stages read and write: the run itself, or for an object-store run the
-        driver's working copy of it (run_mirror)."""
-        if is_uri(self.run.output_dir):
-            return local_copy_dir(Path(self.run.local_dir).expanduser(), self.run_location)
-        return Path(self.run_location)
-
-    @property
-    def cache_dir(self) -> Location:
-        """The caches' root: a local or shared folder, or an object-store prefix (storage.ObjectPath)."""
-        return location(self.run.cache_dir)
-
-    @property
-    def local_cache_dir(self) -> Path:
-        """What must be local files (WordNet's nltk copy): the cache folder, or with an object-store
-        cache a folder under run.local_dir."""
-        cache = self.cache_dir
-        return cache if isinstance(cache, Path) else Path(self.run.local_dir).expanduser() / "cache"

@@ -1,61 +1,50 @@
 """NegFilter's judges, and the one place that reads a judge's `backend` name.
 
-`BACKENDS` maps each backend name to the "module:Class" that implements it, in the manner of
-lm-evaluation-harness's MODEL_MAPPING: the module is imported only when that backend is chosen, so
-`import negrefine_ray.judges` loads no torch, transformers or vllm. Two kinds of backend:
+`BACKENDS` (judges/backends.py, a table the config reads too) maps each backend name to the
+"module:Class" that implements it and the options it reads, in the manner of lm-evaluation-harness's
+MODEL_MAPPING: the module is imported only when that backend is chosen, so `import
+negrefine_ray.judges` loads no torch, transformers or vllm. Two kinds of backend:
 
 - "judge": a `Judge` (judges/base.py) answered in the driver process, built by the class's
   `from_config(cfg, seed=..., cache_dir=...)`: wordnet, replay.
 - "llm": a `Backend` (judges/base.py) built as `Class(cfg, seed)`, wrapped by `LLMJudge`
-  (judges/llm.py) and, in the filter stage, run on a Ray actor pool (judges/pool.py):
+  (judges/llm.py) and, in the filter stage, run on a Ray actor pool (judges/actor_pool.py):
   transformers, vllm, and fake (a deterministic test double).
 
 Adding a backend:
   1. Write `negrefine_ray/judges/<name>.py` with a class: a `Backend` (`__init__(cfg, seed)`,
      `yes_probabilities`, `generate`) for an LLM engine, or a `Judge` with a `from_config`
      classmethod for anything else. Import heavy dependencies inside the class, never at the top.
-  2. Add `"<name>": BackendSpec("negrefine_ray.judges.<name>:<Class>", kind="llm" or "judge")` to
-     `BACKENDS` below. `JudgeConfig.backend` takes its choices from this mapping, and the filter
-     stage asks "llm" backends on Ray and the others in process; nothing else lists backends.
+  2. Add `"<name>": BackendSpec("negrefine_ray.judges.<name>:<Class>", "llm" or "judge", options)` to
+     `BACKENDS` in judges/backends.py, `options` naming the `JudgeConfig` fields the class reads (a new
+     knob is a `JudgeConfig` field too). `JudgeConfig.backend` takes its choices from this mapping,
+     loading a job refuses a key the backend does not read, and the filter stage asks "llm" backends
+     on Ray and the others in process; nothing else lists backends.
   3. Add a case to tests/test_judges_factory.py (the name resolves, the class answers).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from negrefine_ray.errors import NegRefineError, unknown_name
+from negrefine_ray.judges.backends import BACKEND_NAMES, BACKENDS, BackendSpec
 
 if TYPE_CHECKING:
     from negrefine_ray.config import JudgeConfig
     from negrefine_ray.judges.base import Backend, Judge
 
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Where a backend lives and how it runs. `kind` "llm": a `Backend` behind `LLMJudge`, asked on a
-    Ray actor pool by the filter stage; "judge": a `Judge` answered in the driver process."""
-
-    target: str  # "package.module:Class"
-    kind: Literal["llm", "judge"]
-
-    @property
-    def on_ray(self) -> bool:
-        """True when the filter stage asks this backend through a Ray actor pool (needs Ray)."""
-        return self.kind == "llm"
-
-
-BACKENDS: dict[str, BackendSpec] = {
-    "wordnet": BackendSpec("negrefine_ray.judges.wordnet:WordNetJudge", "judge"),
-    "replay": BackendSpec("negrefine_ray.judges.replay:ReplayJudge", "judge"),
-    "transformers": BackendSpec("negrefine_ray.judges.transformers:TransformersBackend", "llm"),
-    "vllm": BackendSpec("negrefine_ray.judges.vllm:VLLMBackend", "llm"),
-    "fake": BackendSpec("negrefine_ray.judges.fake:FakeBackend", "llm"),
-}
-BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
+__all__ = [
+    "BACKENDS",
+    "BACKEND_NAMES",
+    "BackendSpec",
+    "backend_class",
+    "backend_spec",
+    "make_backend",
+    "make_judge",
+]
 
 
 def backend_spec(name: str) -> BackendSpec:

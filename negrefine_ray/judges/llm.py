@@ -107,7 +107,7 @@ def answer_with(
 
 
 class LLMJudge:
-    """An LLM judge run in this process (the Ray actor pool in judges/pool.py wraps the same
+    """An LLM judge run in this process (the Ray actor pool in judges/actor_pool.py wraps the same
     backend); the model loads on first use."""
 
     def __init__(self, cfg: JudgeConfig, seed: int = 0) -> None:
