@@ -11,8 +11,9 @@ from PIL import Image
 
 from negrefine_ray.config import DatasetConfig, build_config
 from negrefine_ray.data.benchmarks import PRESETS
-from negrefine_ray.data.datasets import list_dataset, parse_image_list, sample_indices, sample_per_class
+from negrefine_ray.data.datasets import list_dataset, sample_indices, sample_per_class
 from negrefine_ray.data.file_walk import MISSING
+from negrefine_ray.data.image_lists import parse_image_list
 from negrefine_ray.data.presets import resolve_datasets
 from negrefine_ray.errors import NegRefineError
 

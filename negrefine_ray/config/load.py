@@ -54,9 +54,11 @@ _SCALAR_CHECKS: dict[Any, Any] = {
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise a ConfigError naming the key."""
     origin = typing.get_origin(tp)
-    if origin is Literal:
+    if origin is Literal:  # the field's choices are its type's values
         if value in typing.get_args(tp):
             return value
+        close = did_you_mean(value, map(str, typing.get_args(tp))) if isinstance(value, str) else ""
+        raise ConfigError(f"{key} = {value!r} is not {_describe(tp)}; set it to {_describe(tp)}.{close}")
     elif origin is tuple:
         if isinstance(value, list | tuple):
             inner = typing.get_args(tp)[0]

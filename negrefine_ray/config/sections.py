@@ -2,8 +2,9 @@
 sum, is job.py).
 
 Each `[section]` of a job file maps to one frozen dataclass below; every field declares its type and,
-where it matters, its allowed range or choices in `field(metadata=...)`, which load.py enforces before
-any work starts.
+where it matters, its allowed range in `field(metadata=...)`, which load.py enforces before any work
+starts. A fixed set of choices is the field's `Literal` type; choices that a table owns (methods,
+judge backends, dataset formats) are a `str` field with `_choices(*table)` in its metadata.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from negrefine_ray.core.methods import (
     SCORE_METHODS,
     TEST_PREPROCESSING,
 )
+from negrefine_ray.data.formats import FORMAT_NAMES as DATASET_FORMATS
 from negrefine_ray.judges.backends import BACKEND_NAMES as JUDGE_BACKENDS
 
 
@@ -100,10 +102,8 @@ class ModelConfig:
 
     arch: str = "ViT-B-16"
     pretrained: str = field(default="openai", metadata=_FILE)
-    precision: Literal["fp32", "fp16", "bf16"] = field(
-        default="fp16", metadata=_choices("fp32", "fp16", "bf16")
-    )
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    precision: Literal["fp32", "fp16", "bf16"] = "fp16"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     init_seed: int = field(default=0, metadata=_range(0, 2**32 - 1))  # random init when pretrained = "none"
 
 
@@ -116,9 +116,7 @@ class CorpusConfig:
     """
 
     source: str = field(default="wordnet", metadata=_FILE)
-    rule: Literal["first-lemma", "all-lemmas"] = field(
-        default="first-lemma", metadata=_choices("first-lemma", "all-lemmas")
-    )
+    rule: Literal["first-lemma", "all-lemmas"] = "first-lemma"
     lexnames: tuple[str, ...] = ()
     extra_lexnames: tuple[str, ...] = ()  # e.g. ("noun.animal", "noun.food"), absent from the lists
     max_words_per_lexname: int = field(default=0, metadata=_range(0))  # 0: all; >0 for smoke runs
@@ -152,15 +150,11 @@ class MiningConfig:
     # two files share: "per-method" walks each method's own (NegLabel: one consistent with its shipped
     # selection; CSP, NegRefine, DNM: the one reproducing NegRefine's logged pools); "negrefine",
     # "neglabel" or "sorted" (alphabetical) walks that one for every method (core.corpus.FILE_ORDERS).
-    file_order: Literal["per-method", "negrefine", "neglabel", "sorted"] = field(
-        default="per-method", metadata=_choices("per-method", "negrefine", "neglabel", "sorted")
-    )
+    file_order: Literal["per-method", "negrefine", "neglabel", "sorted"] = "per-method"
     top_fraction: float = field(default=0.15, metadata=_range(0.0, 1.0))  # NegLabel/CSP/NegRefine
     negrefine_quantile: float = field(default=1.0, metadata=_range(0.0, 1.0))  # code: max; paper: 0.95
     dnm_preset: str = ""  # DNM's hyper-parameters by backbone; "" = model.arch
-    dnm_distance: Literal["reference", "normalised"] = field(
-        default="reference", metadata=_choices("reference", "normalised")
-    )
+    dnm_distance: Literal["reference", "normalised"] = "reference"
     n_nearest: int = field(default=10, metadata=_range(1))  # NegFilter's nearest ID labels
     # Judges (filter.judges) whose filtered candidate pool every mining method also selects from
     # (needs filter.scope = "corpus"): filter/<judge>/mined.parquet, scored as "<method>[pool=<judge>]".
@@ -173,11 +167,9 @@ class DatasetConfig:
 
     name: str = field(metadata=_NAME)
     # "prototype": labelled ID training images for InterNeg's class prototypes (methods.md 5.2)
-    role: Literal["id", "ood", "prototype"] = field(metadata=_choices("id", "ood", "prototype"))
+    role: Literal["id", "ood", "prototype"]
     root: str
-    format: Literal["imagefolder", "imagelist", "imagenet-val", "files"] = field(
-        metadata=_choices("imagefolder", "imagelist", "imagenet-val", "files")
-    )
+    format: str = field(metadata=_choices(*DATASET_FORMATS))  # data/formats.py: FORMATS
     image_list: str = ""  # the list file of format "imagelist" (and imagenet-val's ground truth)
     expected: int = field(default=0, metadata=_range(0))  # expected image count; 0 = unknown
     limit: int = field(default=0, metadata=_range(0))  # 0 = all; >0 = a seeded sample of that size
@@ -193,12 +185,10 @@ class ImagesConfig:
     # "pil" (the references' loader), "pil-draft" (reduced-scale JPEG decoding) or "gpu" (JPEGs decoded
     # with nvJPEG and resized on the model's device, in the actors; torchvision's libjpeg-turbo there
     # when model.device is "cpu"; not bit-identical to "pil": clip/device_decode.py)
-    decode: Literal["pil", "pil-draft", "gpu"] = field(
-        default="pil", metadata=_choices("pil", "pil-draft", "gpu")
-    )
-    exif: Literal["ignore", "transpose"] = field(default="ignore", metadata=_choices("ignore", "transpose"))
-    alpha: Literal["drop", "white"] = field(default="drop", metadata=_choices("drop", "white"))
-    high_bit_depth: Literal["scale", "clip"] = field(default="scale", metadata=_choices("scale", "clip"))
+    decode: Literal["pil", "pil-draft", "gpu"] = "pil"
+    exif: Literal["ignore", "transpose"] = "ignore"
+    alpha: Literal["drop", "white"] = "drop"
+    high_bit_depth: Literal["scale", "clip"] = "scale"
     max_pixels: int = field(default=0, metadata=_range(0))  # 0: twice Pillow's decompression-bomb limit
     batch_size: int = field(default=256, metadata=_range(1))
     num_actors: int = field(default=0, metadata=_range(0))  # 0: one per GPU, or 1 on CPU
@@ -210,9 +200,7 @@ class ImagesConfig:
     # Symbolic links inside a dataset root: "follow" (torchvision's ImageFolder and the references
     # follow them wherever they point) or "within-root" (a link resolving outside the root is not read
     # and is recorded as a failure of kind "outside-root").
-    symlinks: Literal["follow", "within-root"] = field(
-        default="follow", metadata=_choices("follow", "within-root")
-    )
+    symlinks: Literal["follow", "within-root"] = "follow"
     # Which preprocessing each method's images get (core.methods.PREPROCESSING): "per-method" (each
     # method as its reference: NegLabel/CSP/DNM bilinear, NegRefine/MCM the model's bicubic transform;
     # each image decoded once, one crop and one embedding per distinct preprocessing), "shared" (the
@@ -228,16 +216,12 @@ class FilterConfig:
     """NegFilter (methods.md 3.2): which judges, which prompts, and how answers become decisions."""
 
     judges: tuple[str, ...] = ("wordnet",)  # names of [[judges]] entries, or built-in "wordnet"
-    prompt_set: Literal["negrefine", "corrected"] = field(
-        default="negrefine", metadata=_choices("negrefine", "corrected")
-    )
+    prompt_set: Literal["negrefine", "corrected"] = "negrefine"
     n_id_labels: int = field(default=10, metadata=_range(1))  # nearest ID labels asked about
-    invalid_policy: Literal["keep", "drop"] = field(default="keep", metadata=_choices("keep", "drop"))
+    invalid_policy: Literal["keep", "drop"] = "keep"
     # What the judges are asked about: "negatives" (NegRefine's mined negatives, the reference) or
     # "corpus" (every candidate of the mining methods' pools, so mining.filtered_by can re-mine them).
-    scope: Literal["negatives", "corpus"] = field(
-        default="negatives", metadata=_choices("negatives", "corpus")
-    )
+    scope: Literal["negatives", "corpus"] = "negatives"
     chunk_size: int = field(default=2048, metadata=_range(1))  # questions per persisted answer shard
 
 
@@ -253,17 +237,15 @@ class JudgeConfig:
     name: str = field(metadata=_NAME)
     backend: str = field(metadata=_choices(*JUDGE_BACKENDS))
     model: str = field(default="", metadata=_FILE)  # hub id, local folder, or .gguf file (transformers)
-    mode: Literal["logprob", "generate"] = field(default="logprob", metadata=_choices("logprob", "generate"))
+    mode: Literal["logprob", "generate"] = "logprob"
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))  # decision: P(yes) > threshold
     dtype: str = "auto"
-    device: Literal["auto", "cpu", "cuda"] = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: int = field(default=64, metadata=_range(1))
     max_new_tokens: int = field(default=8, metadata=_range(1))  # generate mode
     # Where the system prompt goes: a system turn (the reference), or "in-user-turn" for chat
     # templates without a system role (gemma-2).
-    system_prompt: Literal["system-role", "in-user-turn"] = field(
-        default="system-role", metadata=_choices("system-role", "in-user-turn")
-    )
+    system_prompt: Literal["system-role", "in-user-turn"] = "system-role"
     prefix_cache: bool = True  # transformers: run the prompts' shared prefix once (vLLM caches its own)
     max_model_len: int = field(default=1024, metadata=_range(64))
     gpu_memory_utilization: float = field(default=0.9, metadata=_range(0.05, 1.0))
@@ -272,9 +254,7 @@ class JudgeConfig:
     # A custom Ray resource each actor takes one unit of ("" none): pins a judge to the nodes that
     # offer it (a node label, or the fake accelerators of a test cluster) and sizes concurrency.
     resource: str = ""
-    proper_rule: Literal["instance", "capitalized"] = field(
-        default="instance", metadata=_choices("instance", "capitalized")
-    )  # wordnet backend
+    proper_rule: Literal["instance", "capitalized"] = "instance"  # wordnet backend
     compound_head: bool = True  # wordnet backend: "african daisy" is a subcategory of "daisy"
     log_noun: str = field(default="", metadata=_FILE)  # replay backend: NegRefine's llm_process_noun.txt
     log_adj: str = field(default="", metadata=_FILE)  # replay backend: llm_process_adj.txt
@@ -297,14 +277,12 @@ class ScoreConfig:
     alpha: float = 2.0  # NegRefine: S = S_NL + alpha * S_MM
     k_pos: int = field(default=5, metadata=_range(1))
     k_neg: int = field(default=5, metadata=_range(1))
-    permutation_device: Literal["cpu", "cuda"] = field(default="cpu", metadata=_choices("cpu", "cuda"))
-    permutation_seed: Literal["fixed", "run"] = field(default="fixed", metadata=_choices("fixed", "run"))
+    permutation_device: Literal["cpu", "cuda"] = "cpu"
+    permutation_seed: Literal["fixed", "run"] = "fixed"
     # NegRefine's de-duplicated negatives: "shuffled" (a random order seeded with run.seed, as the
     # reference's list(set(...)) gives, so the M mod G the grouped score drops are random ones) or
     # "ranked" (mine's order: the most ID-like adjectives are dropped). README, Faithfulness.
-    negrefine_order: Literal["shuffled", "ranked"] = field(
-        default="shuffled", metadata=_choices("shuffled", "ranked")
-    )
+    negrefine_order: Literal["shuffled", "ranked"] = "shuffled"
     group_seed: int = field(default=0, metadata=_range(0))
     dnm_temperature: float = field(default=0.01, metadata=_range(0.0))
     dnm_tau: float = field(default=0.5, metadata=_range(0.0, 1.0))
@@ -330,13 +308,11 @@ class InterNegConfig:
     weight_decay: float = field(default=0.01, metadata=_range(0.0))
     # The score's arithmetic: "fp32" (default) or "fp16", the reference's (its scores are quantised,
     # so metrics see ties; methods.md 5.6).
-    precision: Literal["fp32", "fp16"] = field(default="fp32", metadata=_choices("fp32", "fp16"))
+    precision: Literal["fp32", "fp16"] = "fp32"
     # The scale of InterNeg's cosines. The reference multiplies by its checkpoint's exp(logit_scale):
     # 100 for OpenAI's weights, score.logit_scale's default. 0 (default) = score.logit_scale; set it for
     # a checkpoint whose own scale differs (1/0.07 for a random-initialised open_clip model).
     logit_scale: float = field(default=0.0, metadata=_range(0.0))
     # The prototype images' preprocessing: "augment" (the reference's RandomResizedCrop + flip, here
     # seeded per image by run.seed and its path) or "center" (InterNeg's deterministic test transform).
-    prototype_preprocess: Literal["augment", "center"] = field(
-        default="augment", metadata=_choices("augment", "center")
-    )
+    prototype_preprocess: Literal["augment", "center"] = "augment"

@@ -21,7 +21,7 @@ def preset_datasets(preset: str, data_root: str) -> tuple[DatasetConfig, ...]:
             name=e.name,
             role=e.role,  # type: ignore[arg-type]
             root=posixpath.join(data_root, e.root),
-            format=e.format,  # type: ignore[arg-type]
+            format=e.format,
             image_list=posixpath.join(data_root, e.image_list) if e.image_list else "",
             expected=e.expected,
         )
