@@ -47,10 +47,11 @@ def check_references(job: JobConfig) -> None:
                 f"{list(job.mining.methods)} lacks it; add it to mining.methods or remove it from "
                 f"score.methods."
             )
-    if "interneg" in job.score.methods and not any(d.role == "prototype" for d in job.datasets):
+    needing = [m for m in job.score.methods if METHODS[m].needs_prototypes]  # catalogue flag
+    if needing and not any(d.role == "prototype" for d in job.datasets):
         raise ConfigError(
-            "score.methods has 'interneg', whose negatives are chosen against ID image prototypes, but no "
-            '[[datasets]] entry has role = "prototype"; add one (labelled ID training images, e.g. '
+            f"score.methods has {needing[0]!r}, whose negatives are chosen against ID image prototypes, "
+            'but no [[datasets]] entry has role = "prototype"; add one (labelled ID training images, e.g. '
             "ImageNet's train_imagenet_16.txt list or an imagefolder with per_class = 16)."
         )
     judges = {"wordnet", *(j.name for j in job.judges)}
