@@ -32,8 +32,8 @@ LLM_OPTIONS = (
 class BackendSpec:
     """Where a backend lives, how it runs and what it reads. `kind` "llm": a `Backend` behind
     `LLMJudge`, asked on a Ray actor pool by the filter stage; "judge": a `Judge` answered in the
-    driver process. `options`: the `JudgeConfig` fields it reads besides `name` and `backend`; the
-    config refuses any other key set to a value of its own (config/load.py)."""
+    driver process. `options`: the `JudgeConfig` fields it reads besides `name` and `backend`; loading
+    a job refuses any other key set to other than its default (config/checks.py)."""
 
     target: str  # "package.module:Class"
     kind: Literal["llm", "judge"]
