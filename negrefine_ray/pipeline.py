@@ -8,16 +8,19 @@ listed with where it is planned; `run` stops before it, so nothing pretends to h
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import unknown_name
-from negrefine_ray.preflight import preflight
+from negrefine_ray.preflight import CLIP_STAGES, preflight
 from negrefine_ray.runfolder.atomic import read_json, write_json
 from negrefine_ray.runfolder.folder import Stage, StageResult, remote_run, run_folder_lock, run_stage
 from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
+
+log = logging.getLogger(__name__)
 
 
 def _sections(*names: str) -> Callable[[JobConfig], Mapping[str, Any]]:
@@ -123,6 +126,7 @@ def run_pipeline(
     forced = {get_stage(n).name for n in force}
     planned = planned_stages(only, until)
     preflight(config, [s.name for s in planned], ray_address)
+    _announce_random_weights(config, [s.name for s in planned])
     results: list[StageResult] = []
     remote = remote_run(config)
     with run_folder_lock(config.run_dir, remote, config.run.lease_seconds):
@@ -137,6 +141,19 @@ def run_pipeline(
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def _announce_random_weights(config: JobConfig, stages: Sequence[str]) -> None:
+    """Say once, here in the driver, that CLIP is random-initialised: the processes that build the
+    model (text and image actors) keep open_clip's own notice to themselves (clip.model)."""
+    from negrefine_ray.clip.model import RANDOM_INIT
+
+    if config.model.pretrained.lower() == RANDOM_INIT and CLIP_STAGES & set(stages):
+        log.warning(
+            "No pretrained weights: model.pretrained = %r, so CLIP %s is random-initialised from "
+            "model.init_seed = %d and its scores are meaningless.",
+            config.model.pretrained, config.model.arch, config.model.init_seed,
+        )  # fmt: skip
 
 
 def planned_stages(only: Sequence[str] | None = None, until: str | None = None) -> list[Stage]:

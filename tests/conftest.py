@@ -8,11 +8,13 @@ uses it builds it once."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +71,8 @@ class SmokeRun:
 
     root: Path
     output: str  # the first run's CLI output
+    warnings: tuple[tuple[str, str, str], ...] = ()  # the first run's (category, file, message)
+    logs: tuple[str, ...] = ()  # the first run's log records of WARNING and above, as messages
 
     @property
     def images(self) -> Path:
@@ -123,9 +127,19 @@ def smoke_run(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Sm
     """The smoke job, run once per session (~40 s on 2 cores)."""
     root = tmp_path_factory.mktemp("smoke-run")
     make_smoke_images(root / "images")
-    code, output = SmokeRun(root, "").run()
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, output = SmokeRun(root, "").run()
+    finally:
+        logging.getLogger().removeHandler(handler)
     assert code == 0, output
-    return SmokeRun(root, output)
+    seen = tuple((w.category.__name__, w.filename, str(w.message)) for w in caught)
+    return SmokeRun(root, output, seen, tuple(r.getMessage() for r in records))
 
 
 @dataclass(frozen=True)

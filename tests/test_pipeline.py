@@ -65,6 +65,18 @@ def test_no_score_column_of_the_smoke_run_is_constant(smoke_run: SmokeRun) -> No
             assert values["auroc"] != 0.5, (row, dataset, values)
 
 
+def test_the_smoke_run_makes_no_deprecated_ray_call_and_says_random_weights_once(smoke_run: SmokeRun) -> None:
+    """Warnings were recorded while the smoke job ran (in this process: the driver's own calls).
+    None is a RayDeprecationWarning raised from this package's code, and the random-weights notice is
+    the driver's one line, not open_clip's from each process that builds the model."""
+    assert smoke_run.warnings, "the recorder saw nothing at all: is it recording?"
+    package = str(Path(__file__).resolve().parents[1] / "negrefine_ray")
+    ours = [w for w in smoke_run.warnings if w[0] == "RayDeprecationWarning" and w[1].startswith(package)]
+    assert ours == []
+    notices = [message for message in smoke_run.logs if "No pretrained weights" in message]
+    assert len(notices) == 1 and "model.init_seed" in notices[0], notices
+
+
 def test_a_second_run_does_no_work_and_changes_nothing(smoke_run: SmokeRun) -> None:
     before = _snapshot(smoke_run.run_dir)
     code, out = smoke_run.run()

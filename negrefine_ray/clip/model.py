@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -153,6 +154,25 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[A
     return torch.autocast("cuda", dtype=torch.float16 if resolved == "fp16" else torch.bfloat16)
 
 
+class _NoRandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" warning. Random
+    initialisation is what model.pretrained = "none" asks for (and a weights file follows it); the
+    driver says so once per run (pipeline.run_pipeline), not every process that builds the model."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Any:
+    root, notice = logging.getLogger(), _NoRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
 def create_clip(cfg: ModelConfig, device: str = "cpu") -> tuple[torch.nn.Module, Any, WeightsRef]:
     """Build the model (eval mode, fp32 on `device`) and its open_clip image preprocessing.
 
@@ -174,7 +194,8 @@ def create_clip(cfg: ModelConfig, device: str = "cpu") -> tuple[torch.nn.Module,
             ) from exc
     else:
         torch.manual_seed(cfg.init_seed)  # random init is reproducible from model.init_seed
-        model, _, preprocess = open_clip.create_model_and_transforms(cfg.arch, pretrained=None)
+        with _quiet_random_init():
+            model, _, preprocess = open_clip.create_model_and_transforms(cfg.arch, pretrained=None)
         if weights.kind == "file":
             _load_file(model, cfg.arch, weights.value)
         model = model.to(device)

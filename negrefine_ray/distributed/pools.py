@@ -152,9 +152,10 @@ class ActorPool:
 
         return {
             "fn_constructor_kwargs": dict(self.constructor),
+            # Actors go on as many nodes as fit: Ray Data's default scheduling strategy for them is
+            # DataContext.scheduling_strategy, "SPREAD" (on one node: no effect). Only named
+            # map_batches parameters are passed: Ray 2.60 deprecates the **ray_remote_args catch-all.
             "compute": ray.data.ActorPoolStrategy(size=self.plan.pool.actors),
-            # actors on as many nodes as fit (on one node: no effect); GPUs still place GPU actors
-            "scheduling_strategy": "SPREAD",
             "num_gpus": self.plan.pool.actor_gpus,
             "num_cpus": self.plan.pool.actor_cpus,
             "batch_size": self.batch_size,
