@@ -4,10 +4,12 @@ determinism."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -94,3 +96,28 @@ def test_mine_is_independent_of_the_hash_seed(text_run: JobConfig) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert path.read_bytes() == before
+
+
+@pytest.mark.ray
+def test_one_text_pool_serves_every_text_list_of_an_encoder(smoke_run: SmokeRun, tmp_path: Path) -> None:
+    """embed-text, mine and score send an encoder many text lists; its actors start once and load CLIP
+    once each (their load ids, new at every start or restart, are the same after the last list as
+    after the first), and the features equal the in-process ones."""
+    from negrefine_ray.clip.text_service import TextEncoder
+
+    sets = smoke_run.sets(**{"text.local_below": 0, "text.num_actors": 2, "run.cache_dir": tmp_path})
+    config = load_config(SMOKE_JOB, [s for s in sets if s != "--set"])
+    encoder = TextEncoder(config, lambda: None)
+    lists = [["tench"], ["daisy", "gooey landscape"], [f"a photo of a w{i}" for i in range(40)]]
+    try:
+        got = [encoder.features(lists[0])]
+        pool, loads = encoder._pool, encoder._pool.load_ids()
+        got += [encoder.features(texts) for texts in lists[1:]]
+        assert encoder._pool is pool and pool.load_ids() == loads
+        assert len(set(loads)) == 2  # two actors, one model load each
+    finally:
+        encoder.close()
+    local = dataclasses.replace(config, text=dataclasses.replace(config.text, local_below=10**9))
+    here = TextEncoder(local, lambda: None)
+    for texts, features in zip(lists, got, strict=True):
+        np.testing.assert_allclose(features, here._encode_here(texts), atol=1e-5)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 from negrefine_ray.clip.model import (
@@ -32,6 +31,7 @@ from negrefine_ray.distributed.pools import (
     ROW,
     ActorPool,
     PoolPlan,
+    ResidentPool,
     count_nodes,
     node_id,
     reassemble,
@@ -225,6 +225,16 @@ class TextEmbedder:
         return {**batch, "embedding": embedding, NODE: np.full(len(texts), self.node)}
 
 
+def text_pool(
+    model: ModelConfig, text: TextConfig, plan: PoolPlan, actor: type = TextEmbedder
+) -> ResidentPool:
+    """The text actors of the fitted `plan`, started once: each loads CLIP once and encodes every
+    text list the stage sends it (TextEncoder keeps it for the stage's whole run)."""
+    return ResidentPool(
+        ActorPool(actor, {"model": model, "text": text, "device": plan.device}, plan, text.batch_size)
+    )
+
+
 def embed_texts_ray(
     texts: Sequence[str],
     model: ModelConfig,
@@ -233,22 +243,26 @@ def embed_texts_ray(
     *,
     actor: type = TextEmbedder,
     nodes: dict[str, int] | None = None,
+    pool: ResidentPool | None = None,
 ) -> np.ndarray:
-    """`encode_texts` on the actor pool of the fitted `plan`, text.batch_size texts a batch; (n, D)
-    float32 unnormalised, row i for texts[i] (rows come back in any order and are put back by index).
-    The texts each Ray node encoded are added to `nodes`.
+    """`encode_texts` on the text actors of the fitted `plan` (or the running `pool`), text.batch_size
+    texts a batch; (n, D) float32 unnormalised, row i for texts[i] (batches come back in any order
+    and are put back by index). The texts each Ray node encoded are added to `nodes`.
     """
-    import ray
-
     n = len(texts)
     if n == 0:
         return np.empty((0, text_embed_dim(model.arch)), dtype=np.float32)
-    size = text.batch_size
-    table = pa.table({ROW: pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(list(texts))})
-    # One block a batch, so idle actors can take work from busy ones.
-    blocks = ray.data.from_arrow([table.slice(i, size) for i in range(0, n, size)])
-    pool = ActorPool(actor, {"model": model, "text": text, "device": plan.device}, plan, size)
-    batches = pool.apply(blocks).iter_batches(batch_size=None, batch_format="numpy")
-    out = reassemble(batches, n, ["embedding", NODE], stage="text embedding")
+    size, rows = text.batch_size, np.arange(n, dtype=np.int64)
+    batches = [
+        {ROW: rows[i : i + size], "text": np.array(list(texts[i : i + size]), dtype=object)}
+        for i in range(0, n, size)
+    ]
+    own = pool is None
+    actors = text_pool(model, text, plan, actor) if pool is None else pool
+    try:
+        out = reassemble(actors.map(batches), n, ["embedding", NODE], stage="text embedding")
+    finally:
+        if own:
+            actors.close()
     count_nodes(out[NODE], nodes)
     return out["embedding"]

@@ -29,6 +29,7 @@ class TextEncoder:
         self.cache = TextEmbeddingCache(config.cache_dir / "text-features")
         self._plan: PoolPlan | None = None
         self._local: tuple[Any, Any] | None = None
+        self._pool: Any = None  # the text actors (clip.text.text_pool), started at the first Ray pass
         self.encoded = 0  # texts actually run through CLIP (cache misses)
         self.nodes: dict[str, int] = {}  # texts each Ray node's actors encoded
 
@@ -69,7 +70,20 @@ class TextEncoder:
         if plan.device == "cpu" and len(texts) < self.config.text.local_below:
             return self._encode_here(texts)
         self.connect()  # a CPU plan may not have connected
-        return embed_texts_ray(texts, self.config.model, self.config.text, fit_plan(plan), nodes=self.nodes)
+        if self._pool is None:  # one pool for every text list of this encoder: CLIP loaded once per actor
+            from negrefine_ray.clip.text import text_pool
+
+            self._plan = plan = fit_plan(plan)
+            self._pool = text_pool(self.config.model, self.config.text, plan)
+        return embed_texts_ray(
+            texts, self.config.model, self.config.text, plan, nodes=self.nodes, pool=self._pool
+        )
+
+    def close(self) -> None:
+        """End the text actors, if any started (they also end when the encoder is dropped)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def _encode_here(self, texts: Sequence[str]) -> np.ndarray:
         from negrefine_ray.clip.model import create_clip, get_tokenizer

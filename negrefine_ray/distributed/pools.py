@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -174,6 +175,65 @@ class ActorPool:
         2.60's defaults for actor pools (max_restarts=-1, max_task_retries=-1): a retried batch
         replaces the lost one, and `reassemble` checks that no row was lost or doubled."""
         return ds.map_batches(self.actor, **self.map_batches_kwargs())
+
+
+class ResidentPool:
+    """An ActorPool's actors started once and kept for every pass of a stage (embed-text's text
+    lists, the score stage's pair texts), so each actor loads its model once per stage run. Plain
+    Ray actors with the pool's resources, spread over the nodes; their constructor arguments are
+    small config sections passed inline, so Ray can restart an actor that dies (max_restarts=-1) and
+    retry its batch (max_task_retries=-1). The actors end with the pool (`close`, or when it is
+    dropped). Batches are dicts of numpy columns carrying a ROW column; `map` yields the results in
+    the order they finish, for `reassemble`."""
+
+    def __init__(self, pool: ActorPool) -> None:
+        import ray
+
+        base: Any = pool.actor
+        base_init = base.__init__
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            base_init(self, *args, **kwargs)
+            self.loaded = f"{os.getpid()}-{time.time_ns()}"  # new at every start or restart
+
+        methods = {"__init__": __init__, "run": _run_batch, "load_id": lambda self: self.loaded}
+        resident = type(f"Resident{base.__name__}", (base,), methods)
+        options: dict[str, Any] = {
+            "num_cpus": pool.plan.pool.actor_cpus,
+            "num_gpus": pool.plan.pool.actor_gpus,
+            "scheduling_strategy": "SPREAD",
+            "max_restarts": -1,
+            "max_task_retries": -1,
+        }
+        if pool.resources:
+            options["resources"] = dict(pool.resources)
+        if pool.plan.cpu_threads:
+            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(pool.plan.cpu_threads)}}
+        cls: Any = ray.remote(resident).options(**options)
+        self.actors: list[Any] = [cls.remote(**pool.constructor) for _ in range(pool.plan.pool.actors)]
+
+    def map(self, batches: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
+        from ray.util import ActorPool as RayActorPool
+
+        return RayActorPool(self.actors).map_unordered(lambda a, b: a.run.remote(b), list(batches))
+
+    def load_ids(self) -> list[str]:
+        """One id per actor that changes whenever the actor starts again (its model loaded again)."""
+        import ray
+
+        return list(ray.get([a.load_id.remote() for a in self.actors]))
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def _run_batch(self: Any, batch: Mapping[str, Any]) -> Any:
+    """A resident actor's one remote method: its callable class's __call__ on one batch."""
+    return self(batch)
 
 
 def require_columns(batch: Mapping[str, Any], needed: Sequence[str], who: str) -> None:

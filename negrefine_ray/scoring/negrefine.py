@@ -79,6 +79,7 @@ def score_negrefine(inp: ScoreInput) -> Scored:
         k_pos=sc.k_pos, k_neg=sc.k_neg, logit_scale=sc.logit_scale, chunk_size=sc.chunk_size,
     )  # fmt: skip
     pairs["texts_encoded"] = encoder.encoded - before
+    encoder.close()  # the text actors, if a pair batch went to Ray
     for judge in use:
         row = rows[judge]
         s_nl = out.grouped(inp, row, id_text, neg_text[sets[row]])

@@ -139,4 +139,5 @@ def run_embed_text(ctx: StageContext) -> StageOutput:
         f"{len(labels):,} ID labels, {pos.count('noun'):,} nouns and {pos.count('adj'):,} adjectives "
         f"embedded ({encoder.encoded:,} texts through CLIP, the rest from the cache; {encoder.precision})"
     )
+    encoder.close()  # the text actors, if a list went to Ray
     return StageOutput(("id_labels.parquet", "candidates.parquet"), summary, stats)

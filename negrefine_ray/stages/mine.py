@@ -119,6 +119,7 @@ def run_mine(ctx: StageContext) -> StageOutput:
         )
         for m, s in stats.items()
     )
+    encoder.close()  # the text actors, if a list went to Ray
     return StageOutput(tuple(artifacts), summary, stats)
 
 
