@@ -151,8 +151,9 @@ def test_judge_actor_answers_a_batch_with_the_fake_backend() -> None:
 
 @pytest.mark.ray
 def test_ray_asker_with_the_fake_backend_decides_as_in_process(ray_session: Any, tmp_path: Path) -> None:
-    """Both waves of NegFilter through a Ray actor pool of fake engines: the same decisions as the
-    same judge in this process, every answer persisted once, and a rerun asks nothing."""
+    """Both waves of NegFilter through one Ray actor pool of fake engines (each loaded once): the same
+    decisions as the same judge in this process, every answer persisted once, and a rerun asks
+    nothing."""
     rng = random.Random(5)
     labels = [f"neg{i}" for i in range(12)]
     nearest = [rng.sample([f"id{i}" for i in range(20)], 3) for _ in labels]
@@ -163,7 +164,19 @@ def test_ray_asker_with_the_fake_backend_decides_as_in_process(ray_session: Any,
     local = run_judge(negatives, in_process_asker(judge, PROMPTS, local_store, 5), local_store, meta, "keep")
 
     store = AnswerStore(tmp_path / "ray")
-    remote = run_judge(negatives, ray_asker(FAKE, PROMPTS, store, seed=0, chunk_size=5), store, meta, "keep")
+    two = dataclasses.replace(FAKE, num_actors=2)
+    ask = ray_asker(two, PROMPTS, store, seed=0, chunk_size=5)
+    loads: list[list[str]] = []
+
+    def asking(questions: Any) -> None:  # the actors' load ids at every wave
+        ask(questions)
+        assert ask.pool is not None
+        loads.append(ask.pool.load_ids())
+
+    remote = run_judge(negatives, asking, store, meta, "keep")
+    ask.close()
+    # one set of actors for both waves: each loaded its engine once
+    assert len(loads) == 2 and loads[0] == loads[1] and len(set(loads[0])) == 2
     assert remote.decisions.equals(local.decisions) and remote.labels.equals(local.labels)
     asked = remote.counts["questions_asked"]
     assert asked > 12 and len(store.answers) == asked

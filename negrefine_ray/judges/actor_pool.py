@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from negrefine_ray.core.negfilter import PromptSet, Question
 from negrefine_ray.distributed.pools import (
     ActorPool,
     PoolSpec,
+    ResidentPool,
     cluster_gpus,
     fit_plan,
     plan_pool,
@@ -68,7 +69,7 @@ class JudgeActor:
         }
 
 
-def _answers(batch: dict[str, np.ndarray]) -> list[Answer]:
+def _answers(batch: Mapping[str, np.ndarray]) -> list[Answer]:
     return [
         Answer(
             str(qid),
@@ -98,6 +99,80 @@ def judge_pool_spec(cfg: JudgeConfig) -> PoolSpec:
     )
 
 
+class RayAsker:
+    """Asks the store's unanswered questions through the judge's actors, persisting answers chunk by
+    chunk, counting them in `account` and logging progress. The actors start at the first question
+    that needs them and stay for every later ask (NegFilter's two waves, corpus-scope chunks), so
+    each loads its model once; `close` ends them (so does dropping the asker). A dead actor is
+    restarted and its batch retried (distributed.ResidentPool); the store keys answers by qid, so no
+    row reassembly is needed."""
+
+    def __init__(
+        self, cfg: JudgeConfig, prompts: PromptSet, store: AnswerStore, *, seed: int, chunk_size: int,
+        actor_cls: type = JudgeActor, account: JudgeAccount | None = None,
+    ) -> None:  # fmt: skip
+        self.cfg, self.prompts, self.store, self.seed, self.chunk_size = cfg, prompts, store, seed, chunk_size
+        self.actor_cls = actor_cls
+        self.account = account if account is not None else JudgeAccount(cfg.name)
+        self.pool: ResidentPool | None = None
+
+    def _actors(self) -> ResidentPool:
+        if self.pool is None:
+            plan = fit_plan(plan_pool(judge_pool_spec(self.cfg), cluster_gpus()))
+            self.account.actors = plan.pool.actors
+            self.account.gpus = plan.pool.actors * plan.pool.actor_gpus
+            constructor = {"judge": self.cfg, "prompts": self.prompts, "seed": self.seed}
+            actors = ActorPool(
+                self.actor_cls, constructor, plan, self.cfg.batch_size, judge_resources(self.cfg)
+            )
+            self.pool = ResidentPool(actors)
+        return self.pool
+
+    def __call__(self, questions: Sequence[Question]) -> None:
+        store, account = self.store, self.account
+        todo = store.missing(questions)
+        account.from_store += len({q.qid for q in questions}) - len(todo)
+        if not todo:
+            return
+        t0 = time.perf_counter()
+        size = self.cfg.batch_size
+        batches = [
+            {c: np.array([getattr(q, c) for q in todo[i : i + size]], dtype=object) for c in QUESTION_COLUMNS}
+            for i in range(0, len(todo), size)
+        ]
+        progress = ray_stage_progress(f"filter: judge '{self.cfg.name}'", len(todo), "questions")
+        pending: list[Answer] = []
+        pending_ids: set[str] = set()
+        for batch in self._actors().map(batches):
+            answers = _answers(batch)
+            fresh = [a for a in answers if a.qid not in store.answers and a.qid not in pending_ids]
+            account.duplicates += len(answers) - len(fresh)
+            pending += fresh
+            pending_ids.update(a.qid for a in fresh)
+            for name in TOKEN_COLUMNS:
+                setattr(account, name, getattr(account, name) + int(batch.get(name, np.zeros(1)).sum()))
+            while len(pending) >= self.chunk_size:  # one store shard per chunk_size answers
+                self._persist(pending[: self.chunk_size], progress)
+                pending = pending[self.chunk_size :]
+        self._persist(pending, progress)
+        if progress is not None:
+            progress.close()
+        account.busy_s += time.perf_counter() - t0
+
+    def _persist(self, answers: list[Answer], progress: Any) -> None:
+        if answers:
+            self.store.add(answers)
+            self.account.asked += len(answers)
+            self.account.answered(len(answers))
+            if progress is not None:
+                progress.update(len(answers))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
 def ray_asker(
     cfg: JudgeConfig,
     prompts: PromptSet,
@@ -107,44 +182,11 @@ def ray_asker(
     chunk_size: int,
     actor_cls: type = JudgeActor,
     account: JudgeAccount | None = None,
-) -> Callable[[Sequence[Question]], None]:
-    """An asker that sends the store's unanswered questions through an actor pool of `actor_cls`,
-    persisting answers chunk by chunk, counting them in `account` and logging progress."""
-    import ray
-
-    account = account if account is not None else JudgeAccount(cfg.name)
-
-    def ask(questions: Sequence[Question]) -> None:
-        todo = store.missing(questions)
-        account.from_store += len({q.qid for q in questions}) - len(todo)
-        if not todo:
-            return
-        t0 = time.perf_counter()
-        plan = fit_plan(plan_pool(judge_pool_spec(cfg), cluster_gpus()))
-        account.actors, account.gpus = plan.pool.actors, plan.pool.actors * plan.pool.actor_gpus
-        constructor = {"judge": cfg, "prompts": prompts, "seed": seed}
-        pool = ActorPool(actor_cls, constructor, plan, cfg.batch_size, judge_resources(cfg))
-        rows = [{c: getattr(q, c) for c in QUESTION_COLUMNS} for q in todo]
-        progress = ray_stage_progress(f"filter: judge '{cfg.name}'", len(todo), "questions")
-        # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1); the
-        # store keys answers by qid, so no row reassembly is needed here.
-        ds = pool.apply(ray.data.from_items(rows))
-        for batch in ds.iter_batches(batch_size=chunk_size, batch_format="numpy"):
-            answers = _answers(batch)
-            fresh = [a for a in answers if a.qid not in store.answers]
-            account.duplicates += len(answers) - len(fresh)
-            store.add(fresh)
-            account.asked += len(fresh)
-            account.answered(len(fresh))
-            for name in TOKEN_COLUMNS:
-                setattr(account, name, getattr(account, name) + int(batch.get(name, np.zeros(1)).sum()))
-            if progress is not None:
-                progress.update(len(fresh))
-        if progress is not None:
-            progress.close()
-        account.busy_s += time.perf_counter() - t0
-
-    return ask
+) -> RayAsker:
+    """The judge's RayAsker: one set of actors for every ask."""
+    return RayAsker(
+        cfg, prompts, store, seed=seed, chunk_size=chunk_size, actor_cls=actor_cls, account=account
+    )
 
 
 def judge_resources(cfg: JudgeConfig) -> dict[str, float]:

@@ -180,7 +180,10 @@ def _run_members(
         store = AnswerStore(answer_store_root(config.cache_dir, judge.identity(), prompts))
         meta = {"judge": cfg.name, "prompt_set": config.filter.prompt_set}
         ask = _asker(cfg, judge, prompts, store, config, account)
-        run = run_judge(negatives, ask, store, meta, config.filter.invalid_policy)
+        try:
+            run = run_judge(negatives, ask, store, meta, config.filter.invalid_policy)
+        finally:
+            getattr(ask, "close", lambda: None)()  # an LLM judge's actors, kept across both waves
         account.finished = time.time()
         out[cfg.name] = (run, account)
     return out
