@@ -168,9 +168,11 @@ def local_cluster(workers: int = 2, cpus: int = 2, prefix: str = "nrc.") -> Iter
     """Start a local cluster; stop exactly its nodes (by their temp dirs) on the way out."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))  # short: socket paths < 108 bytes
     # the S3 test server's dummy credentials too: nodes keep the environment they start with, and a
-    # job on the shared cluster may use the store (test_object_store)
+    # job on the shared cluster may use the store (test_object_store). The nodes share this machine's
+    # cores, so every process on them runs one intra-op thread (CPU actors would take their node's
+    # cores by default: pools.fit_plan).
     env = {**os.environ, **S3_ENV, "RAY_AUTH_MODE": "token", "RAY_BIN": str(VENV / "ray"),
-           "PYTHON_BIN": sys.executable}  # fmt: skip
+           "PYTHON_BIN": sys.executable, "OMP_NUM_THREADS": "1"}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     try:
         subprocess.run(

@@ -39,3 +39,24 @@ def test_the_plan_sets_omp_num_threads_of_cpu_actors_only() -> None:
     assert env == {"OMP_NUM_THREADS": "2"}
     unset = ActorPool(ImageEmbedder, {}, PoolPlan("cuda", PoolRequest("p", 1, 1.0, 1.0)), 8)
     assert "runtime_env" not in unset.map_batches_kwargs()
+
+
+@pytest.mark.ray
+def test_cpu_actors_take_the_free_cores_by_default(
+    ray_session: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fit_plan's default gives a CPU pool's actor the node's free cores; OMP_NUM_THREADS in the
+    driver's environment, or NEGREFINE_CPU_ACTOR_THREADS=ray, leave Ray's own default (0 here)."""
+    from negrefine_ray.distributed.pools import CPU_ACTOR_THREADS_ENV, fit_plan
+    from negrefine_ray.distributed.resources import read_cluster
+
+    plan = PoolPlan("cpu", PoolRequest("p", 1, 0.5))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(CPU_ACTOR_THREADS_ENV, raising=False)
+    free = int(max(n["CPU"] for n in read_cluster().free))
+    assert fit_plan(plan).cpu_threads == max(1, free)
+    monkeypatch.setenv(CPU_ACTOR_THREADS_ENV, "ray")
+    assert fit_plan(plan).cpu_threads == 0
+    monkeypatch.delenv(CPU_ACTOR_THREADS_ENV)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert fit_plan(plan).cpu_threads == 0

@@ -60,7 +60,8 @@ def test_smoke_job_on_a_three_node_cluster_spreads_and_equals_a_local_run(
     local = subprocess.run(
         [*cli, "run", "jobs/smoke.toml", *_sets(tmp_path, images, "local")],
         cwd=REPO, capture_output=True, text=True, timeout=1800,
-        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        # one intra-op thread, as the cluster's nodes: the same float summation order, byte-identical
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     here = tmp_path / "local" / "smoke"

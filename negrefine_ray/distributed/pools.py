@@ -99,18 +99,19 @@ def fit_plan(plan: PoolPlan) -> PoolPlan:
     """`plan` sized to what the connected Ray has free next to the driver (resources.fit_pool): fewer
     automatic GPU actors, or smaller CPU shares for actors and tasks alike (their ratio kept); a
     StageError with the numbers when even that does not fit. Call it right before the pool starts.
-    With NEGREFINE_CPU_ACTOR_THREADS=cores in the driver's environment, CPU actors get the intra-op
-    threads of resources.cpu_threads (2x end-to-end on 2 cores: jobs/bench/pipeline_efficiency.py),
-    unless it sets OMP_NUM_THREADS too; otherwise Ray's default stands (floor of the CPU request).
-    Opt-in until the multi-node and fault tests, whose Ray nodes share one machine's cores, pass
-    with it."""
+    CPU actors get the intra-op threads of resources.cpu_threads, their node's free cores shared
+    among the pool's actors there (2x end-to-end on 2 cores: jobs/bench/pipeline_efficiency.py),
+    unless the driver's environment sets OMP_NUM_THREADS (then every process keeps that) or
+    NEGREFINE_CPU_ACTOR_THREADS=ray (Ray's default: the floor of the CPU request, 1 thread for the
+    0.5 or 1 CPU the pools ask). Ray nodes that share one machine's cores (the multi-node and fault
+    tests) set OMP_NUM_THREADS=1."""
     pool = fit_pool_on_cluster(plan.pool).pool
-    cores = os.environ.get(CPU_ACTOR_THREADS_ENV, "ray") == "cores"
+    cores = os.environ.get(CPU_ACTOR_THREADS_ENV, "cores") != "ray"
     own = plan.device != "cpu" or "OMP_NUM_THREADS" in os.environ or not cores
     return dataclasses.replace(plan, pool=pool, cpu_threads=0 if own else cpu_threads(pool, read_cluster()))
 
 
-CPU_ACTOR_THREADS_ENV = "NEGREFINE_CPU_ACTOR_THREADS"  # "cores": see fit_plan
+CPU_ACTOR_THREADS_ENV = "NEGREFINE_CPU_ACTOR_THREADS"  # "cores" (the default) or "ray": see fit_plan
 NODE = "node"  # the batch column an actor writes its Ray node id into (manifests count rows per node)
 
 
