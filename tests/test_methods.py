@@ -340,3 +340,23 @@ def test_duplicate_dataset_names_fail_at_load(tmp_path: Path) -> None:
     job.write_text(JOB + JOB[JOB.index("[[datasets]]") :])
     with pytest.raises(ConfigError, match=r"\[\[datasets\]\] names must be unique; ninco appear"):
         load_config(job)
+
+
+@pytest.mark.ray
+def test_scores_computed_on_ray_workers_equal_the_drivers(ray_session: None, tmp_path: Path) -> None:
+    """score.workers = "cluster" scores the images as Ray tasks over blocks (here 4 images, two chunks
+    of 2): every column equals the driver's within 1e-9, the manifest counts the images the tasks
+    scored, and the stage's hash is the same (where the scores are computed is not what they are)."""
+    small = {"chunk_size": 2, "block_rows": 5}  # rounded down to whole chunks: blocks of 4
+    here = _score_run(tmp_path / "driver", {**small, "workers": "driver"})
+    there = _score_run(tmp_path / "cluster", {**small, "workers": "cluster"})
+    a = read_parquet(here.run_dir / "score" / "scores.parquet")
+    b = read_parquet(there.run_dir / "score" / "scores.parquet")
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows == 14
+    for name in a.column_names[5:]:
+        np.testing.assert_allclose(b.column(name).to_numpy(), a.column(name).to_numpy(), rtol=0, atol=1e-9)
+    manifests = [read_json(c.run_dir / "score" / "manifest.json") for c in (here, there)]
+    driver, cluster = (m["stats"]["workers"] for m in manifests)
+    assert not driver["tasks"] and driver["nodes"] == {}
+    assert cluster["tasks"] and cluster["block_rows"] == 4 and sum(cluster["nodes"].values()) > 14
+    assert manifests[0]["hash"] == manifests[1]["hash"]

@@ -1,7 +1,7 @@
 """The smoke job on a real three-node Ray cluster on this machine (cluster/local_cluster.sh: a head that
 runs no tasks and two worker nodes, each its own `ray start`, temp dir, ports and custom resources,
 token auth on; the session's `shared_cluster`), submitted with `ray job submit`: the embedding actors
-run on both workers, and the results equal a local run's."""
+run on both workers, so do the score tasks, and the results equal a local run's."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ def _sets(out: Path, images: Path, run: str) -> list[str]:
         "datasets.demo-prototype.root": images / "prototype",
         "images.num_actors": 2,  # two CPU actors per pool: the SPREAD strategy puts one on each worker
         "text.num_actors": 2,  # the large text lists (ID labels x templates) through the pool, spread
+        # the scores as Ray tasks over blocks of 8 images (score.workers "auto" on a cluster)
+        "score.chunk_size": 8,
+        "score.block_rows": 8,
     }
     return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
 
@@ -56,6 +59,8 @@ def test_smoke_job_on_a_three_node_cluster_spreads_and_equals_a_local_run(
     for stage in ("embed-images", "embed-text"):
         nodes = read_json(remote / stage / "manifest.json")["stats"]["nodes"]
         assert set(nodes) == workers, (stage, nodes, workers)  # both workers, never the head
+    scored = read_json(remote / "score" / "manifest.json")["stats"]["workers"]
+    assert scored["tasks"] and set(scored["nodes"]) == workers, scored  # the scores on both workers too
 
     local = subprocess.run(
         [*cli, "run", "jobs/smoke.toml", *_sets(tmp_path, images, "local")],

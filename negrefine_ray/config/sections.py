@@ -281,13 +281,19 @@ class ScoreConfig:
     permutation_seed: Literal["fixed", "run"] = "fixed"
     # NegRefine's de-duplicated negatives: "shuffled" (a random order seeded with run.seed, as the
     # reference's list(set(...)) gives, so the M mod G the grouped score drops are random ones) or
-    # "ranked" (mine's order: the most ID-like adjectives are dropped). README, Faithfulness.
+    # "ranked" (mine's order: the most ID-like adjectives are dropped). docs/faithfulness.md.
     negrefine_order: Literal["shuffled", "ranked"] = "shuffled"
     group_seed: int = field(default=0, metadata=_range(0))
     dnm_temperature: float = field(default=0.01, metadata=_range(0.0))
     dnm_tau: float = field(default=0.5, metadata=_range(0.0, 1.0))
     dnm_seed: int = field(default=50, metadata=_range(0))
     chunk_size: int = field(default=1024, metadata=_range(1))  # images per scoring step
+    # Where the per-image scores are computed (scoring.rows): "driver" (this process), "cluster" (Ray
+    # tasks over blocks of block_rows images, rounded down to whole chunks, on the cluster's workers)
+    # or "auto": the cluster when the job runs on one (a Ray address) of more than one node. The
+    # columns are the same either way, so neither key is part of the stage's hash.
+    workers: Literal["auto", "driver", "cluster"] = "auto"
+    block_rows: int = field(default=65_536, metadata=_range(1))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,10 @@ from negrefine_ray.scoring.inputs import Scored, ScoreInput
 def score_mcm(inp: ScoreInput) -> Scored:
     """MCM (App. B): the maximum softmax over the cosines to the ID prompts."""
     out = Scored()
-    values = scores.mcm(inp.image, inp.id_text(), inp.sc.mcm_temperature, chunk_size=inp.sc.chunk_size)
+    values = inp.rows.map(
+        scores.mcm, inp.image, id_text=inp.id_text(), temperature=inp.sc.mcm_temperature,
+        chunk_size=inp.sc.chunk_size,
+    )  # fmt: skip
     out.add(score_column(inp.method), values)
     return out
 
@@ -38,9 +41,9 @@ def score_dnm(inp: ScoreInput) -> Scored:
     for name, perm in zip(inp.ood, perms, strict=True):
         rows = is_id | (inp.ood_of == name)
         values = np.full(inp.image.shape[0], np.nan)
-        values[rows] = scores.dnm(
-            inp.image[rows], id_text, neg_text, permutation=perm, n_groups=sc.n_groups,
-            temperature=sc.dnm_temperature, tau=sc.dnm_tau, chunk_size=sc.chunk_size,
+        values[rows] = inp.rows.map(
+            scores.dnm, inp.image[rows], id_text=id_text, neg_text=neg_text, permutation=perm,
+            n_groups=sc.n_groups, temperature=sc.dnm_temperature, tau=sc.dnm_tau, chunk_size=sc.chunk_size,
         )  # fmt: skip
         out.add(score_column(method, pool, seed=sc.dnm_seed, ood=name, pool=pool is not None), values)
     return out

@@ -22,6 +22,7 @@ from negrefine_ray.errors import ConfigError, StageError
 from negrefine_ray.runfolder.artifacts import view_matrix
 from negrefine_ray.runfolder.atomic import column_matrix
 from negrefine_ray.scoring.columns import ScoreColumn, grouping_seed
+from negrefine_ray.scoring.rows import Rows
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ScoreInput:
     pool: str | None = None
     judges: tuple[str, ...] = ()
     prototypes: tuple[np.ndarray, np.ndarray] | None = None
+    rows: Rows = field(default_factory=Rows)  # where the per-image score functions run
 
     @property
     def sc(self) -> ScoreConfig:
@@ -87,9 +89,9 @@ class Scored:
         sc = inp.sc
         self.check_groups(sc.n_groups, neg_text.shape[0], what)
         perm = scores.grouping_permutation(neg_text.shape[0], sc.n_groups, inp.seed, sc.permutation_device)
-        return scores.neglabel(
-            inp.image, id_text, neg_text, n_groups=sc.n_groups, logit_scale=sc.logit_scale,
-            permutation=perm, chunk_size=sc.chunk_size,
+        return inp.rows.map(
+            scores.neglabel, inp.image, id_text=id_text, neg_text=neg_text, n_groups=sc.n_groups,
+            logit_scale=sc.logit_scale, permutation=perm, chunk_size=sc.chunk_size,
         )  # fmt: skip
 
     def check_groups(self, g: int, m: int, what: str) -> None:

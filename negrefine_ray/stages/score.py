@@ -30,6 +30,7 @@ from negrefine_ray.core.methods import (
     image_preprocessing,
     prototype_preprocessing,
 )
+from negrefine_ray.distributed.session import resolve_address
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.judges.roster import judge_configs
 from negrefine_ray.progress import Progress
@@ -39,8 +40,11 @@ from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.scoring.columns import ScoreColumn, grouping_seed
 from negrefine_ray.scoring.inputs import ScoreInput
 from negrefine_ray.scoring.registry import scorer_of
+from negrefine_ray.scoring.rows import Rows
 
 IMAGE_COLUMNS = tuple(IMAGES.schema.names) if IMAGES.schema else ()  # plus one embedding@<variant> each
+# Score keys that change where and in what steps the scores are computed, not what they are.
+EXECUTION_ONLY = ("chunk_size", "workers", "block_rows")
 # The config sections of the methods that name one (Method.settings): part of the hash only when used.
 METHOD_SECTIONS: tuple[str, ...] = tuple(sorted({m.settings for m in METHODS.values() if m.settings}))
 
@@ -66,7 +70,7 @@ def _judges(config: JobConfig) -> list[str]:
 
 
 def score_settings(config: JobConfig) -> dict[str, Any]:
-    score = {k: v for k, v in dataclasses.asdict(config.score).items() if k != "chunk_size"}
+    score = {k: v for k, v in dataclasses.asdict(config.score).items() if k not in EXECUTION_ONLY}
     score["methods"] = check_methods(config)
     score["preprocess"] = image_preprocessing(score["methods"], config.images.preprocess)
     # The model embeds NegRefine's cleaned negatives and pair texts here, so it is part of the hash.
@@ -135,6 +139,22 @@ def _prototypes(rows: pa.Table, config: JobConfig, variant: str) -> tuple[np.nda
     return labels, column_matrix(rows, embedding_name(proto or variant))
 
 
+def score_rows(ctx: StageContext) -> Rows:
+    """Where the per-image score functions run (score.workers): Ray tasks on the cluster, or here.
+    "auto" takes the cluster when the job has a Ray address and that cluster has more than one node."""
+    sc = ctx.config.score
+    block = max(1, sc.block_rows // sc.chunk_size) * sc.chunk_size  # whole chunks: the same products
+    tasks = sc.workers == "cluster"
+    if sc.workers == "auto" and resolve_address(ctx.config.ray, ctx.ray_address):
+        import ray
+
+        ctx.ray()
+        tasks = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+    elif tasks:
+        ctx.ray()
+    return Rows(tasks=tasks, block=block)
+
+
 def _merge(into: dict[str, Any], entries: Mapping[str, Any]) -> None:
     """A scorer's manifest entries into the stage's; dicts under the same key are merged."""
     for key, value in entries.items():
@@ -168,6 +188,7 @@ def run_score(ctx: StageContext) -> StageOutput:
     ood = tuple(dict.fromkeys(d for d in ood_of.tolist() if d is not None))
     ids, mined = ID_LABELS.read(ctx.run_dir), NEGATIVES.read(ctx.run_dir)
     judges = tuple(_judges(config))
+    rows = score_rows(ctx)
     # each method, then the same methods over the pools the judges filtered (mining.filtered_by)
     work = [(m, None) for m in methods] + [
         (m, judge) for judge in config.mining.filtered_by for m in methods if METHODS[m].pool_filterable
@@ -183,7 +204,7 @@ def run_score(ctx: StageContext) -> StageOutput:
         inp = ScoreInput(
             method, config, embeddings[preprocess[name]], ood_of, ood, ids,
             negatives=mined if judge is None else MINED.read(ctx.run_dir, judge), mined=mined,
-            run_dir=ctx.run_dir, connect_ray=ctx.ray, pool=judge, judges=judges,
+            run_dir=ctx.run_dir, connect_ray=ctx.ray, pool=judge, judges=judges, rows=rows,
             prototypes=_prototypes(prototype_rows, config, preprocess[name])
             if method.needs_prototypes else None,
         )  # fmt: skip
@@ -205,7 +226,8 @@ def run_score(ctx: StageContext) -> StageOutput:
     stats = {
         "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(columns),
         "ood_datasets": list(ood), "seeds": [grouping_seed(config)], "negatives": negatives,
-        "pairs": pairs, "seconds": seconds, "preprocess": preprocess, **extra,
+        "pairs": pairs, "seconds": seconds, "preprocess": preprocess,
+        "workers": {"tasks": rows.tasks, "block_rows": rows.block, "nodes": rows.nodes}, **extra,
     }  # fmt: skip
     summary = (
         f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(columns)} score columns "
