@@ -294,3 +294,47 @@ def test_run_online_checks_the_inversion(stream: dict[str, np.ndarray]) -> None:
         _online(stream, order, invert=lambda x: 2 * x, threshold=1.0)
     with pytest.raises(NegRefineError, match="permutation"):
         _online(stream, order[:-1])
+
+
+def _is_half(x: np.ndarray) -> bool:
+    return bool(np.array_equal(np.asarray(x, np.float64).astype(np.float16).astype(np.float64), x))
+
+
+def test_the_fp16_bank_stores_and_sorts_what_the_reference_stores() -> None:
+    """With half, the bank keeps float16-rounded embeddings and scores (the reference's CPU fp16
+    tensors), so scores that differ only beyond float16 tie, and ties keep their arrival order."""
+    rng = np.random.default_rng(0)
+    emb = _unit(rng.normal(size=(4, 3)))
+    scores = np.array([0.1, 0.100001, 0.3, 0.2])  # the first two are one float16 value
+    half, full = NegativeBank(3, half=True), NegativeBank(3)
+    half.append(emb, scores)
+    full.append(emb, scores)
+    assert _is_half(half.scores) and not _is_half(full.scores)
+    np.testing.assert_array_equal(half.scores, np.float16([0.3, 0.2, 0.1, 0.1]).astype(np.float64))
+    np.testing.assert_array_equal(half.top(4), emb[[2, 3, 0, 1]].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(full.top(4), emb[[2, 3, 1, 0]].astype(np.float32))  # no tie in float64
+
+
+def test_the_fp16_selection_rounds_its_cosines_and_deviations(stream: dict[str, np.ndarray]) -> None:
+    """half: the base similarities, cosines and deviations are float16 values (the reference's fp16
+    GEMMs), within float16's rounding of the float64 ones."""
+    s = stream
+    words = s["text_negs"]
+    base16 = base_similarity(s["id_text"], s["protos"], half=True)
+    assert _is_half(base16) and np.allclose(base16, s["base"], atol=2e-3)
+    ok, dev = interneg.inter_modal(words, s["protos"], s["base"])
+    ok16, dev16 = interneg.inter_modal(words, s["protos"], base16, half=True)
+    assert _is_half(dev16) and np.allclose(dev16, dev, atol=2e-3)
+    assert (ok16 == ok).mean() > 0.9
+
+
+def test_fp16_runs_the_whole_online_loop_in_the_reference_arithmetic(stream: dict[str, np.ndarray]) -> None:
+    """dtype float16 reaches the bank: the kept inversions are the same rows, and the scores move by
+    about float16's resolution, not more."""
+    order = stream_order(ON_ID, ON_OOD, seed=0)
+    kw = {"batch_size": 16, "threshold": 0.35, "k_extra": 7, "n_groups": 3}
+    full, counts = _online(stream, order, **kw)
+    half, counts16 = _online(stream, order, dtype="float16", **kw)
+    assert _is_half(half) and counts16["activated"] > 0
+    assert abs(counts16["kept"] - counts["kept"]) <= 2
+    assert np.abs(half - full).max() < 0.05

@@ -312,8 +312,9 @@ class InterNegConfig:
     steps: int = field(default=10, metadata=_range(1))  # inversion: AdamW steps
     lr: float = field(default=0.02, metadata=_range(0.0))
     weight_decay: float = field(default=0.01, metadata=_range(0.0))
-    # The score's arithmetic: "fp32" (default) or "fp16", the reference's (its scores are quantised,
-    # so metrics see ties; methods.md 5.6).
+    # InterNeg's arithmetic: "fp32" (default) or "fp16", the reference's end to end (methods.md 5.6):
+    # the score (quantised, so metrics see ties), the bank's stored embeddings and scores and their
+    # sort, and the cosines and deviations of the textual selection and of the inversions.
     precision: Literal["fp32", "fp16"] = "fp32"
     # The scale of InterNeg's cosines. The reference multiplies by its checkpoint's exp(logit_scale):
     # 100 for OpenAI's weights, score.logit_scale's default. 0 (default) = score.logit_scale; set it for

@@ -69,20 +69,26 @@ def class_prototypes(
     return protos.astype(np.float32), np.bincount(lab, minlength=n_classes).astype(np.int64)
 
 
-def base_similarity(id_text: np.ndarray, protos: np.ndarray) -> np.ndarray:
+def base_similarity(id_text: np.ndarray, protos: np.ndarray, *, half: bool = False) -> np.ndarray:
     """The base similarity cos(t_k, v_k) of each ID label to its own prototype (methods.md 5.2.4).
 
     Shapes: id_text (K, D) unit, protos (K, D) unit -> (K,) float64 (`cos_sim_id` in the reference).
+    `half`: the reference's fp16 arithmetic (5.6): inputs and result rounded to float16, float32 sums.
     """
     t = _rows(id_text, "id_text")
     v = _rows(protos, "protos", t.shape[1])
     if v.shape != t.shape:
         raise NegRefineError(f"id_text and protos must both be (K, D); got {t.shape} and {v.shape}.")
+    if half:
+        return _half(np.einsum("kd,kd->k", _half(t), _half(v))).astype(np.float64)
     return np.einsum("kd,kd->k", t.astype(np.float64), v.astype(np.float64))
 
 
-def _cosines(words: np.ndarray, protos: np.ndarray, base: np.ndarray) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, (n, K) float64 cos(w, v_k)) for `words` BLOCK_ROWS rows at a time, inputs validated."""
+def _cosines(
+    words: np.ndarray, protos: np.ndarray, base: np.ndarray, half: bool = False
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, (n, K) float64 cos(w, v_k)) for `words` BLOCK_ROWS rows at a time, inputs validated;
+    `half`: float16 inputs and cosines, float32 sums (the reference's fp16 GEMM)."""
     v = _rows(protos, "protos")
     w = _rows(words, "words", v.shape[1], allow_empty=True)
     if np.asarray(base).shape != (v.shape[0],):
@@ -93,20 +99,29 @@ def _cosines(words: np.ndarray, protos: np.ndarray, base: np.ndarray) -> Iterato
             f"{empty.size} prototypes are zero rows (classes without images, e.g. {empty[:5].tolist()}); "
             "every ID class needs at least one image to build its prototype."
         )
-    vt = v.astype(np.float64).T
+    vt = _half(v).T if half else v.astype(np.float64).T
     for start in range(0, w.shape[0], BLOCK_ROWS):
         rows = slice(start, min(start + BLOCK_ROWS, w.shape[0]))
-        yield rows, w[rows].astype(np.float64) @ vt
+        if half:
+            yield rows, _half(_half(w[rows]) @ vt).astype(np.float64)
+        else:
+            yield rows, w[rows].astype(np.float64) @ vt
 
 
-def inter_modal(words: np.ndarray, protos: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`admissible` and `deviation` in one pass over the words: ((M,) bool, (M,) float64)."""
+def inter_modal(
+    words: np.ndarray, protos: np.ndarray, base: np.ndarray, *, half: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """`admissible` and `deviation` in one pass over the words: ((M,) bool, (M,) float64). `half`:
+    the reference's fp16 arithmetic (cosines, differences and their mean rounded to float16)."""
     ok = np.zeros(np.shape(words)[0], dtype=bool)
     dev = np.zeros(np.shape(words)[0])
     b = np.asarray(base, dtype=np.float64)
-    for rows, cos in _cosines(words, protos, b):
+    for rows, cos in _cosines(words, protos, b, half):
         ok[rows] = (cos < b).all(axis=1)
-        dev[rows] = (b - cos).mean(axis=1)
+        if half:
+            dev[rows] = _half(_half(b - cos).mean(axis=1, dtype=np.float32))
+        else:
+            dev[rows] = (b - cos).mean(axis=1)
     return ok, dev
 
 
@@ -187,6 +202,7 @@ def select_interneg(
     base: np.ndarray,
     m: int = 2000,
     allow_fewer: bool = False,
+    half: bool = False,
 ) -> InterNegSelection:
     """Select InterNeg's m textual negatives (methods.md 5.3 steps 1-4).
 
@@ -194,10 +210,11 @@ def select_interneg(
     a {} photo."); protos (K, D), base (K,). Keeps the admissible words, splits m by
     `proportional_split(m, A, N)` and takes the top adj_num adjectives and noun_num nouns by deviation.
     With A + N < m it raises, unless `allow_fewer`, which takes every admissible word as the reference's
-    slicing does (fewer than m negatives). No admissible word at all always raises.
+    slicing does (fewer than m negatives). No admissible word at all always raises. `half`: the
+    deviations in the reference's fp16 (its ties broken by index here, by torch's sort there).
     """
-    adj_ok, adj_dev = inter_modal(adjs, protos, base)
-    noun_ok, noun_dev = inter_modal(nouns, protos, base)
+    adj_ok, adj_dev = inter_modal(adjs, protos, base, half=half)
+    noun_ok, noun_dev = inter_modal(nouns, protos, base, half=half)
     a, n = int(adj_ok.sum()), int(noun_ok.sum())
     if a + n == 0:
         raise NegRefineError(
@@ -219,13 +236,15 @@ class NegativeBank:
 
     Every appended row is kept, sorted by score (deviation) descending; among equal scores earlier
     entries come first. The bank is never truncated; the score uses only `top(K_extra)`. Embeddings
-    are stored float32 and scores float64; the reference stores both fp16 (after a non-stable
-    `torch.sort`), which creates ties and rounds the embeddings.
+    are stored float32 and scores float64; with `half` both are rounded to float16 as the reference
+    stores them, so its ties come back (which it orders by a non-stable `torch.sort`, this bank by
+    arrival).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, *, half: bool = False) -> None:
         self._emb = np.zeros((0, dim), dtype=np.float32)
         self._scores = np.zeros(0, dtype=np.float64)
+        self.half = half
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -241,6 +260,8 @@ class NegativeBank:
         sc = np.asarray(scores, dtype=np.float64)
         if sc.shape != (emb.shape[0],) or not np.isfinite(sc).all():
             raise NegRefineError(f"scores must be ({emb.shape[0]},) finite values; got shape {sc.shape}.")
+        if self.half:
+            emb, sc = _half(emb), _half(sc).astype(np.float64)
         all_scores = np.concatenate([self._scores, sc])
         order = np.argsort(-all_scores, kind="stable")
         self._emb = np.concatenate([self._emb, emb.astype(np.float32)])[order]
@@ -381,7 +402,8 @@ def run_online(
         raise NegRefineError(f"need batch_size >= 1 and k_extra >= 0; got {batch_size}, {k_extra}.")
     idx_all = _checked_order(order, image.shape[0])
     negs = _rows(text_negs, "text_negs", image.shape[1])
-    bank = NegativeBank(image.shape[1])
+    half = dtype == "float16"  # the reference's fp16 end to end: scores, bank, inversions' deviations
+    bank = NegativeBank(image.shape[1], half=half)
     counts = dict.fromkeys(("batches", "activated", "inverted", "kept", "activated_id", "kept_id"), 0)
     out = np.empty(image.shape[0], dtype=np.float64)
 
@@ -397,7 +419,7 @@ def run_online(
         counts["batches"] += 1
         if active.any():
             emb = _inverted(invert, x[active])
-            ok, dev = inter_modal(emb, protos, base)
+            ok, dev = inter_modal(emb, protos, base, half=half)
             bank.append(emb[ok], dev[ok])
             scores = conf(x)
             from_id = flags[idx][active]

@@ -60,19 +60,19 @@ def prototypes(
 
 
 def textual_negatives(
-    pools: pa.Table, id_text: np.ndarray, protos: np.ndarray, m: int, method: str
+    pools: pa.Table, id_text: np.ndarray, protos: np.ndarray, m: int, method: str, *, half: bool = False
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(selected (M, D) [adjectives | nouns], base similarity (K,), counts) from `method`'s rows of
     mine/pools.parquet (5.3): admissible words by the inter-modal rule, split in proportion, ranked by
-    deviation."""
+    deviation; `half`: in the reference's fp16 arithmetic (5.6)."""
     rows = pools.filter(pc.equal(pools.column("method"), method))
     if rows.num_rows == 0:
         raise StageError(f"mine/pools.parquet has no candidates of '{method}'; add it to mining.methods.")
     pos = np.array(rows.column("pos").to_pylist())
     emb, words = column_matrix(rows, "embedding"), rows.column("word").to_pylist()
     nouns, adjs = emb[pos == "noun"], emb[pos != "noun"]
-    base = interneg.base_similarity(id_text, protos)
-    chosen = interneg.select_interneg(nouns, adjs, protos=protos, base=base, m=m, allow_fewer=True)
+    base = interneg.base_similarity(id_text, protos, half=half)
+    chosen = interneg.select_interneg(nouns, adjs, protos=protos, base=base, m=m, allow_fewer=True, half=half)
     noun_words = [w for w, p in zip(words, pos, strict=True) if p == "noun"]
     adj_words = [w for w, p in zip(words, pos, strict=True) if p != "noun"]
     labels = chosen.labels(noun_words, adj_words)
@@ -171,7 +171,10 @@ def score_interneg(inp: ScoreInput) -> Scored:
     protos, proto_stats = prototypes(*inp.prototypes, names, per_class)
     id_text = inp.id_text()
     pools = POOLS.read(inp.run_dir)
-    text_negs, base, selection = textual_negatives(pools, id_text, protos, cfg.n_negatives, method.name)
+    half = cfg.precision == "fp16"  # the reference's arithmetic: the selection's cosines too
+    text_negs, base, selection = textual_negatives(
+        pools, id_text, protos, cfg.n_negatives, method.name, half=half
+    )
     if len(text_negs) < cfg.n_groups:
         raise StageError(
             f"InterNeg selected {len(text_negs)} textual negatives ({selection['admissible_nouns']:,} "
