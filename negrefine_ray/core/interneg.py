@@ -278,7 +278,8 @@ def _half(x: np.ndarray) -> np.ndarray:
     Rounded by torch: the same round-to-nearest-even as numpy's cast, which is ~10x slower on the fp16
     subnormals a softmax over thousands of labels produces.
     """
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).half().float().numpy()
+    # writeable: arrays from Ray's object store are read-only, which torch.from_numpy warns about
+    return torch.from_numpy(np.require(x, np.float32, ["C", "W"])).half().float().numpy()
 
 
 def _score_float16(
