@@ -19,8 +19,8 @@ Each capacity is measured twice, before and after the end-to-end run, and the bo
 (the efficiency range uses each pass). Machine CPU use (ours and other processes') is sampled during
 every measurement: other load on the machine makes every figure lower and noisier (two torch threads
 on two cores slow down several-fold while another process holds a core), so repeat the run.
-`--actor-threads ray-default` gives CPU actors Ray's own OMP_NUM_THREADS (1), as before
-pools.PoolPlan.cpu_threads, to compare the two in the same conditions.
+`--actor-threads ray-default` gives CPU actors Ray's own OMP_NUM_THREADS (1) instead of their node's
+cores (the stages' default, pools.PoolPlan.cpu_threads), to compare the two in the same conditions.
 
   python jobs/bench/pipeline_efficiency.py --out eff.json            # 5-8 min on 2 CPU cores
   python jobs/bench/pipeline_efficiency.py --quick --out q.json      # wiring only, ~1 min
@@ -542,8 +542,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     global RAY_DEFAULT_THREADS
     args = parse_args(argv)
     RAY_DEFAULT_THREADS = args.actor_threads == "ray-default"
-    if not RAY_DEFAULT_THREADS:  # the stages' opt-in: CPU actors take their node's free cores
-        os.environ[CPU_ACTOR_THREADS_ENV] = "cores"
+    os.environ[CPU_ACTOR_THREADS_ENV] = "ray" if RAY_DEFAULT_THREADS else "cores"  # "cores": the default
     parts = [p for p in args.parts.split(",") if p]
     unknown = set(parts) - {"images", "text", "filter"}
     if unknown:
