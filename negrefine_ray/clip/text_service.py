@@ -17,7 +17,14 @@ from negrefine_ray.clip.text import EnsembleMode, encode_texts, ensemble
 from negrefine_ray.clip.text_cache import TextEmbeddingCache, text_cache_key, texts_hash
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.templates import apply_templates
-from negrefine_ray.distributed.pools import PoolPlan, PoolSpec, cluster_gpus, fit_plan, plan_pool
+from negrefine_ray.distributed.pools import (
+    PoolPlan,
+    PoolSpec,
+    ResidentPool,
+    cluster_gpus,
+    fit_plan,
+    plan_pool,
+)
 
 
 class TextEncoder:
@@ -29,7 +36,7 @@ class TextEncoder:
         self.cache = TextEmbeddingCache(config.cache_dir / "text-features")
         self._plan: PoolPlan | None = None
         self._local: tuple[Any, Any] | None = None
-        self._pool: Any = None  # the text actors (clip.text.text_pool), started at the first Ray pass
+        self._pool: ResidentPool | None = None  # the text actors (clip.text.text_pool), at the first Ray pass
         self.encoded = 0  # texts actually run through CLIP (cache misses)
         self.nodes: dict[str, int] = {}  # texts each Ray node's actors encoded
 

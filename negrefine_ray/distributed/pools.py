@@ -1,4 +1,5 @@
-"""One way to build and run a Ray Data actor pool: the image, text and judge pools all go through it.
+"""One way to build a stage's actor pool: the image pool runs on Ray Data (`ActorPool.apply`), the text
+and judge pools as actors kept for the stage's run (`ResidentPool`), both from one `ActorPool`.
 
 A pool is a triple, as Ray's batch-LLM stages declare one (ray/llm/_internal/batch/stages/base.py,
 `StatefulStage`): the callable actor class, its constructor arguments (its own config sections, no
@@ -149,6 +150,16 @@ class ActorPool:
     batch_size: int
     resources: Mapping[str, float] = dataclasses.field(default_factory=dict)  # custom, per actor
 
+    def actor_resources(self) -> dict[str, Any]:
+        """What each actor takes, as Ray's options name it: CPU and GPU shares, the custom resources,
+        and a CPU actor's OMP_NUM_THREADS (the plan's cpu_threads, unless 0)."""
+        out: dict[str, Any] = {"num_gpus": self.plan.pool.actor_gpus, "num_cpus": self.plan.pool.actor_cpus}
+        if self.resources:
+            out["resources"] = dict(self.resources)
+        if self.plan.cpu_threads:
+            out["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(self.plan.cpu_threads)}}
+        return out
+
     def map_batches_kwargs(self) -> dict[str, Any]:
         import ray
 
@@ -158,15 +169,8 @@ class ActorPool:
             # DataContext.scheduling_strategy, "SPREAD" (on one node: no effect). Only named
             # map_batches parameters are passed: Ray 2.60 deprecates the **ray_remote_args catch-all.
             "compute": ray.data.ActorPoolStrategy(size=self.plan.pool.actors),
-            "num_gpus": self.plan.pool.actor_gpus,
-            "num_cpus": self.plan.pool.actor_cpus,
             "batch_size": self.batch_size,
-            **({"resources": dict(self.resources)} if self.resources else {}),
-            **(
-                {"runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(t)}}}
-                if (t := self.plan.cpu_threads)
-                else {}
-            ),
+            **self.actor_resources(),
             "batch_format": "numpy",
             "udf_modifying_row_count": False,  # every actor maps rows 1:1
         }
@@ -199,17 +203,8 @@ class ResidentPool:
 
         methods = {"__init__": __init__, "run": _run_batch, "load_id": lambda self: self.loaded}
         resident = type(f"Resident{base.__name__}", (base,), methods)
-        options: dict[str, Any] = {
-            "num_cpus": pool.plan.pool.actor_cpus,
-            "num_gpus": pool.plan.pool.actor_gpus,
-            "scheduling_strategy": "SPREAD",
-            "max_restarts": -1,
-            "max_task_retries": -1,
-        }
-        if pool.resources:
-            options["resources"] = dict(pool.resources)
-        if pool.plan.cpu_threads:
-            options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(pool.plan.cpu_threads)}}
+        options = {**pool.actor_resources(), "scheduling_strategy": "SPREAD", "max_restarts": -1,
+                   "max_task_retries": -1}  # fmt: skip
         cls: Any = ray.remote(resident).options(**options)
         self.actors: list[Any] = [cls.remote(**pool.constructor) for _ in range(pool.plan.pool.actors)]
 
