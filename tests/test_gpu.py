@@ -1,21 +1,19 @@
 """GPU-path checks (issue 15): CLIP image and text embeddings under fp16/bf16 autocast against fp32,
 NegLabel's grouping permutation drawn on CUDA against the references' own seeding in a fresh
-process, and the score formulas on CUDA (jobs/bench/bench_score.py's TorchScores) against the score
-stage's numpy scores. The `gpu` tests skip without CUDA; one CPU test runs the same helpers at tiny
+process, and the score stage's per-image scores on CUDA (core.scores_torch through scoring.rows)
+against its numpy scores. The `gpu` tests skip without CUDA; one CPU test runs the same helpers at tiny
 shapes so they stay exercised. jobs/bench/gpu_suite.sh runs this file on a GPU machine and reads the
 figures the tests record (NEGREFINE_GPU_FIGURES=path.json).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,15 +26,16 @@ from negrefine_ray.clip.preprocess import crop_spec
 from negrefine_ray.clip.text import encode_texts
 from negrefine_ray.config import ModelConfig
 from negrefine_ray.core import scores
+from negrefine_ray.core.scores_torch import TOLERANCE, TWINS
 from negrefine_ray.core.templates import apply_templates, get_templates
+from negrefine_ray.scoring.rows import Rows
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
 COSINE_MIN = 0.999  # fp16/bf16 embeddings against fp32, per row
-SCORE_TOL = {"float64": 1e-6, "float32": 1e-5}  # max |CUDA - numpy| / max |numpy|, over the scores
+SCORE_TOL = {"float64": 1e-9, "float32": TOLERANCE}  # max |CUDA - numpy| of a score
 # (M negatives, G groups): NegLabel's 10,000 / 100, NegRefine's 6,370 / 100, an M mod G remainder.
 PERMUTATION_SHAPES = ((10_000, 100), (6_370, 100), (10_499, 100))
-BENCH_SCORE = Path(__file__).resolve().parents[1] / "jobs" / "bench" / "bench_score.py"
 
 
 @pytest.fixture(scope="session")
@@ -105,46 +104,36 @@ def text_cosines(model: torch.nn.Module, arch: str, precision: str, n_labels: in
     return _row_cosines(want, run(precision))
 
 
-def load_bench_score() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_score", BENCH_SCORE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def score_differences(device: str, dtype: str, shape: tuple[int, int, int]) -> dict[str, float]:
-    """max |TorchScores on `device` - negrefine_ray.core.scores| / max |scores| per score, inputs in
-    `dtype` (relative: DNM's scores are ~1e-3, NegLabel's and S_MM's up to 1).
+    """max |score stage on `device` - numpy| per score: the stage's own per-image path
+    (scoring.rows.Rows with that device: core.scores_torch's twins on CUDA; on the CPU the twins
+    are called directly) against core.scores, inputs in `dtype`.
 
     `shape` = (images, ID labels, negatives), D = 512, G = 100. With float64 inputs both sides
-    compute in float64, so the difference is the formulas'; float32 adds rounding (numpy sums the
-    products in float32 and exponentiates in float64, TorchScores stays in float32)."""
-    bench = load_bench_score()
+    compute in float64; with float32 the products round differently in cuBLAS and numpy's BLAS."""
     n, k, m = shape
     rng = np.random.default_rng(0)
-    image, pos, neg = (bench.unit(rng, rows, 512).astype(dtype) for rows in (n, k, m))
-    ts = bench.TorchScores(device, scores.CHUNK_SIZE)
-    x, p, q = ts.t(image), ts.t(pos), ts.t(neg)
+    image, pos, neg = (_unit(rng, rows).astype(dtype) for rows in (n, k, m))
     perm = scores.grouping_permutation(m, 100, 0)
-    grouped = q[torch.from_numpy(perm).to(ts.device)]
-    pos_idx, neg_idx, neg_val = scores.top_pairs(image, pos, neg)
-    pairs, index = scores.distinct_pairs(pos_idx, neg_idx)
-    pair_emb = bench.unit(np.random.default_rng(1), len(pairs), 512).astype(dtype)
-    want = {
-        "neglabel": scores.neglabel(image, pos, neg, n_groups=100, permutation=perm),
-        "dnm": scores.dnm(image, pos, neg, permutation=perm, n_groups=100),
-        "s_mm": scores.multi_matching(image, pair_emb, index, neg_val),
+    calls = {
+        "mcm": (scores.mcm, {"id_text": pos}),
+        "neglabel": (
+            scores.neglabel,
+            {"id_text": pos, "neg_text": neg, "n_groups": 100, "permutation": perm},
+        ),
+        "dnm": (scores.dnm, {"id_text": pos, "neg_text": neg, "n_groups": 100, "permutation": perm}),
     }
-    got = {
-        "neglabel": ts.neglabel(x, p, grouped, 100),
-        "dnm": ts.dnm(x, p, grouped, 100, 0.5),
-        "s_mm": ts.multi_matching(x, ts.t(pair_emb), torch.from_numpy(index).to(ts.device), ts.t(neg_val)),
-    }
-    return {
-        name: float(np.abs(want[name] - got[name].cpu().numpy()).max() / np.abs(want[name]).max())
-        for name in want
-    }
+    rows = Rows(device=device)
+    out = {}
+    for name, (fn, kwargs) in calls.items():
+        got = rows.map(fn, image, **kwargs) if device != "cpu" else TWINS[fn](image, device="cpu", **kwargs)
+        out[name] = float(np.abs(got - fn(image, **kwargs)).max())
+    return out
+
+
+def _unit(rng: np.random.Generator, rows: int) -> np.ndarray:
+    x = rng.standard_normal((rows, 512))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def reference_permutations(shapes: tuple[tuple[int, int], ...], device: str) -> list[list[int]]:
@@ -212,9 +201,7 @@ def test_scores_on_cuda_match_the_cpu_scores(dtype: str, figures: dict[str, Any]
     diffs = score_differences("cuda", dtype, (4096, 1000, 6370))
     figures[f"score_max_rel_diff_{dtype}"] = max(diffs.values())
     figures[f"score_diffs_{dtype}"] = diffs
-    assert max(diffs.values()) <= SCORE_TOL[dtype], (
-        f"max |CUDA - CPU| / max |CPU| per score ({dtype}): {diffs}"
-    )
+    assert max(diffs.values()) <= SCORE_TOL[dtype], f"max |CUDA - CPU| per score ({dtype}): {diffs}"
 
 
 def test_the_checks_run_on_cpu_at_tiny_shapes() -> None:
@@ -222,8 +209,9 @@ def test_the_checks_run_on_cpu_at_tiny_shapes() -> None:
     model, preprocess, _ = create_clip(ModelConfig(arch="nr-tiny-vit", pretrained="none"), "cpu")
     assert image_cosines(model, preprocess, "bf16", n=4).min() > 0.999999
     assert text_cosines(model, "nr-tiny-vit", "fp16", n_labels=3).min() > 0.999999
-    diffs = score_differences("cpu", "float64", (64, 20, 300))
-    assert set(diffs) == {"neglabel", "dnm", "s_mm"} and max(diffs.values()) <= SCORE_TOL["float64"]
+    for dtype in ("float64", "float32"):
+        diffs = score_differences("cpu", dtype, (64, 20, 300))
+        assert set(diffs) == {"mcm", "neglabel", "dnm"} and max(diffs.values()) <= SCORE_TOL[dtype], diffs
     shapes = ((300, 100), (250, 7))
     want = reference_permutations(shapes, "cpu")
     assert [scores.grouping_permutation(m, g, seed=0).tolist() for m, g in shapes] == want

@@ -28,7 +28,9 @@ FIGURES = (
     "mining text: 71,392 candidates x 1 template",
     "text tower, texts/s",
     "NegRefine text workload",
-    "score math on the device",
+    "score stage on the device",
+    "score stage in numpy on the CPU",
+    "score stage, device vs CPU columns",
     "NegFilter, tiny Qwen2, 73,037 questions projected",
 )
 DECODE = "GPU JPEG decode + crop (bench_gpu_decode.py)"  # when that script exists

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from negrefine_ray.config import JobConfig, build_config
 from negrefine_ray.core import scores
@@ -31,6 +32,7 @@ from negrefine_ray.runfolder.atomic import (
     write_parquet,
 )
 from negrefine_ray.runfolder.folder import Stage, StageContext, StageOutput, run_stage
+from negrefine_ray.stages._score_output import ColumnSpill, score_parts
 from negrefine_ray.stages.report import MEASURED_HEADING, RANDOM_WARNING
 
 D, K, G = 32, 6, 3  # nr-tiny-vit's embedding width, ID labels, groups
@@ -148,6 +150,7 @@ def test_score_columns_and_excluded_images(run: tuple[JobConfig, pa.Table]) -> N
     stats = read_json(config.run_dir / "score" / "manifest.json")["stats"]
     assert stats["excluded"] == {"imagenet": {"corrupt": 1}, "inat": {"missing": 1}}
     assert stats["scored"] == table.num_rows - 2
+    assert not list((config.run_dir / "score").glob(".columns-*"))  # the spilled columns are gone
     # DNM: ID rows and that dataset's rows only, under that dataset's own grouping.
     dataset = np.array(table.column("dataset").to_pylist())
     inat = table.column("dnm@inat").to_numpy(zero_copy_only=False)
@@ -157,6 +160,34 @@ def test_score_columns_and_excluded_images(run: tuple[JobConfig, pa.Table]) -> N
     )
     other = table.column("dnm@open image").to_numpy(zero_copy_only=False)
     assert not np.allclose(inat[~bad & (dataset == "imagenet")], other[~bad & (dataset == "imagenet")])
+
+
+def test_scores_written_in_parts_equal_the_whole_table(tmp_path: Path) -> None:
+    """scores.parquet is written a row range at a time from columns spilled to disk: the parts, for
+    any part size, make the table a one-shot build makes (null where not ok or NaN)."""
+    rng = np.random.default_rng(0)
+    n = 11
+    ok = rng.random(n) > 0.3
+    status = ["ok" if o else "corrupt" for o in ok]
+    images = pa.table({"dataset": ["d"] * n, "role": ["id"] * n, "path": [f"{i}.jpg" for i in range(n)],
+                       "label": list(range(n)), "status": status})  # fmt: skip
+    columns = {"a": rng.standard_normal(ok.sum()), "b": rng.standard_normal(ok.sum())}
+    columns["b"][0] = np.nan
+    expected = images
+    for name, values in columns.items():
+        full = np.full(n, np.nan)
+        full[ok] = values
+        expected = expected.append_column(name, pa.array(full, pa.float64(), mask=np.isnan(full)))
+    with ColumnSpill(tmp_path, int(ok.sum())) as spill:
+        for name, values in columns.items():
+            spill.add(name, values)
+        with pytest.raises(ValueError, match="computed twice"):
+            spill.add("a", columns["a"])
+        for rows in (1, 3, 4, n, 100):
+            parts = list(score_parts(images, ok, spill, rows=rows))
+            assert len(parts) == -(-n // rows)
+            assert pa.concat_tables(parts).equals(expected)
+    assert not spill.folder.exists()
 
 
 def test_scores_equal_the_pure_functions(run: tuple[JobConfig, pa.Table]) -> None:
@@ -277,11 +308,17 @@ def test_grouping_follows_the_run_seed_only_when_asked(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("score", "message"),
-    [({"methods": ["neglable"]}, "Did you mean 'neglabel'?"), ({"n_groups": 50}, "set score.n_groups <= ")],
+    [
+        ({"methods": ["neglable"]}, "Did you mean 'neglabel'?"),
+        ({"n_groups": 50}, "set score.n_groups <= "),
+        ({"device": "cuda"}, "score.device = 'cuda' but the process running the score stage has no GPU"),
+    ],
 )
 def test_config_errors_name_the_fix(tmp_path: Path, score: dict[str, Any], message: str) -> None:
     """An unknown method is refused by the config itself; a value that needs the mined negatives'
     count (n_groups above it) by the score stage, before it scores anything."""
+    if score.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("this process has a GPU: score.device = 'cuda' is valid here")
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
         config = _config(tmp_path, **score)
         _upstream(config)

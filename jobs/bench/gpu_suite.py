@@ -365,9 +365,15 @@ class Table:
         self.add("text", figure, work.get("seconds"), "-", None)
 
     def score(self) -> None:
+        """score_stage.py: the score stage's own path, numpy on the CPU against the GPU's."""
         data = _load(self.folder / "score.json")
-        n = _count(data.get("setup", {}).get("images"))
-        self.add("score", f"score math on the device ({n} images), s", data.get("total_s"), "-", None)
+        n = _count(data.get("images"))
+        gpu = "driver:cpu" if self.dry_run else "driver:cuda"  # the dry run has no GPU: CPU twice
+        cpu_s, gpu_s = (data.get(k, {}).get("seconds") for k in ("driver:cpu", gpu))
+        self.add("score", f"score stage on the device ({n} images, MCM + NegLabel), s", gpu_s, "-", None)
+        self.add("score", f"score stage in numpy on the CPU ({n} images), s", cpu_s, "-", None)
+        self.add("score", "score stage, device vs CPU columns, max |diff|", data.get("max_abs_difference"),
+                 "<= 1e-05", lambda v: v <= 1e-5)  # fmt: skip
 
     def filter(self) -> None:
         data = _load(self.folder / "filter.json")

@@ -94,8 +94,8 @@ if [ "$DRY" = 1 ]; then
   part env 60 "$PY" $B/gpu_suite.py env --out "$OUT_DIR/env.json"
   part checks 120 env NEGREFINE_GPU_FIGURES="$OUT_DIR/checks.json" "$PY" -m pytest -q -p no:cacheprovider \
     -m gpu tests/test_gpu.py --junitxml "$OUT_DIR/checks.xml"
-  part score 120 "$PY" $B/bench_score.py --backend torch --device cpu --images 2000 --id-labels 100 \
-    --negatives 700 --out "$OUT_DIR/score.json"
+  part score 120 "$PY" $B/score_stage.py --images 3000 --settings driver:cpu,driver:auto \
+    --out "$OUT_DIR/score.json"
   part text 150 "$PY" $B/bench_text.py --arch nr-tiny-vit --device cpu --precision fp32 --batch-sizes 256 \
     --sweep-texts 512 --nouns 300 --adjectives 60 --out "$OUT_DIR/text.json"
   part filter 150 "$PY" $B/gpu_suite.py filter-tiny --shape qwen2.5-14b --tokenizer "$TOKENIZER" \
@@ -110,7 +110,8 @@ else
   part env 60 "$PY" $B/gpu_suite.py env --require-cuda --out "$OUT_DIR/env.json"
   part checks 120 env NEGREFINE_GPU_FIGURES="$OUT_DIR/checks.json" "$PY" -m pytest -q -p no:cacheprovider \
     -m gpu tests/test_gpu.py --junitxml "$OUT_DIR/checks.xml"
-  part score 60 "$PY" $B/bench_score.py --backend torch --device cuda --out "$OUT_DIR/score.json"
+  part score 120 "$PY" $B/score_stage.py --images 200000 --settings driver:cpu,driver:cuda \
+    --out "$OUT_DIR/score.json"
   part text 120 "$PY" $B/bench_text.py --arch ViT-B-16 --device cuda --precision fp16 \
     --batch-sizes 1024,4096 --out "$OUT_DIR/text.json"
   if [ -f "$TOKENIZER/tokenizer.json" ]; then

@@ -294,6 +294,11 @@ class ScoreConfig:
     # columns are the same either way, so neither key is part of the stage's hash.
     workers: Literal["auto", "driver", "cluster"] = "auto"
     block_rows: int = field(default=65_536, metadata=_range(1))
+    # What computes them (scoring.rows): "cpu" (numpy), "cuda" (core.scores_torch on a GPU: the
+    # driver's, or one per task) or "auto": "cuda" where the process or, for tasks, the cluster has a
+    # GPU. The GPU's scores agree with numpy's within 1e-5 (core.scores_torch.TOLERANCE), not to the
+    # bit, so this key is part of the stage's hash; the manifest records what "auto" chose.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)

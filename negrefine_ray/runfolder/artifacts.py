@@ -11,16 +11,24 @@ any D.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, ID_VIEWS
 from negrefine_ray.core.vectors import l2_normalise
 from negrefine_ray.errors import StageError
-from negrefine_ray.runfolder.atomic import column_matrix, read_parquet, write_parquet
+from negrefine_ray.runfolder.atomic import (
+    column_matrix,
+    parquet_matrix,
+    read_parquet,
+    write_parquet,
+    write_parquet_parts,
+)
 
 MANIFEST = "manifest.json"  # every stage folder's record of what it wrote and from what
 EMBEDDING = pa.list_(pa.float32())  # schema placeholder: fixed_size_list<float32>[D], any D
@@ -62,14 +70,33 @@ class Artifact:
             )
         return table
 
-    def read(self, run_dir: Path, judge: str = "") -> pa.Table:
+    def read(self, run_dir: Path, judge: str = "", columns: Sequence[str] | None = None) -> pa.Table:
+        """The table, or only its `columns` (the contract's then checked among those)."""
         path = self.path(run_dir, judge)
-        return self.check(read_parquet(path), path)
+        if columns is None:
+            return self.check(read_parquet(path), path)
+        missing = [c for c in columns if c not in pq.ParquetFile(path).schema_arrow.names]
+        if missing:
+            raise StageError(f"{path}: lacks columns {missing}; rerun the {self.stage} stage.")
+        return self.check(pq.read_table(path, columns=list(columns)), path)
+
+    def matrix(self, run_dir: Path, name: str, rows: np.ndarray) -> np.ndarray:
+        """Embedding column `name` at the rows of bool mask `rows`, read a batch at a time."""
+        try:
+            return parquet_matrix(self.path(run_dir), name, rows)
+        except StageError as exc:
+            raise StageError(f"{self.stage}/{self.file()}: {exc} Rerun the {self.stage} stage.") from exc
 
     def write(self, stage_dir: Path, table: pa.Table, judge: str = "") -> str:
         """Write `table` into the stage's (staging) folder; returns its file name for the manifest."""
         name = self.file(judge)
         write_parquet(stage_dir / name, self.check(table, f"{self.stage}/{name}"))
+        return name
+
+    def write_parts(self, stage_dir: Path, parts: Iterable[pa.Table], judge: str = "") -> str:
+        """`write` for a table made part by part (row ranges, each checked), never whole in memory."""
+        name = self.file(judge)
+        write_parquet_parts(stage_dir / name, (self.check(p, f"{self.stage}/{name}") for p in parts))
         return name
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,9 +61,29 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+ROW_GROUP_ROWS = 65536  # rows per Parquet row group: readers that go a batch at a time hold one group
+
+
 def write_parquet(path: Path, table: pa.Table) -> None:
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+def write_parquet_parts(path: Path, parts: Iterable[pa.Table]) -> None:
+    """One Parquet file from `parts` (the same schema each, one row group or more per part), written
+    as they come, so the whole table is never in memory; nothing is written if there is no part."""
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for part in parts:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, part.schema, compression="zstd")
+                writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
+            if writer is None:
+                raise ValueError(f"{path.name}: no rows to write")
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def read_parquet(path: Path) -> pa.Table:
@@ -104,6 +124,34 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, *, nulls_as_zero: bool 
     if arr.null_count:
         matrix[~np.asarray(arr.is_valid())] = 0.0
     return matrix
+
+
+def parquet_matrix(path: Path, name: str, rows: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+    """The (rows.sum(), D) float32 matrix of embedding column `name` of Parquet file `path` at the
+    rows where the (n,) bool mask `rows` is True. Read a record batch at a time into one array, so
+    the peak memory is that array and a batch (a row group: ROW_GROUP_ROWS rows), not the whole
+    column and its copies."""
+    file = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering would hold every row group's bytes
+    schema = file.schema_arrow
+    if name not in schema.names or not pa.types.is_fixed_size_list(schema.field(name).type):
+        raise StageError(f"{path.name} has no embedding column '{name}' (it has {schema.names}).")
+    if len(rows) != file.metadata.num_rows:
+        raise StageError(f"{path.name} has {file.metadata.num_rows} rows; the mask has {len(rows)}.")
+    out = np.empty((int(np.count_nonzero(rows)), schema.field(name).type.list_size), np.float32)
+    start = at = 0
+    for batch in file.iter_batches(batch_size=batch_rows, columns=[name]):
+        mask = rows[start : start + batch.num_rows]
+        start += batch.num_rows
+        if mask.any():
+            try:
+                part = embedding_matrix(batch.column(0).filter(pa.array(mask)))
+            except StageError as exc:
+                raise StageError(f"column '{name}': {exc}") from exc
+            out[at : at + len(part)] = part
+            at += len(part)
+        del batch
+        pa.default_memory_pool().release_unused()  # else Arrow's allocator keeps each batch's pages
+    return out
 
 
 def column_matrix(table: pa.Table, name: str) -> np.ndarray:

@@ -35,14 +35,14 @@ from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.judges.roster import judge_configs
 from negrefine_ray.progress import Progress
 from negrefine_ray.runfolder.artifacts import ID_LABELS, IMAGES, MINED, NEGATIVES, SCORE_COLUMNS, SCORES
-from negrefine_ray.runfolder.atomic import column_matrix, write_json
+from negrefine_ray.runfolder.atomic import write_json
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.scoring.columns import ScoreColumn, grouping_seed
 from negrefine_ray.scoring.inputs import ScoreInput
 from negrefine_ray.scoring.registry import scorer_of
 from negrefine_ray.scoring.rows import Rows
+from negrefine_ray.stages._score_output import IMAGE_COLUMNS, ColumnSpill, write_scores
 
-IMAGE_COLUMNS = tuple(IMAGES.schema.names) if IMAGES.schema else ()  # plus one embedding@<variant> each
 # Score keys that change where and in what steps the scores are computed, not what they are.
 EXECUTION_ONLY = ("chunk_size", "workers", "block_rows")
 # The config sections of the methods that name one (Method.settings): part of the hash only when used.
@@ -94,20 +94,17 @@ def score_settings(config: JobConfig) -> dict[str, Any]:
     }
 
 
-def ok_images(table: pa.Table, variants: Iterable[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(N,) bool mask of the rows with status "ok" and, per preprocessing variant, their (n_ok, D)
-    float32 embeddings (images.parquet column embedding@<variant>)."""
-    names = {v: embedding_name(v) for v in dict.fromkeys(variants)}
-    missing = [c for c in (*IMAGE_COLUMNS, *names.values()) if c not in table.column_names]
-    if missing:
-        raise StageError(
-            f"images.parquet lacks columns {missing} (has {table.column_names}); rerun embed-images."
-        )
-    ok = pc.fill_null(pc.equal(table.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
+def ok_embeddings(
+    ctx: StageContext, readable: np.ndarray, scored: np.ndarray, variants: Iterable[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Of the images.parquet rows where `scored` is True: the (n,) bool mask of the `readable` ones
+    (status "ok") and, per preprocessing variant, their (n_ok, D) float32 embeddings (column
+    embedding@<variant>), read a batch at a time so only the matrices themselves are held."""
+    ok = readable[scored]
     if not ok.any():
-        raise StageError(f"none of the {table.num_rows:,} images has status 'ok'; nothing to score.")
-    rows = table.filter(pa.array(ok))
-    return ok, {v: column_matrix(rows, name) for v, name in names.items()}
+        raise StageError(f"none of the {int(scored.sum()):,} images has status 'ok'; nothing to score.")
+    rows = scored & readable
+    return ok, {v: IMAGES.matrix(ctx.run_dir, embedding_name(v), rows) for v in dict.fromkeys(variants)}
 
 
 def _excluded(images: pa.Table, ok: np.ndarray) -> dict[str, dict[str, int]]:
@@ -119,40 +116,40 @@ def _excluded(images: pa.Table, ok: np.ndarray) -> dict[str, dict[str, int]]:
     return out
 
 
-def _output_table(images: pa.Table, ok: np.ndarray, columns: Mapping[str, np.ndarray]) -> pa.Table:
-    table = images.select(list(IMAGE_COLUMNS))
-    for name, values in columns.items():
-        full = np.full(images.num_rows, np.nan)
-        full[ok] = values
-        table = table.append_column(name, pa.array(full, pa.float64(), mask=np.isnan(full)))
-    return table
-
-
-def _prototypes(rows: pa.Table, config: JobConfig, variant: str) -> tuple[np.ndarray, np.ndarray]:
-    """(labels (P,), embeddings (P, D)) of the readable role-"prototype" images in the preprocessing
-    of the method's prototypes (InterNeg's class prototypes, methods.md 5.2)."""
-    c = config
+def _prototypes(
+    ctx: StageContext, listing: pa.Table, rows: np.ndarray, variant: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (P,), embeddings (P, D)) of the readable role-"prototype" images (bool mask `rows` of
+    the listing) in the preprocessing of the method's prototypes (InterNeg's, methods.md 5.2)."""
+    c = ctx.config
     proto = prototype_preprocessing(c.score.methods, c.images.preprocess, c.interneg.prototype_preprocess)
-    labels = rows.column("label").to_numpy(zero_copy_only=False).astype(np.int64)
-    if rows.num_rows == 0:
+    labels = listing.filter(pa.array(rows)).column("label").to_numpy(zero_copy_only=False).astype(np.int64)
+    if not rows.any():
         return labels, np.zeros((0, 0), np.float32)
-    return labels, column_matrix(rows, embedding_name(proto or variant))
+    return labels, IMAGES.matrix(ctx.run_dir, embedding_name(proto or variant), rows)
 
 
 def score_rows(ctx: StageContext) -> Rows:
-    """Where the per-image score functions run (score.workers): Ray tasks on the cluster, or here.
-    "auto" takes the cluster when the job has a Ray address and that cluster has more than one node."""
+    """Where the per-image score functions run (score.workers) and on what (score.device): Ray tasks
+    on the cluster, or here; "auto" takes the cluster when the job has a Ray address and that cluster
+    has more than one node, and a GPU when the process (here) or the cluster (tasks) has one."""
     sc = ctx.config.score
     block = max(1, sc.block_rows // sc.chunk_size) * sc.chunk_size  # whole chunks: the same products
-    tasks = sc.workers == "cluster"
-    if sc.workers == "auto" and resolve_address(ctx.config.ray, ctx.ray_address):
+    tasks, gpus = sc.workers == "cluster", 0.0
+    if sc.workers == "cluster" or (sc.workers == "auto" and resolve_address(ctx.config.ray, ctx.ray_address)):
         import ray
 
         ctx.ray()
-        tasks = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
-    elif tasks:
-        ctx.ray()
-    return Rows(tasks=tasks, block=block)
+        tasks = tasks or sum(1 for n in ray.nodes() if n.get("Alive")) > 1
+        gpus = ray.cluster_resources().get("GPU", 0.0) if tasks else 0.0
+    has_gpu = gpus > 0 if tasks else torch.cuda.is_available()
+    if sc.device == "cuda" and not has_gpu:
+        where = "the Ray cluster" if tasks else "the process running the score stage"
+        raise ConfigError(
+            f"score.device = 'cuda' but {where} has no GPU; set score.device = 'auto' or 'cpu'."
+        )
+    device = "cuda" if sc.device == "cuda" or (sc.device == "auto" and has_gpu) else "cpu"
+    return Rows(tasks=tasks, block=block, device=device)
 
 
 def _merge(into: dict[str, Any], entries: Mapping[str, Any]) -> None:
@@ -172,13 +169,15 @@ def run_score(ctx: StageContext) -> StageOutput:
             "score.permutation_device = 'cuda' but the process running the score stage sees no GPU; "
             "run it on a GPU machine or set score.permutation_device = 'cpu'."
         )
-    images = IMAGES.read(ctx.run_dir)
+    listing = IMAGES.read(ctx.run_dir, columns=IMAGE_COLUMNS)  # the embeddings are read as matrices
     preprocess = image_preprocessing(methods, config.images.preprocess)
     # role "prototype": InterNeg's labelled ID training images, used for its prototypes, never scored
-    is_prototype = pc.equal(images.column("role"), "prototype")
-    prototype_rows = images.filter(pc.and_(is_prototype, pc.equal(images.column("status"), "ok")))
-    images = images.filter(pc.invert(is_prototype))
-    ok, embeddings = ok_images(images, preprocess.values())
+    is_prototype = pc.fill_null(pc.equal(listing.column("role"), "prototype"), False).to_numpy(
+        zero_copy_only=False
+    )
+    readable = pc.fill_null(pc.equal(listing.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
+    images = listing.filter(pa.array(~is_prototype))
+    ok, embeddings = ok_embeddings(ctx, readable, ~is_prototype, preprocess.values())
     scored = images.filter(pa.array(ok))
     roles = scored.column("role").to_numpy(zero_copy_only=False)
     if not (roles == "id").any():
@@ -193,44 +192,47 @@ def run_score(ctx: StageContext) -> StageOutput:
     work = [(m, None) for m in methods] + [
         (m, judge) for judge in config.mining.filtered_by for m in methods if METHODS[m].pool_filterable
     ]
-    columns: dict[str, np.ndarray] = {}
     catalogue: list[ScoreColumn] = []
     negatives: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, Any] = {}
-    progress = Progress(f"score: {int(ok.sum()):,} images", total=len(work), unit="methods")
-    for name, judge in work:
-        start, method = time.perf_counter(), METHODS[name]
-        inp = ScoreInput(
-            method, config, embeddings[preprocess[name]], ood_of, ood, ids,
-            negatives=mined if judge is None else MINED.read(ctx.run_dir, judge), mined=mined,
-            run_dir=ctx.run_dir, connect_ray=ctx.ray, pool=judge, judges=judges, rows=rows,
-            prototypes=_prototypes(prototype_rows, config, preprocess[name])
-            if method.needs_prototypes else None,
-        )  # fmt: skip
-        result = scorer_of(method)(inp)
-        for column, values in result.columns:
-            column = dataclasses.replace(column, preprocess=preprocess[column.method])
-            columns[column.name] = values
-            catalogue.append(column)
-        negatives.update(result.negatives)
-        _merge(extra, result.manifest)
-        seconds[name if judge is None else f"{name}[pool={judge}]"] = round(time.perf_counter() - start, 3)
-        progress.update(1)
-    progress.close()
-    pairs = extra.pop("pairs", None)
-    SCORES.write(ctx.out_dir, _output_table(images, ok, columns))
+    # each column on disk as soon as it is computed (stages._score_output)
+    with ColumnSpill(ctx.out_dir, int(ok.sum())) as spill:
+        progress = Progress(f"score: {int(ok.sum()):,} images", total=len(work), unit="methods")
+        for name, judge in work:
+            start, method = time.perf_counter(), METHODS[name]
+            inp = ScoreInput(
+                method, config, embeddings[preprocess[name]], ood_of, ood, ids,
+                negatives=mined if judge is None else MINED.read(ctx.run_dir, judge), mined=mined,
+                run_dir=ctx.run_dir, connect_ray=ctx.ray, pool=judge, judges=judges, rows=rows,
+                prototypes=_prototypes(ctx, listing, is_prototype & readable, preprocess[name])
+                if method.needs_prototypes else None,
+            )  # fmt: skip
+            result = scorer_of(method)(inp)
+            for column, values in result.columns:
+                column = dataclasses.replace(column, preprocess=preprocess[column.method])
+                spill.add(column.name, values)
+                catalogue.append(column)
+            negatives.update(result.negatives)
+            _merge(extra, result.manifest)
+            key = name if judge is None else f"{name}[pool={judge}]"
+            seconds[key] = round(time.perf_counter() - start, 3)
+            progress.update(1)
+        progress.close()
+        pairs = extra.pop("pairs", None)
+        write_scores(ctx.out_dir, images, ok, spill)
     write_json(ctx.out_dir / SCORE_COLUMNS, {"columns": [dataclasses.asdict(c) for c in catalogue]})
     excluded = _excluded(images, ok)
     n_bad = sum(sum(v.values()) for v in excluded.values())
     stats = {
-        "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(columns),
+        "images": images.num_rows, "scored": int(ok.sum()), "excluded": excluded, "columns": len(catalogue),
         "ood_datasets": list(ood), "seeds": [grouping_seed(config)], "negatives": negatives,
         "pairs": pairs, "seconds": seconds, "preprocess": preprocess,
-        "workers": {"tasks": rows.tasks, "block_rows": rows.block, "nodes": rows.nodes}, **extra,
+        "workers": {"tasks": rows.tasks, "block_rows": rows.block, "device": rows.device,
+                    "nodes": rows.nodes}, **extra,
     }  # fmt: skip
     summary = (
-        f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(columns)} score columns "
+        f"{int(ok.sum()):,} images ({n_bad:,} excluded) x {len(catalogue)} score columns "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     if pairs:
