@@ -78,6 +78,7 @@ def export_gguf_to_hf(gguf: str, out_dir: Path) -> Path:
         del model.config.quantization_config
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared model cache from other users
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
