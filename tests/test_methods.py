@@ -55,14 +55,15 @@ ADJS = ["gooey landscape", "rutted creature", "wildcat pattern"]
 
 
 def test_catalogue_names_and_display_names() -> None:
-    assert SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm", "interneg")
+    assert SCORE_METHODS == ("mcm", "lmcm", "glmcm", "neglabel", "csp", "negrefine", "dnm", "interneg")
     assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm", "interneg")
     assert {n: m.display for n, m in METHODS.items()} == {
-        "mcm": "MCM", "neglabel": "NegLabel", "csp": "CSP", "negrefine": "NegRefine", "dnm": "DNM",
-        "interneg": "InterNeg",
+        "mcm": "MCM", "lmcm": "L-MCM", "glmcm": "GL-MCM", "neglabel": "NegLabel", "csp": "CSP",
+        "negrefine": "NegRefine", "dnm": "DNM", "interneg": "InterNeg",
     }  # fmt: skip
-    # InterNeg needs a prototype dataset, so it is not in the default method lists
-    assert SCORE_METHODS[:-1] == DEFAULT_SCORE_METHODS and MINING_METHODS[:-1] == DEFAULT_MINING_METHODS
+    # InterNeg needs a prototype dataset and L-MCM/GL-MCM a ViT, so they are not in the default lists
+    assert DEFAULT_SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm")
+    assert MINING_METHODS[:-1] == DEFAULT_MINING_METHODS
     assert all(name == m.name for name, m in METHODS.items())
     with pytest.raises(NegRefineError, match=r"Unknown method 'neglable'\. Did you mean 'neglabel'"):
         get_method("neglable")

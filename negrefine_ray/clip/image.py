@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -33,7 +34,8 @@ from negrefine_ray.clip.preprocess import (
     variant_specs,
 )
 from negrefine_ray.config import ImagesConfig, ModelConfig
-from negrefine_ray.core.methods import embedding_name
+from negrefine_ray.core.glmcm import encode_with_local, last_block, lmcm
+from negrefine_ray.core.methods import embedding_name, local_variant
 from negrefine_ray.distributed.pools import (
     NODE,
     ROW,
@@ -60,6 +62,31 @@ def embed_crops(model: torch.nn.Module, crops: torch.Tensor, spec: CropSpec, pre
     return torch.nn.functional.normalize(feats.float(), dim=-1)
 
 
+@dataclass(frozen=True)
+class LocalSpec:
+    """What a variant's local score needs (GL-MCM's L-MCM, core.glmcm): the ID prompts' (K, D)
+    float32 features and the softmax temperature."""
+
+    id_text: np.ndarray
+    temperature: float
+
+
+def embed_crops_local(
+    model: torch.nn.Module,
+    crops: torch.Tensor,
+    spec: CropSpec,
+    precision: str,
+    id_text: torch.Tensor,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`embed_crops` and, from the same forward pass, each image's L-MCM against `id_text` (N,)
+    float32: the local features never leave the device."""
+    with torch.inference_mode():
+        with autocast(crops.device.type, precision):
+            feats, local = encode_with_local(model, normalise(crops, spec))
+        return torch.nn.functional.normalize(feats.float(), dim=-1), lmcm(local, id_text, temperature)
+
+
 class ImageEmbedder:
     """Actor: loads CLIP once; batch columns status (N,) and, per variant of `specs`, pixels@<variant>
     (N, H, W, 3) uint8 (numpy from Ray, a CPU tensor from the DataLoader) -> embedding@<variant>
@@ -67,7 +94,9 @@ class ImageEmbedder:
     With options.decode "gpu" the batch holds status, detail, path and encoded (device_decode's
     `encode_rows`) instead of pixels: the actor decodes the JPEGs once on its device for every
     variant and returns the resolved status and detail. `device` is where the pool plan runs it;
-    inference runs at model.precision resolved for that device (clip.resolve_precision)."""
+    inference runs at model.precision resolved for that device (clip.resolve_precision). A variant
+    in `local` also gets its images' local score, embedding@local-mcm:<variant> (N, 1) float32,
+    from the same forward pass."""
 
     options = DecodeOptions()
 
@@ -78,6 +107,7 @@ class ImageEmbedder:
         *,
         device: str = "cpu",
         options: DecodeOptions | None = None,
+        local: Mapping[str, LocalSpec] | None = None,
     ) -> None:
         self.options = options or DecodeOptions()
         if self.options.decode == "gpu":
@@ -96,12 +126,25 @@ class ImageEmbedder:
         probe = torch.zeros((1, *spec.out_size, 3), dtype=torch.uint8, device=self.device)
         self.dim = int(embed_crops(self.model, probe, spec, self.precision).shape[1])
         self.node = node_id()
+        self.local = {}
+        for variant, ls in (local or {}).items():
+            last_block(self.model)  # a ResNet tower fails here, naming the supported ones
+            text = torch.from_numpy(np.array(ls.id_text, np.float32)).to(self.device)  # a writable copy
+            self.local[variant] = (text, ls.temperature)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         crops, ok, rest = self._decoded(batch) if self.options.decode == "gpu" else self._moved(batch)
         for variant, spec in self.specs.items():
             out = np.zeros((len(ok), self.dim), dtype=np.float32)
-            if ok.any():
+            if variant in self.local:
+                score = np.zeros((len(ok), 1), dtype=np.float32)
+                if ok.any():
+                    feats, local = embed_crops_local(
+                        self.model, crops[variant], spec, self.precision, *self.local[variant]
+                    )
+                    out[ok], score[ok, 0] = feats.cpu().numpy(), local.cpu().numpy()
+                rest[embedding_name(local_variant(variant))] = score
+            elif ok.any():
                 out[ok] = embed_crops(self.model, crops[variant], spec, self.precision).cpu().numpy()
             rest[embedding_name(variant)] = out
         rest[NODE] = np.full(len(ok), self.node)
@@ -169,12 +212,14 @@ def embed_rows_ray(
     embedder_cls: type = ImageEmbedder,
     nodes: dict[str, int] | None = None,
     on_batch: Callable[[Mapping[str, np.ndarray]], None] | None = None,
+    local: Mapping[str, LocalSpec] | None = None,
 ) -> dict[str, EmbedResult]:
     """Run `work` (columns row = 0..N-1, root, path, status) through decode tasks (one decode and
     one crop per variant of `specs` per file) and the actor pool of the fitted `plan`; returns each
     variant's rows in `work`'s order. The rows each Ray node's actors embedded are added to `nodes`;
     `on_batch` sees each batch of the pool's output once the reassembly has accepted it (the stage's
-    checkpoints, clip/image_checkpoint.py)."""
+    checkpoints, clip/image_checkpoint.py). The variants of `local` also return their local score,
+    as the pseudo-variant local_variant(v) (an "embedding" of dimension 1)."""
     import ray
 
     blocks = [work.slice(i, DECODE_BATCH) for i in range(0, work.num_rows, DECODE_BATCH)]
@@ -189,13 +234,16 @@ def embed_rows_ray(
     args: dict[str, Any] = {"model": model, "specs": dict(specs), "device": plan.device}
     if options.decode == "gpu":  # the actors decode; the tasks above only read bytes
         args["options"] = options
+    if local:
+        args["local"] = dict(local)
     pool = ActorPool(embedder_cls, args, plan, batch_size)
     batches = pool.apply(decoded).iter_batches(batch_size=None, batch_format="numpy")
     if on_batch is not None:
         batches = _observed(batches, on_batch)
-    columns = reassemble(batches, work.num_rows, [*_columns(list(specs)), NODE], stage="embed-images")
+    variants = [*specs, *(local_variant(v) for v in local or {})]
+    columns = reassemble(batches, work.num_rows, [*_columns(variants), NODE], stage="embed-images")
     count_nodes(columns[NODE], nodes)
-    return _results(columns, list(specs))
+    return _results(columns, variants)
 
 
 def _observed(
@@ -263,6 +311,7 @@ def embed_files_local(
             f"'{embedder.options.decode}'; pass the same DecodeOptions to both."
         )
     variants = list(embedder.specs)
+    outputs = [*variants, *(local_variant(v) for v in embedder.local)]
     loader = torch.utils.data.DataLoader(
         _DecodeDataset(files, embedder.specs, options),
         batch_size=batch_size,
@@ -273,4 +322,4 @@ def embed_files_local(
         persistent_workers=False,
     )
     batches = (embedder(batch) for batch in loader)
-    return _results(reassemble(batches, len(files), _columns(variants), stage="embed-images"), variants)
+    return _results(reassemble(batches, len(files), _columns(outputs), stage="embed-images"), outputs)

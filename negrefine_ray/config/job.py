@@ -13,6 +13,7 @@ from negrefine_ray.config.sections import (
     CorpusConfig,
     DatasetConfig,
     FilterConfig,
+    GLMCMConfig,
     ImagesConfig,
     InterNegConfig,
     JudgeConfig,
@@ -43,6 +44,7 @@ class JobConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     judges: tuple[JudgeConfig, ...] = ()
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    glmcm: GLMCMConfig = field(default_factory=GLMCMConfig)
     interneg: InterNegConfig = field(default_factory=InterNegConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -302,6 +302,19 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class GLMCMConfig:
+    """GL-MCM and L-MCM (methods.md Appendix C): S = MCM + lambda_local x L-MCM. Defaults are the
+    reference's ImageNet script's: lambda_local 0.5 (its argument's default is 1.0, and versions
+    before June 2024 hard-coded 1), T = 1 (softmax over raw cosines; the reference's `--T` is an int).
+    The prompts are MCM's 'a photo of a {}' and the images torchvision's bilinear Resize + CenterCrop,
+    as the reference's; L-MCM is computed in the image actors, so `temperature` is part of the
+    embed-images stage's hash too."""
+
+    lambda_local: float = field(default=0.5, metadata=_range(0.0))
+    temperature: float = field(default=1.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
 class InterNegConfig:
     """InterNeg (methods.md 5): inter-modal textual negatives against ID image prototypes (a dataset of
     role "prototype") and negatives inverted online from confident OOD images; defaults are its

@@ -155,6 +155,9 @@ class Method:
     default: bool = True  # in the default score.methods/mining.methods (InterNeg needs prototype images)
     needs_prototypes: bool = False  # scores against labelled ID images (a dataset of role "prototype")
     settings: str | None = None  # its own JobConfig section, part of the score stage's hash when scored
+    # scores a number the image actors compute from the local (patch) features where the images are
+    # encoded: GL-MCM's L-MCM (core.glmcm), kept per image as images.parquet's local_variant column
+    needs_local: bool = False
 
     @property
     def mines(self) -> bool:
@@ -203,6 +206,11 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("mcm", "MCM", id_view="mcm", scorer="mcm", rows=(Row("mcm"),)),  # App. B: CLIP's
+        # App. C: GL-MCM's local score alone, and added to MCM; ViT towers only (core.glmcm)
+        Method("lmcm", "L-MCM", id_view="mcm", scorer="lmcm", rows=(Row("lmcm"),),
+               preprocess="torchvision", default=False, settings="glmcm", needs_local=True),
+        Method("glmcm", "GL-MCM", id_view="mcm", scorer="glmcm", rows=(Row("glmcm"),),
+               preprocess="torchvision", default=False, settings="glmcm", needs_local=True),
         Method(
             "neglabel", "NegLabel", id_view="the_nice_raw", scorer="grouped",
             rows=(Row("neglabel"), _pool_row("neglabel")),
@@ -254,6 +262,26 @@ DEFAULT_MINING_METHODS: tuple[str, ...] = tuple(m for m in MINING_METHODS if MET
 def embedding_name(variant: str) -> str:
     """The images.parquet column (and batch column) of a preprocessing variant's image embeddings."""
     return f"embedding@{variant}"
+
+
+LOCAL = "local-mcm:"  # the prefix of a variant's local score (GL-MCM's L-MCM, one float per image)
+
+
+def local_variant(variant: str) -> str:
+    """The pseudo-variant holding L-MCM of `variant`'s crops: cached and stored like an embedding of
+    dimension 1 (images.parquet column embedding@local-mcm:<variant>)."""
+    return f"{LOCAL}{variant}"
+
+
+def base_variant(variant: str) -> str:
+    """The preprocessing a (pseudo-)variant's crops come from."""
+    return variant.removeprefix(LOCAL)
+
+
+def local_variants(methods: Sequence[str], setting: str) -> tuple[str, ...]:
+    """The preprocessings whose images also need their local score (methods with `needs_local`)."""
+    chosen = image_preprocessing(methods, setting)
+    return tuple(dict.fromkeys(chosen[m] for m in methods if get_method(m).needs_local))
 
 
 def image_preprocessing(methods: Sequence[str], setting: str) -> dict[str, str]:

@@ -32,8 +32,9 @@ class ScoreInput:
     datasets in order. `negatives`: the method's mined negatives table (mine/negatives.parquet, or with
     `pool` = J filter/J/mined.parquet, mined from the pool judge J filtered); `mined`: always
     mine/negatives.parquet. `judges`: the NegFilter judges of a filtered method. `prototypes`: (labels,
-    embeddings) of the readable role-"prototype" images, for methods that need them. `connect_ray`
-    starts or joins Ray for scorers that distribute work."""
+    embeddings) of the readable role-"prototype" images, for methods that need them. `local`: the
+    images' local score (GL-MCM's L-MCM) in the method's preprocessing, for methods that need it.
+    `connect_ray` starts or joins Ray for scorers that distribute work."""
 
     method: Method
     config: JobConfig
@@ -48,6 +49,7 @@ class ScoreInput:
     pool: str | None = None
     judges: tuple[str, ...] = ()
     prototypes: tuple[np.ndarray, np.ndarray] | None = None
+    local: np.ndarray | None = None  # (n_ok,) the image actors' local score, for methods needing it
     rows: Rows = field(default_factory=Rows)  # where the per-image score functions run
 
     @property

@@ -12,12 +12,15 @@ from __future__ import annotations
 from negrefine_ray.core.methods import METHODS, Method
 from negrefine_ray.errors import unknown_name
 from negrefine_ray.scoring.basic import score_dnm, score_grouped, score_mcm
+from negrefine_ray.scoring.glmcm import score_glmcm, score_lmcm
 from negrefine_ray.scoring.inputs import Scorer
 from negrefine_ray.scoring.interneg import score_interneg
 from negrefine_ray.scoring.negrefine import score_negrefine
 
 SCORERS: dict[str, Scorer] = {
     "mcm": score_mcm,
+    "lmcm": score_lmcm,
+    "glmcm": score_glmcm,
     "grouped": score_grouped,
     "dnm": score_dnm,
     "negrefine": score_negrefine,

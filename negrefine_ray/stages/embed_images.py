@@ -14,6 +14,7 @@ are kept as partial cache entries (clip/image_checkpoint.py), so a resumed stage
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.clip.device_decode import check_device_specs
-from negrefine_ray.clip.image import embed_rows_ray, image_pool_spec
+from negrefine_ray.clip.image import LocalSpec, embed_rows_ray, image_pool_spec
 from negrefine_ray.clip.image_cache import (
     EmbedResult,
     ImageEmbeddingCache,
@@ -38,13 +39,19 @@ from negrefine_ray.clip.preprocess import (
     decode_options,
     variant_specs,
 )
+from negrefine_ray.clip.text_service import TextEncoder
 from negrefine_ray.config import DatasetConfig, JobConfig
+from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.methods import (
     PREPROCESSING,
+    base_variant,
     embedding_name,
     image_preprocessing,
+    local_variant,
+    local_variants,
     prototype_preprocessing,
 )
+from negrefine_ray.core.templates import get_templates
 from negrefine_ray.data.datasets import Listing, list_datasets
 from negrefine_ray.data.presets import resolve_datasets
 from negrefine_ray.distributed.pools import cluster_gpus, fit_plan, plan_pool
@@ -54,6 +61,7 @@ from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages._embed_images_cache import OnBatch, Todo, embed_with_cache
 
 log = logging.getLogger(__name__)
+LOCAL_TEMPLATES = "mcm"  # GL-MCM's prompt, 'a photo of a {}' (methods.md C.2): MCM's ID view
 
 
 def embed_images_settings(config: JobConfig) -> dict[str, Any]:
@@ -76,7 +84,32 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
         "symlinks": config.images.symlinks,
         "datasets": [dataclasses.asdict(d) for d in stage_datasets(config)],
         "seed": config.run.seed,
+        **({"local": _local_settings(config)} if _local_settings(config) else {}),
     }
+
+
+def _local_settings(config: JobConfig) -> dict[str, Any] | None:
+    """What the images' local scores (GL-MCM's L-MCM, scored methods with `needs_local`) depend on
+    beyond the crops: the ID prompts and the temperature; None when no scored method needs them."""
+    variants = local_variants(config.score.methods, config.images.preprocess)
+    if not variants:
+        return None
+    return {"variants": list(variants), "labels": config.labels.id_labels, "templates": LOCAL_TEMPLATES,
+            "temperature": config.glmcm.temperature}  # fmt: skip
+
+
+def local_specs(ctx: StageContext) -> dict[str, LocalSpec]:
+    """Each local variant's LocalSpec: the ID labels' 'a photo of a {}' features, L2-normalised, from
+    the text encoder (its cache holds them once embed-text has run: MCM's view, the same texts)."""
+    settings = _local_settings(ctx.config)
+    if settings is None:
+        return {}
+    encoder = TextEncoder(ctx.config, ctx.ray)
+    try:
+        id_text = encoder.embed(load_id_labels(ctx.config.labels.id_labels), get_templates(LOCAL_TEMPLATES))
+    finally:
+        encoder.close()
+    return {v: LocalSpec(id_text, settings["temperature"]) for v in settings["variants"]}
 
 
 def prototype_variant(config: JobConfig) -> str | None:
@@ -160,17 +193,15 @@ def combined_status(results: Sequence[EmbedResult]) -> tuple[np.ndarray, np.ndar
 def _output_tables(
     listing: Listing,
     results: Mapping[str, EmbedResult],
-    variants: Sequence[str],
+    dims: Mapping[str, int],
     status: np.ndarray,
     detail: np.ndarray,
 ) -> tuple[pa.Table, pa.Table]:
-    """(images rows with one embedding@<variant> column per variant, null for the variants this
-    dataset was not embedded with, failure rows) of one dataset in listing order; `status` and
-    `detail` are its rows' combined_status."""
+    """(images rows with one embedding@<variant> column per variant of `dims` (its dimension), null
+    for the variants this dataset was not embedded with, failure rows) of one dataset in listing
+    order; `status` and `detail` are its rows' combined_status."""
     t = listing.table
     ok = status == OK
-    dim = next(iter(results.values())).embedding.shape[1]
-    empty = np.zeros((t.num_rows, dim), np.float32)
     nothing = np.zeros(t.num_rows, dtype=bool)
     images = pa.table(
         {
@@ -182,8 +213,8 @@ def _output_tables(
             **{
                 embedding_name(v): embedding_column(results[v].embedding, ok)
                 if v in results
-                else embedding_column(empty, nothing)
-                for v in variants
+                else embedding_column(np.zeros((t.num_rows, dim), np.float32), nothing)
+                for v, dim in dims.items()
             },
         }
     )
@@ -244,14 +275,20 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         cfg.run.seed,
     )
 
+    local = local_specs(ctx)
+    local_names = tuple(local_variant(v) for v in local)  # one float per image, cached like a variant
+
     def variants_of(li: Listing) -> tuple[str, ...]:
-        return (proto,) if proto and li.config.role == "prototype" else test_variants
+        return (proto,) if proto and li.config.role == "prototype" else (*test_variants, *local_names)
 
     options = decode_options(cfg.images)
     if options.decode == "gpu":
         check_device_specs(specs.values())
     precision, weights = resolve_precision(plan.device, cfg.model.precision), resolve_weights(cfg.model)
     preprocess = {v: {"crop": spec.describe(), "decode": options.describe()} for v, spec in specs.items()}
+    for v, ls in local.items():  # the local score also depends on the ID prompts and the temperature
+        text_id = hashlib.sha256(np.ascontiguousarray(ls.id_text, np.float32).tobytes()).hexdigest()
+        preprocess[local_variant(v)] = {**preprocess[v], "local": {"id_text": text_id, "t": ls.temperature}}
     cache = ImageEmbeddingCache(cfg.cache_dir / "image-embeddings")
     # (variant, listing) -> (base, key); a listing's identity is its root and fingerprint, so two
     # datasets with the same files share their entries and run once
@@ -274,10 +311,13 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
         def embed(work: pa.Table, variants: Sequence[str], on_batch: OnBatch) -> dict[str, EmbedResult]:
             nonlocal plan  # checked only when there is work: a cached run needs no free resources
             plan = fit_plan(plan)
-            return embed_rows_ray(
+            crops = dict.fromkeys(base_variant(v) for v in variants)  # a local score needs its crops
+            done = embed_rows_ray(
                 work, cfg.model, plan, batch_size=cfg.images.batch_size, options=options,
-                specs={v: specs[v] for v in variants}, nodes=nodes, on_batch=on_batch,
+                specs={v: specs[v] for v in crops}, nodes=nodes, on_batch=on_batch,
+                local={base_variant(v): local[base_variant(v)] for v in variants if v in local_names},
             )  # fmt: skip
+            return {v: done[v] for v in variants}
 
         groups: dict[tuple[str, ...], dict[str, Todo]] = {}
         for ident, item in todo.items():
@@ -293,8 +333,9 @@ def run_embed_images(ctx: StageContext) -> StageOutput:
     statuses = [combined_status(list(by_variant.values())) for by_variant in ordered]
     for li, (status, detail) in zip(listings, statuses, strict=True):
         check_failed_fraction(li, status, detail, cfg.images.max_failed_fraction)
+    dims = {v: r.embedding.shape[1] for by_variant in ordered for v, r in by_variant.items()}
     tables = [
-        _output_tables(li, by_variant, list(specs), *st)
+        _output_tables(li, by_variant, dims, *st)
         for li, by_variant, st in zip(listings, ordered, statuses, strict=True)
     ]
     write_parquet(ctx.out_dir / "images.parquet", pa.concat_tables([t[0] for t in tables]))

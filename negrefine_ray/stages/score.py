@@ -28,6 +28,8 @@ from negrefine_ray.core.methods import (
     METHODS,
     embedding_name,
     image_preprocessing,
+    local_variant,
+    local_variants,
     prototype_preprocessing,
 )
 from negrefine_ray.distributed.session import resolve_address
@@ -178,6 +180,10 @@ def run_score(ctx: StageContext) -> StageOutput:
     readable = pc.fill_null(pc.equal(listing.column("status"), "ok"), False).to_numpy(zero_copy_only=False)
     images = listing.filter(pa.array(~is_prototype))
     ok, embeddings = ok_embeddings(ctx, readable, ~is_prototype, preprocess.values())
+    local_scores = {  # GL-MCM's L-MCM per image, computed by the image actors (core.glmcm)
+        v: IMAGES.matrix(ctx.run_dir, embedding_name(local_variant(v)), ~is_prototype & readable)[:, 0]
+        for v in local_variants(methods, config.images.preprocess)
+    }
     scored = images.filter(pa.array(ok))
     roles = scored.column("role").to_numpy(zero_copy_only=False)
     if not (roles == "id").any():
@@ -207,6 +213,7 @@ def run_score(ctx: StageContext) -> StageOutput:
                 run_dir=ctx.run_dir, connect_ray=ctx.ray, pool=judge, judges=judges, rows=rows,
                 prototypes=_prototypes(ctx, listing, is_prototype & readable, preprocess[name])
                 if method.needs_prototypes else None,
+                local=local_scores[preprocess[name]] if method.needs_local else None,
             )  # fmt: skip
             result = scorer_of(method)(inp)
             for column, values in result.columns:
