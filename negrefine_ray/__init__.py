@@ -22,6 +22,7 @@ _EXPORTS = {
         "compute_metrics", "get_metric", "METRICS",
     ),
     "negrefine_ray.core.multi_matching": ("multi_matching_scores",),
+    "negrefine_ray.core.glmcm": ("encode_with_local", "lmcm", "glmcm"),
     "negrefine_ray.core.interneg": (
         "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
         "interneg_score", "stream_order", "run_online",
@@ -38,6 +39,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
     "auroc", "aupr_in", "aupr_out", "fpr95", "fpr95_openood", "aupr_in_openood", "aupr_out_openood",
     "compute_metrics", "get_metric", "METRICS",
     "multi_matching_scores",
+    "encode_with_local", "lmcm", "glmcm",
     "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
     "interneg_score", "stream_order", "run_online", "invert_images",
     "load_config", "run_job",
@@ -46,6 +48,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
 if TYPE_CHECKING:
     from negrefine_ray.clip.inversion import invert_images
     from negrefine_ray.config import load_config
+    from negrefine_ray.core.glmcm import encode_with_local, glmcm, lmcm
     from negrefine_ray.core.interneg import (
         NegativeBank,
         admissible,

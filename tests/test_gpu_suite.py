@@ -28,6 +28,8 @@ FIGURES = (
     "mining text: 71,392 candidates x 1 template",
     "text tower, texts/s",
     "NegRefine text workload",
+    "image tower nr-tiny-vit, img/s without / with GL-MCM",
+    "image tower with GL-MCM's local score / without",
     "score stage on the device",
     "score stage in numpy on the CPU",
     "score stage, device vs CPU columns",
@@ -49,7 +51,7 @@ def test_dry_run_runs_every_part_and_prints_one_table(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text())
     parts = summary["parts"]
-    expected_parts = {"env", "checks", "score", "text", "filter", "images"}
+    expected_parts = {"env", "checks", "score", "text", "filter", "images", "glmcm"}
     figures = FIGURES
     if (ROOT / "jobs/bench/bench_gpu_decode.py").exists():
         expected_parts.add("decode")
@@ -64,5 +66,5 @@ def test_dry_run_runs_every_part_and_prints_one_table(tmp_path: Path) -> None:
     assert all(result in CLEAN for result in rows.values()), rows
     table = done.stdout[done.stdout.index("| figure") :]
     assert all(figure in table for figure in rows), table
-    for name in ("env", "score", "text", "filter", "images"):
+    for name in ("env", "score", "text", "filter", "images", "glmcm"):
         assert json.loads((out / f"{name}.json").read_text()), name

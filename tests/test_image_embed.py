@@ -16,11 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from negrefine_ray.clip.image import ImageEmbedder, embed_files_local, embed_rows_ray, image_pool_spec
+from negrefine_ray.clip.image import (
+    ImageEmbedder,
+    LocalSpec,
+    embed_files_local,
+    embed_rows_ray,
+    image_pool_spec,
+)
 from negrefine_ray.clip.image_cache import EmbedResult, ImageEmbeddingCache
 from negrefine_ray.clip.model import create_clip
 from negrefine_ray.clip.preprocess import DecodeOptions, crop_spec, crop_spec_for_model, variant_specs
 from negrefine_ray.config import ImagesConfig, JobConfig, ModelConfig, build_config
+from negrefine_ray.core.glmcm import encode_with_local, lmcm
 from negrefine_ray.core.methods import TEST_PREPROCESSING
 from negrefine_ray.distributed.pools import plan_pool
 from negrefine_ray.errors import StageError
@@ -116,6 +123,33 @@ def direct_embeddings(files: list[Path], variant: str = "clip") -> np.ndarray:
     with torch.no_grad():
         feats = model.encode_image(x)  # type: ignore[operator]
     return torch.nn.functional.normalize(feats, dim=-1).numpy()  # type: ignore[no-any-return]
+
+
+def test_the_actor_adds_the_local_score_from_the_same_forward_pass(tmp_path: Path) -> None:
+    """A variant with a LocalSpec also returns GL-MCM's L-MCM per image (the pseudo-variant
+    local-mcm:<variant>, shape (N, 1)), equal to core.glmcm on the reference pipeline's crops, beside
+    an unchanged global embedding; unreadable rows get zeros."""
+    files = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for i, f in enumerate(files):
+        save(f, noise(40 + 7 * i, 60))
+    text = np.random.default_rng(1).standard_normal((5, 32)).astype(np.float32)
+    specs = variant_specs(crop_spec_for_model(TINY), ["torchvision"])
+    embedder = ImageEmbedder(TINY, specs, local={"torchvision": LocalSpec(text, 1.0)})
+    pairs = [(str(tmp_path), f.name) for f in files] + [(str(tmp_path), "gone.jpg")]
+    results = embed_files_local(pairs, embedder, DecodeOptions(), workers=0, batch_size=2)
+    assert list(results) == ["torchvision", "local-mcm:torchvision"]
+    np.testing.assert_allclose(
+        results["torchvision"].embedding[:3], direct_embeddings(files, "torchvision"), atol=1e-5
+    )
+    model, _, _ = create_clip(TINY)
+    transform = reference_transform("torchvision")
+    x = torch.stack([transform(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        want = lmcm(encode_with_local(model, x)[1], torch.from_numpy(text)).numpy()
+    local = results["local-mcm:torchvision"]
+    assert local.embedding.shape == (4, 1) and local.status.tolist() == ["ok"] * 3 + ["missing"]
+    np.testing.assert_allclose(local.embedding[:3, 0], want, atol=1e-5)
+    assert local.embedding[3, 0] == 0.0 and np.ptp(local.embedding[:3, 0]) > 0
 
 
 def test_crop_spec_without_weights_equals_the_models_transform() -> None:

@@ -310,6 +310,7 @@ class Table:
         self.env()
         self.checks()
         self.images()
+        self.glmcm()
         self.text()
         self.score()
         self.filter()
@@ -363,6 +364,15 @@ class Table:
         work = data.get("negrefine_workload", {})
         figure = f"NegRefine text workload ({_count(work.get('texts'))} templated texts), s"
         self.add("text", figure, work.get("seconds"), "-", None)
+
+    def glmcm(self) -> None:
+        """glmcm_cost.py: the image tower with and without GL-MCM's local score."""
+        data = _load(self.folder / "glmcm.json")
+        rates = data.get("images_per_s", {})
+        arch = data.get("arch", "?")
+        self.add("glmcm", f"image tower {arch}, img/s without / with GL-MCM", rates.get("without"), "-", None)
+        self.add("glmcm", "image tower with GL-MCM's local score / without", data.get("with_over_without"),
+                 ">= 0.8", lambda v: v >= 0.8)  # fmt: skip
 
     def score(self) -> None:
         """score_stage.py: the score stage's own path, numpy on the CPU against the GPU's."""

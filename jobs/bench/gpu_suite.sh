@@ -7,7 +7,7 @@
 #
 #   bash jobs/bench/gpu_suite.sh                 # on the GPU machine, ~6 min on one H100/H200
 #   bash jobs/bench/gpu_suite.sh --dry-run       # every part on CPU at tiny shapes: the wiring
-# Options: --out DIR, --budget SECONDS (default 450; dry run 600). Python: $PYTHON, else
+# Options: --out DIR, --budget SECONDS (default 540; dry run 600). Python: $PYTHON, else
 # .venv/bin/python if present, else python3. Exit status 1 if any figure failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 2
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -z "$BUDGET" ]; then
-  if [ "$DRY" = 1 ]; then BUDGET=600; else BUDGET=450; fi
+  if [ "$DRY" = 1 ]; then BUDGET=600; else BUDGET=540; fi
 fi
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
 elif [ -x .venv/bin/python ]; then PY=.venv/bin/python
@@ -103,6 +103,8 @@ if [ "$DRY" = 1 ]; then
   part images 180 "$PY" $B/gpu_suite.py images --arch nr-tiny-vit --device cpu --n-images 24 --n-large 4 \
     --size 160x120 --large-size 320x240 --batch-sizes 8 --precisions fp32 --workers 0 --e2e-batch 8 \
     --seconds 0.2 --out "$OUT_DIR/images.json"
+  part glmcm 90 "$PY" $B/glmcm_cost.py --arch nr-tiny-vit --device cpu --batch 4 --labels 50 --seconds 0.3 \
+    --rounds 1 --out "$OUT_DIR/glmcm.json"
   if [ -f $B/bench_gpu_decode.py ]; then
     part decode 120 "$PY" $B/bench_gpu_decode.py --device cpu --quick --out "$OUT_DIR/decode.json"
   fi
@@ -125,6 +127,8 @@ else
   part images 150 "$PY" $B/gpu_suite.py images --arch ViT-B-16 --device cuda --n-images 6144 --n-large 64 \
     --batch-sizes 256,1024 --precisions fp16,bf16 --workers 16 --e2e-batch 256 --e2e-precision fp16 \
     --seconds 1.5 --out "$OUT_DIR/images.json"
+  part glmcm 60 "$PY" $B/glmcm_cost.py --device cuda --precision fp16 --batch 256 --seconds 3 --rounds 3 \
+    --out "$OUT_DIR/glmcm.json"
   if [ -f $B/bench_gpu_decode.py ]; then
     part decode 90 "$PY" $B/bench_gpu_decode.py --device cuda --n-images 2048 --batch-size 256 --seconds 1.5 \
       --out "$OUT_DIR/decode.json"
