@@ -73,9 +73,10 @@ def oracle(name: str) -> dict[str, Any]:
 def write_oracles() -> None:
     """Rewrite the committed oracles from the references (needs the mirrors)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import test_adaneg
     import test_glmcm
 
-    for name, build in (("glmcm", test_glmcm.build_oracle),):
+    for name, build in (("glmcm", test_glmcm.build_oracle), ("adaneg", test_adaneg.build_oracle)):
         path = GOLDEN / f"reference_{name}.json"
         path.write_text(json.dumps(build(), indent=1) + "\n")
         print(f"wrote {path}")
