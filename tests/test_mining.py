@@ -194,3 +194,24 @@ def test_deterministic_under_any_hash_seed() -> None:
     cleaned, selected = json.loads(outputs.pop())
     assert cleaned == ["zeta", "alpha", "beta", "gamma", "delta"]  # "b'c" -> "bc" is too short
     assert selected == [6, 2, 3, 5]
+
+
+def test_adaneg_selection_is_its_order_statistic_split_in_proportion_adjectives_first() -> None:
+    """AdaNeg (D.2): d = the element at index int(K * 0.95) of the sorted cosines, no interpolation;
+    adj_num = int(M A / (A + N)); each part ascending by d; [adjectives | nouns]."""
+    from negrefine_ray.core.mining import mine_adaneg
+
+    rng = np.random.default_rng(4)
+    cand = rng.standard_normal((50, 8)).astype(np.float32)
+    cand /= np.linalg.norm(cand, axis=1, keepdims=True)
+    ids = rng.standard_normal((40, 8)).astype(np.float32)
+    ids /= np.linalg.norm(ids, axis=1, keepdims=True)
+    pos = ["noun"] * 35 + ["adj"] * 15
+    got = mine_adaneg(cand, ids, pos, m=20)
+    d = np.sort(cand @ ids.T, axis=1)[:, int(40 * 0.95)]  # index 38 of 40
+    adj_num = int(20 * 15 / 50)
+    adjs = sorted(range(35, 50), key=lambda i: (d[i], i))[:adj_num]
+    nouns = sorted(range(35), key=lambda i: (d[i], i))[: 20 - adj_num]
+    assert got.indices.tolist() == adjs + nouns
+    assert got.counts == {"adj": 6, "noun": 14}
+    np.testing.assert_array_equal(got.statistic, d.astype(np.float32))

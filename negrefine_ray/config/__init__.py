@@ -13,6 +13,7 @@ from negrefine_ray.config.load import (
 from negrefine_ray.config.sections import (
     MINING_METHODS,
     SCORE_METHODS,
+    AdaNegConfig,
     CorpusConfig,
     DatasetConfig,
     FilterConfig,
@@ -33,6 +34,7 @@ from negrefine_ray.config.sections import (
 __all__ = [
     "MINING_METHODS",
     "SCORE_METHODS",
+    "AdaNegConfig",
     "CorpusConfig",
     "DatasetConfig",
     "FilterConfig",

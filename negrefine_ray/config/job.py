@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from negrefine_ray.config.sections import (
+    AdaNegConfig,
     CorpusConfig,
     DatasetConfig,
     FilterConfig,
@@ -45,6 +46,7 @@ class JobConfig:
     judges: tuple[JudgeConfig, ...] = ()
     score: ScoreConfig = field(default_factory=ScoreConfig)
     glmcm: GLMCMConfig = field(default_factory=GLMCMConfig)
+    adaneg: AdaNegConfig = field(default_factory=AdaNegConfig)
     interneg: InterNegConfig = field(default_factory=InterNegConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -315,6 +315,31 @@ class GLMCMConfig:
 
 
 @dataclass(frozen=True)
+class AdaNegConfig:
+    """AdaNeg (methods.md Appendix D): test-time adaptive negative proxies over one seeded, shuffled
+    stream of the ID images and each OOD dataset's. Defaults are its ImageNet script's: thres 0.5,
+    gap 0.5 (cache above 0.75, below 0.25), memory_length 10, lambda 0.1 (S = S_ada + lambda S_nl),
+    group_num 5, 10,000 negatives, batches of 256. `replacement` "never" (default) is the reference's
+    effective rule, its fp16 entropies being NaN: a full memory is never updated; "entropy" replaces
+    the most uncertain image, as its code was written. `fill_last_slot` false (default) keeps its
+    quirk of storing L - 1 images. `shuffles`: stream orders run.seed, run.seed + 1, ...; the
+    manifest gives each metric's mean and std over them."""
+
+    n_negatives: int = field(default=10_000, metadata=_range(1))
+    thres: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    gap: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    memory_length: int = field(default=10, metadata=_range(1))
+    lambda_static: float = field(default=0.1, metadata=_range(0.0))  # lambda on the static S_nl
+    n_groups: int = field(default=5, metadata=_range(1))
+    batch_size: int = field(default=256, metadata=_range(1))
+    shuffles: int = field(default=1, metadata=_range(1))
+    replacement: Literal["never", "entropy"] = "never"
+    fill_last_slot: bool = False
+    # The cosines' scale: 0 (default) = score.logit_scale (100, OpenAI's exp(logit_scale)).
+    logit_scale: float = field(default=0.0, metadata=_range(0.0))
+
+
+@dataclass(frozen=True)
 class InterNegConfig:
     """InterNeg (methods.md 5): inter-modal textual negatives against ID image prototypes (a dataset of
     role "prototype") and negatives inverted online from confident OOD images; defaults are its

@@ -140,7 +140,7 @@ def run_adaneg(
         s_nl = neglabel(x, pos, neg, n_groups=n_groups, logit_scale=logit_scale, permutation=perm)
         touched: set[int] = set()
         # the caching side in float32, as the reference: the labels' logits, argmax and entropy
-        logits = torch.from_numpy(np.ascontiguousarray(x)) @ text_t.T * np.float32(logit_scale)
+        logits = torch.from_numpy(np.ascontiguousarray(x)) @ text_t.T * torch.tensor(logit_scale)
         sides = (("cached_id", s_nl > hi, slice(0, k)), ("cached_ood", s_nl < lo, slice(k, None)))
         for side, chosen, cols in sides:  # ID images first, then OOD images, each in batch order
             offset = cols.start or 0

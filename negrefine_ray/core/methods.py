@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from negrefine_ray.errors import unknown_name
+from negrefine_ray.errors import NegRefineError, unknown_name
 
 # CSP's pool leaves out these lexicographer files (methods.md 2.4); NegRefine and DNM follow it.
 CSP_EXCLUDED: tuple[str, ...] = ("noun.person", "noun.quantity", "noun.group", "adj.pert")
@@ -113,9 +113,11 @@ class Mining:
     from the ID labels by the `quantile` of cosines, with CSP's max-cosine guard (1.4, 2.4, 3.1);
     "density": DNM's lowest-density fraction (4.2), both in the mine stage; "inter-modal": InterNeg's
     admissibility and deviation against ID image prototypes (5.3), in the score stage, which has the
-    prototype images. A str `quantile` names a [mining] key."""
+    prototype images; "order-statistic": AdaNeg's fixed count of the farthest by an order statistic of
+    the cosines, split in proportion to the parts of speech (D.2). A str `quantile` names a [mining]
+    key."""
 
-    rule: Literal["id-distance", "density", "inter-modal"]
+    rule: Literal["id-distance", "density", "inter-modal", "order-statistic"]
     quantile: float | str = 0.95
     csp_guard: bool = False
 
@@ -250,6 +252,14 @@ METHODS: dict[str, Method] = {
             mining=Mining("inter-modal"), candidate_view="interneg", column="{row}@{ood}",
             preprocess="openood", default=False, needs_prototypes=True, settings="interneg",
         ),
+        Method(  # App. D: OpenOOD-VLM's TTAPromptPostprocessor_noadagap; InterNeg's pool and prompts
+            "adaneg", "AdaNeg", id_view="interneg_nice", scorer="adaneg",
+            rows=(Row("adaneg"), _pool_row("adaneg")),
+            pool=Pool("all 27 files, nouns before adjectives, ID names dropped from both (D.2)",
+                      exclude_id_names_from="both", file_order="interneg"),
+            mining=Mining("order-statistic"), candidate_view="interneg", column="{row}@{ood}",
+            preprocess="openood", default=False, settings="adaneg",
+        ),
     )
 }  # fmt: skip
 
@@ -276,6 +286,15 @@ def local_variant(variant: str) -> str:
 def base_variant(variant: str) -> str:
     """The preprocessing a (pseudo-)variant's crops come from."""
     return variant.removeprefix(LOCAL)
+
+
+def local_templates(methods: Sequence[str]) -> str | None:
+    """The template set of the ID view the local scores are taken against (GL-MCM's, MCM's prompt),
+    None when no method in `methods` needs local scores."""
+    views = {ID_VIEWS[get_method(m).id_view].templates for m in methods if get_method(m).needs_local}
+    if len(views) > 1:
+        raise NegRefineError(f"the methods needing local scores use different ID prompts: {sorted(views)}")
+    return next(iter(views), None)
 
 
 def local_variants(methods: Sequence[str], setting: str) -> tuple[str, ...]:

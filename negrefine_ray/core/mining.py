@@ -160,6 +160,36 @@ def mine_by_id_distance(
     return select_neglabel(percentile_distance(cand, id_emb, q, csp_guard=csp_guard), pos, top_fraction)
 
 
+def mine_adaneg(
+    cand: np.ndarray, id_emb: np.ndarray, pos: Sequence[str] | np.ndarray, *, m: int = 10_000, q: float = 0.95
+) -> MiningResult:
+    """AdaNeg (D.2): d_i = the element at index int(K q) of candidate i's ascending cosines to the K
+    ID labels (an order statistic, no interpolation: 950 of 1,000); M split in proportion to the
+    pool's parts of speech, adj_num = int(M A / (A + N)); each part ascending by d (ties in pool
+    order); the final order [adjectives | nouns]."""
+    _check_pair(cand, id_emb, "mine_adaneg")
+    tags = _parts_of_speech(pos, len(cand))
+    ref = np.asarray(id_emb, dtype=np.float32).T
+    index = int(ref.shape[1] * q)
+    if not 0 <= index < ref.shape[1]:
+        raise NegRefineError(f"AdaNeg's order statistic {q} x {ref.shape[1]} ID labels is out of range.")
+    d = np.empty(len(cand), dtype=np.float32)
+    for rows in _row_blocks(len(cand), ref.shape[1]):
+        d[rows] = np.partition(np.asarray(cand[rows], np.float32) @ ref, index, axis=1)[:, index]
+    n_adj, n_noun = int((tags == "adj").sum()), int((tags == "noun").sum())
+    adj_num = int(m * n_adj / max(n_adj + n_noun, 1))
+    want = {"adj": min(adj_num, n_adj), "noun": min(m - adj_num, n_noun)}
+    rank = np.full(len(d), -1, dtype=np.int64)
+    selected, counts = [], {}
+    for tag in ("adj", "noun"):
+        members = np.flatnonzero(tags == tag)
+        ordered = members[np.argsort(d[members], kind="stable")]
+        rank[ordered] = np.arange(len(ordered))
+        selected.append(ordered[: want[tag]])
+        counts[tag] = want[tag]
+    return MiningResult(np.concatenate(selected).astype(np.int64), d, rank, counts)
+
+
 def mine_neglabel(cand: np.ndarray, id_emb: np.ndarray, pos: Sequence[str] | np.ndarray) -> MiningResult:
     """NegLabel (1.4): 0.95 quantile, no guard, 15 % per part of speech."""
     return mine_by_id_distance(cand, id_emb, pos, q=0.95, csp_guard=False)

@@ -17,7 +17,14 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.core.corpus import get_pool_rule
 from negrefine_ray.core.labels import load_id_labels
 from negrefine_ray.core.methods import CANDIDATE_VIEWS, Method
-from negrefine_ray.core.mining import DNM_PRESETS, MiningResult, clean_label, mine_by_id_distance, mine_dnm
+from negrefine_ray.core.mining import (
+    DNM_PRESETS,
+    MiningResult,
+    clean_label,
+    mine_adaneg,
+    mine_by_id_distance,
+    mine_dnm,
+)
 from negrefine_ray.errors import ConfigError
 from negrefine_ray.runfolder.artifacts import view_matrix
 from negrefine_ray.runfolder.atomic import embedding_column
@@ -34,9 +41,11 @@ def method_pools(config: JobConfig, corpus: pa.Table) -> dict[str, pa.Table]:
 def mining_settings(config: JobConfig) -> dict[str, Any]:
     mining = dataclasses.asdict(config.mining)
     del mining["filtered_by"]  # which judges' filtered pools are re-mined: the filter stage's setting
-    settings = {"mining": mining, "arch": config.model.arch}
+    settings: dict[str, Any] = {"mining": mining, "arch": config.model.arch}
     if config.filter.scope == "corpus":  # absent by default, so default runs keep their hash
         settings["filter_scope"] = "corpus"
+    if "adaneg" in config.mining.methods:  # AdaNeg's count of negatives is a mining setting
+        settings["adaneg_negatives"] = config.adaneg.n_negatives
     return settings
 
 
@@ -72,6 +81,8 @@ def select(
         raw = view_matrix(taken, method.candidate_view, unit=False)
         return mine_dnm(raw, pos, arch=dnm_preset(config), distance=mining.dnm_distance), emb
     q = getattr(mining, rule.quantile) if isinstance(rule.quantile, str) else rule.quantile
+    if rule.rule == "order-statistic":
+        return mine_adaneg(emb, view_matrix(ids, method.id_view), pos, m=config.adaneg.n_negatives, q=q), emb
     result = mine_by_id_distance(
         emb, view_matrix(ids, method.id_view), pos, q=q, csp_guard=rule.csp_guard,
         top_fraction=mining.top_fraction,

@@ -26,6 +26,7 @@ from negrefine_ray.runfolder.artifacts import POOLS
 from negrefine_ray.runfolder.atomic import column_matrix
 from negrefine_ray.scoring.columns import score_column
 from negrefine_ray.scoring.inputs import Scored, ScoreInput
+from negrefine_ray.scoring.streams import run_streams, shuffle_spread, stream_rows
 
 Precision = {"fp32": "float32", "fp16": "float16"}
 
@@ -124,39 +125,6 @@ def online_scores(
     )  # fmt: skip
 
 
-def run_streams(
-    config: JobConfig, streams: list[tuple[np.ndarray, np.ndarray, int]], shared: dict[str, np.ndarray]
-) -> list[tuple[np.ndarray, dict[str, int]]]:
-    """Every (image rows, is_id, seed) stream as its own Ray task, all at once: one GPU each where the
-    cluster has GPUs and model.device allows (else one CPU), so OOD datasets and shuffles run in
-    parallel as far as the cluster fits them. `shared` (id_text, text_negs, protos, base) travels
-    through the object store once. Results in `streams` order."""
-    import ray
-
-    from negrefine_ray.distributed.pools import cluster_gpus
-
-    gpu = config.model.device != "cpu" and cluster_gpus() >= 1
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=2)(online_scores)
-    refs = {k: ray.put(v) for k, v in shared.items()}
-    device = "cuda" if gpu else "cpu"
-    pending = [
-        task.remote(config, ray.put(image), is_id, **refs, seed=seed, device=device)
-        for image, is_id, seed in streams
-    ]
-    return list(ray.get(pending))
-
-
-def shuffle_spread(columns: dict[int, np.ndarray], is_id: np.ndarray) -> dict[str, dict[str, float]]:
-    """Mean and std over the shuffles of each metric of one OOD dataset's stream scores."""
-    from negrefine_ray.core.metrics import compute_metrics
-
-    per = [compute_metrics(v[is_id], v[~is_id]) for v in columns.values()]
-    return {
-        m: {"mean": float(np.mean([p[m] for p in per])), "std": float(np.std([p[m] for p in per]))}
-        for m in per[0]
-    }
-
-
 def score_interneg(inp: ScoreInput) -> Scored:
     """InterNeg's columns interneg_text@d and interneg@d; its selection, prototypes and streams go to
     the manifest under the method's name."""
@@ -186,16 +154,18 @@ def score_interneg(inp: ScoreInput) -> Scored:
         inp.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=_logit_scale(config),
         dtype=dtype,  # type: ignore[arg-type]
     )  # fmt: skip
-    is_id_all = np.array([d is None for d in inp.ood_of], dtype=bool)
-    rows_of = {name: is_id_all | (inp.ood_of == name) for name in inp.ood}
+    is_id_all, rows_of = stream_rows(inp.ood_of, inp.ood)
     jobs = [(name, s) for name in inp.ood for s in range(cfg.shuffles)]
     inp.connect_ray()
     shared = {"id_text": id_text, "text_negs": text_negs, "protos": protos, "base": base}
+    from negrefine_ray.distributed.pools import cluster_gpus
+
+    gpu = config.model.device != "cpu" and cluster_gpus() >= 1  # the inversions run CLIP's text tower
     results = run_streams(
-        config,
+        online_scores, config,
         [(inp.image[rows_of[name]], is_id_all[rows_of[name]], config.run.seed + s) for name, s in jobs],
-        shared,
-    )
+        shared, gpus=1 if gpu else 0, device="cuda" if gpu else "cpu",
+    )  # fmt: skip
     by_job = dict(zip(jobs, results, strict=True))
     streams: dict[str, Any] = {}
     for name in inp.ood:

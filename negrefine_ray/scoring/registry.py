@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from negrefine_ray.core.methods import METHODS, Method
 from negrefine_ray.errors import unknown_name
+from negrefine_ray.scoring.adaneg import score_adaneg
 from negrefine_ray.scoring.basic import score_dnm, score_grouped, score_mcm
 from negrefine_ray.scoring.glmcm import score_glmcm, score_lmcm
 from negrefine_ray.scoring.inputs import Scorer
@@ -25,6 +26,7 @@ SCORERS: dict[str, Scorer] = {
     "dnm": score_dnm,
     "negrefine": score_negrefine,
     "interneg": score_interneg,
+    "adaneg": score_adaneg,
 }
 
 _MISSING = sorted({m.scorer for m in METHODS.values()} - set(SCORERS))

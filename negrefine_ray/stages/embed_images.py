@@ -47,6 +47,7 @@ from negrefine_ray.core.methods import (
     base_variant,
     embedding_name,
     image_preprocessing,
+    local_templates,
     local_variant,
     local_variants,
     prototype_preprocessing,
@@ -61,7 +62,6 @@ from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages._embed_images_cache import OnBatch, Todo, embed_with_cache
 
 log = logging.getLogger(__name__)
-LOCAL_TEMPLATES = "mcm"  # GL-MCM's prompt, 'a photo of a {}' (methods.md C.2): MCM's ID view
 
 
 def embed_images_settings(config: JobConfig) -> dict[str, Any]:
@@ -94,7 +94,8 @@ def _local_settings(config: JobConfig) -> dict[str, Any] | None:
     variants = local_variants(config.score.methods, config.images.preprocess)
     if not variants:
         return None
-    return {"variants": list(variants), "labels": config.labels.id_labels, "templates": LOCAL_TEMPLATES,
+    templates = local_templates(config.score.methods)  # GL-MCM's: MCM's 'a photo of a {}' (C.2)
+    return {"variants": list(variants), "labels": config.labels.id_labels, "templates": templates,
             "temperature": config.glmcm.temperature}  # fmt: skip
 
 
@@ -106,7 +107,9 @@ def local_specs(ctx: StageContext) -> dict[str, LocalSpec]:
         return {}
     encoder = TextEncoder(ctx.config, ctx.ray)
     try:
-        id_text = encoder.embed(load_id_labels(ctx.config.labels.id_labels), get_templates(LOCAL_TEMPLATES))
+        id_text = encoder.embed(
+            load_id_labels(ctx.config.labels.id_labels), get_templates(settings["templates"])
+        )
     finally:
         encoder.close()
     return {v: LocalSpec(id_text, settings["temperature"]) for v in settings["variants"]}

@@ -1,0 +1,71 @@
+"""AdaNeg's scorer (methods.md Appendix D): its 10,000 negatives come from the mine stage (the
+order-statistic rule over InterNeg's pool and prompts); here, per OOD dataset, the online stream of
+that dataset's images and the ID images (core.adaneg.run_adaneg), one column `adaneg@d` each (its ID
+scores depend on the stream, as DNM's and InterNeg's do). With adaneg.shuffles = N the streams of
+run.seed + 1 .. N - 1 run too and the manifest gives each metric's mean and std over the N. Each
+(dataset, shuffle) stream is a Ray task, so they run in parallel (scoring.streams)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from negrefine_ray.config import JobConfig
+from negrefine_ray.core import adaneg
+from negrefine_ray.scoring.columns import score_column
+from negrefine_ray.scoring.inputs import Scored, ScoreInput
+from negrefine_ray.scoring.streams import run_streams, shuffle_spread, stream_rows
+
+
+def adaneg_stream(
+    config: JobConfig,
+    image: np.ndarray,
+    is_id: np.ndarray,
+    id_text: np.ndarray,
+    neg_text: np.ndarray,
+    seed: int,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """One stream (rows of one OOD dataset and the ID rows, `is_id`) in the order seeded by `seed`:
+    scores in row order and the memories' counts."""
+    cfg = config.adaneg
+    order = adaneg.adaneg_order(int(is_id.sum()), int((~is_id).sum()), seed)
+    rows = np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])  # the order indexes [ID | OOD]
+    scores, memory, counts = adaneg.run_adaneg(
+        image, id_text=id_text, neg_text=neg_text, order=rows[order], batch_size=cfg.batch_size,
+        thres=cfg.thres, gap=cfg.gap, memory_length=cfg.memory_length, lambda_=cfg.lambda_static,
+        n_groups=cfg.n_groups, logit_scale=cfg.logit_scale or config.score.logit_scale,
+        replacement=cfg.replacement, fill_last_slot=cfg.fill_last_slot,
+    )  # fmt: skip
+    counts["labels_with_images"] = int((memory.count > 1).sum())
+    return scores, counts
+
+
+def score_adaneg(inp: ScoreInput) -> Scored:
+    """AdaNeg's columns adaneg@d (with `pool` = J: over the negatives mined from the pool J filtered)."""
+    out, config, method, pool = Scored(), inp.config, inp.method, inp.pool
+    cfg = config.adaneg
+    id_text, neg_text = inp.id_text(), inp.negative_text()
+    out.check_groups(cfg.n_groups, neg_text.shape[0], method.row(pool, pool=pool is not None)[0])
+    is_id, rows_of = stream_rows(inp.ood_of, inp.ood)
+    jobs = [(name, s) for name in inp.ood for s in range(cfg.shuffles)]
+    inp.connect_ray()
+    results = run_streams(
+        adaneg_stream, config,
+        [(inp.image[rows_of[name]], is_id[rows_of[name]], config.run.seed + s) for name, s in jobs],
+        {"id_text": id_text, "neg_text": neg_text},
+    )  # fmt: skip
+    by_job = dict(zip(jobs, results, strict=True))
+    streams: dict[str, Any] = {}
+    for name in inp.ood:
+        rows = rows_of[name]
+        values = np.full(inp.image.shape[0], np.nan)
+        values[rows] = by_job[name, 0][0]
+        out.add(score_column(method, pool, ood=name, seed=config.run.seed, pool=pool is not None), values)
+        streams[name] = {"counts": by_job[name, 0][1], "images": int(rows.sum())}
+        if cfg.shuffles > 1:
+            by_shuffle = {s: by_job[name, s][0] for s in range(cfg.shuffles)}
+            streams[name]["shuffles"] = shuffle_spread(by_shuffle, is_id[rows])
+    key = method.name if pool is None else f"{method.name}[pool={pool}]"
+    out.manifest = {key: {"negatives": int(neg_text.shape[0]), "streams": streams}}
+    return out

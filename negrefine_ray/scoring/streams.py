@@ -1,0 +1,54 @@
+"""The online methods' streams (InterNeg, AdaNeg): their scores depend on the order of one mixed,
+shuffled stream of the ID images and one OOD dataset's, so each (OOD dataset, shuffle) stream is its
+own Ray task, all at once, and the metrics' spread over the shuffles goes to the manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from negrefine_ray.config import JobConfig
+
+Stream = tuple[np.ndarray, np.ndarray, int]  # (image rows, is_id, seed)
+
+
+def run_streams(
+    fn: Callable[..., Any],
+    config: JobConfig,
+    streams: list[Stream],
+    shared: dict[str, np.ndarray],
+    *,
+    gpus: int = 0,
+    **kwargs: Any,
+) -> list[Any]:
+    """`fn(config, image, is_id, **shared, seed=seed, **kwargs)` for every stream as its own Ray task
+    (`gpus` GPUs each, else one CPU), so OOD datasets and shuffles run in parallel as far as the
+    cluster fits them; `shared` travels through the object store once. Results in `streams` order."""
+    import ray
+
+    task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(fn)
+    refs = {k: ray.put(v) for k, v in shared.items()}
+    pending = [
+        task.remote(config, ray.put(image), is_id, **refs, seed=seed, **kwargs)
+        for image, is_id, seed in streams
+    ]
+    return list(ray.get(pending))
+
+
+def shuffle_spread(columns: dict[int, np.ndarray], is_id: np.ndarray) -> dict[str, dict[str, float]]:
+    """Mean and std over the shuffles of each metric of one OOD dataset's stream scores."""
+    from negrefine_ray.core.metrics import compute_metrics
+
+    per = [compute_metrics(v[is_id], v[~is_id]) for v in columns.values()]
+    return {
+        m: {"mean": float(np.mean([p[m] for p in per])), "std": float(np.std([p[m] for p in per]))}
+        for m in per[0]
+    }
+
+
+def stream_rows(ood_of: np.ndarray, ood: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(is_id over all rows, each OOD dataset's stream rows: the ID rows and its own)."""
+    is_id = np.array([d is None for d in ood_of], dtype=bool)
+    return is_id, {name: is_id | (ood_of == name) for name in ood}
