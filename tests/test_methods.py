@@ -56,12 +56,12 @@ ADJS = ["gooey landscape", "rutted creature", "wildcat pattern"]
 
 def test_catalogue_names_and_display_names() -> None:
     assert SCORE_METHODS == (
-        "mcm", "lmcm", "glmcm", "neglabel", "csp", "negrefine", "dnm", "interneg", "adaneg",
+        "mcm", "lmcm", "glmcm", "neglabel", "csp", "negrefine", "dnm", "adaneg", "interneg",
     )  # fmt: skip
-    assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm", "interneg", "adaneg")
+    assert MINING_METHODS == ("neglabel", "csp", "negrefine", "dnm", "adaneg", "interneg")
     assert {n: m.display for n, m in METHODS.items()} == {
         "mcm": "MCM", "lmcm": "L-MCM", "glmcm": "GL-MCM", "neglabel": "NegLabel", "csp": "CSP",
-        "negrefine": "NegRefine", "dnm": "DNM", "interneg": "InterNeg", "adaneg": "AdaNeg",
+        "negrefine": "NegRefine", "dnm": "DNM", "adaneg": "AdaNeg", "interneg": "InterNeg",
     }  # fmt: skip
     # InterNeg needs a prototype dataset, L-MCM/GL-MCM a ViT, and AdaNeg is an online, order-dependent
     # test-time method: none is in the default lists

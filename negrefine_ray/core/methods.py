@@ -244,14 +244,6 @@ METHODS: dict[str, Method] = {
             mining=Mining("density"), candidate_view="single_raw", column="{row}@{ood}",
             preprocess="torchvision",
         ),
-        Method(
-            "interneg", "InterNeg", id_view="interneg_nice", scorer="interneg",
-            rows=(Row("interneg_text", "{method} (textual)"), Row("interneg", visual=True)),
-            pool=Pool("all 27 files, nouns before adjectives, ID names dropped from both (5.2)",
-                      exclude_id_names_from="both", file_order="interneg"),
-            mining=Mining("inter-modal"), candidate_view="interneg", column="{row}@{ood}",
-            preprocess="openood", default=False, needs_prototypes=True, settings="interneg",
-        ),
         Method(  # App. D: OpenOOD-VLM's TTAPromptPostprocessor_noadagap; InterNeg's pool and prompts
             "adaneg", "AdaNeg", id_view="interneg_nice", scorer="adaneg",
             rows=(Row("adaneg"), _pool_row("adaneg")),
@@ -259,6 +251,14 @@ METHODS: dict[str, Method] = {
                       exclude_id_names_from="both", file_order="interneg"),
             mining=Mining("order-statistic"), candidate_view="interneg", column="{row}@{ood}",
             preprocess="openood", default=False, settings="adaneg",
+        ),
+        Method(
+            "interneg", "InterNeg", id_view="interneg_nice", scorer="interneg",
+            rows=(Row("interneg_text", "{method} (textual)"), Row("interneg", visual=True)),
+            pool=Pool("all 27 files, nouns before adjectives, ID names dropped from both (5.2)",
+                      exclude_id_names_from="both", file_order="interneg"),
+            mining=Mining("inter-modal"), candidate_view="interneg", column="{row}@{ood}",
+            preprocess="openood", default=False, needs_prototypes=True, settings="interneg",
         ),
     )
 }  # fmt: skip
