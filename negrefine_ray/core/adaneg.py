@@ -25,18 +25,18 @@ import numpy as np
 import torch
 
 from negrefine_ray.core.interneg import _checked_order, _rows, stream_order
-from negrefine_ray.core.scores import grouping_permutation, neglabel
+from negrefine_ray.core.scores import grouped_from_logits, grouping_permutation, neglabel
 from negrefine_ray.errors import NegRefineError
 
 Replacement = Literal["never", "entropy"]
 __all__ = ["LabelMemory", "adaneg_order", "run_adaneg", "stream_order"]
 
 
-def _entropy(logits: torch.Tensor) -> float:
-    """-sum p log(p + 1e-8) of softmax(logits), the reference's per-image uncertainty, in float32 as
-    its rule was written to run (a near-one-hot softmax makes most terms vanish there)."""
-    p = torch.softmax(logits, dim=0)
-    return float(-(p * torch.log(p + 1e-8)).sum())
+def _entropy(logits: torch.Tensor) -> np.ndarray:
+    """-sum p log(p + 1e-8) of each row's softmax, the reference's per-image uncertainty, in float32
+    as its rule was written to run (a near-one-hot softmax makes most terms vanish there)."""
+    p = torch.softmax(logits, dim=1)
+    return (-(p * torch.log(p + 1e-8)).sum(dim=1)).numpy()
 
 
 @dataclass
@@ -128,27 +128,31 @@ def run_adaneg(
         raise NegRefineError(f"adaneg.batch_size must be >= 1; got {batch_size}.")
     k = pos.shape[0]
     text = np.concatenate([pos, neg]).astype(np.float32)
-    text_t = torch.from_numpy(text)
     memory = LabelMemory(text, memory_length, fill_last_slot, replacement)
     perm = grouping_permutation(neg.shape[0], n_groups, 0)  # the reference re-seeds 0 every call
+    grouped_cols = k + perm  # the kept negatives' columns of [ID | negatives], in grouped order
     hi, lo = thres + gap * (1.0 - thres), thres - gap * thres
     counts = dict.fromkeys(("batches", "cached_id", "cached_ood", "replaced"), 0)
     out = np.empty(image.shape[0], dtype=np.float64)
     for start in range(0, len(idx_all), batch_size):
         idx = idx_all[start : start + batch_size]
         x = image[idx]
-        s_nl = neglabel(x, pos, neg, n_groups=n_groups, logit_scale=logit_scale, permutation=perm)
+        products = x @ text.T  # the static logits' one product: S_nl (float64) and the caching (float32)
+        static = products.astype(np.float64) * logit_scale
+        s_nl = grouped_from_logits(static[:, :k], static[:, grouped_cols], n_groups)
         touched: set[int] = set()
         # the caching side in float32, as the reference: the labels' logits, argmax and entropy
-        logits = torch.from_numpy(np.ascontiguousarray(x)) @ text_t.T * torch.tensor(logit_scale)
+        logits = torch.from_numpy(products) * torch.tensor(logit_scale)
         sides = (("cached_id", s_nl > hi, slice(0, k)), ("cached_ood", s_nl < lo, slice(k, None)))
         for side, chosen, cols in sides:  # ID images first, then OOD images, each in batch order
-            offset = cols.start or 0
-            for i in np.flatnonzero(chosen):
-                row = logits[i, cols]
-                label = offset + int(torch.argmax(row))
+            rows = np.flatnonzero(chosen)
+            if not len(rows):
+                continue
+            part = logits[rows][:, cols]
+            labels = (cols.start or 0) + torch.argmax(part, dim=1).numpy()
+            for i, label, h in zip(rows, labels.tolist(), _entropy(part).tolist(), strict=True):
                 full = memory.count[label] >= memory.full_at
-                if memory.offer(label, x[i], _entropy(row)):
+                if memory.offer(label, x[i], h):
                     touched.add(label)
                     counts["replaced" if full else side] += 1
         memory.refresh(np.array(sorted(touched), dtype=np.int64))

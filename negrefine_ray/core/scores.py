@@ -175,10 +175,17 @@ def neglabel(
     grouped = _grouped_negatives(neg_text, n_groups, permutation)
     out = np.empty(image.shape[0], dtype=np.float64)
     for rows in _chunks(image.shape[0], chunk_size):
-        lse_id = _logsumexp(_logits(image[rows], id_text, logit_scale))
-        neg = _logits(image[rows], grouped, logit_scale).reshape(len(lse_id), n_groups, -1)
-        out[rows] = _sigmoid(lse_id[:, None] - _logsumexp(neg)).mean(axis=1)
+        id_logits = _logits(image[rows], id_text, logit_scale)
+        out[rows] = grouped_from_logits(id_logits, _logits(image[rows], grouped, logit_scale), n_groups)
     return out
+
+
+def grouped_from_logits(id_logits: np.ndarray, grouped_logits: np.ndarray, n_groups: int) -> np.ndarray:
+    """NegLabel's grouped score (0.6) from float64 logits: ID (n, K) and the kept negatives' (n, M')
+    in grouped order (group g = columns g*Q..(g+1)*Q-1) -> (n,) float64."""
+    lse_id = _logsumexp(id_logits)
+    neg = grouped_logits.reshape(len(lse_id), n_groups, -1)
+    return _sigmoid(lse_id[:, None] - _logsumexp(neg)).mean(axis=1)  # type: ignore[no-any-return]
 
 
 def _topk(x: np.ndarray, k: int) -> np.ndarray:
