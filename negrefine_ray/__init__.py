@@ -23,6 +23,7 @@ _EXPORTS = {
     ),
     "negrefine_ray.core.multi_matching": ("multi_matching_scores",),
     "negrefine_ray.core.glmcm": ("encode_with_local", "lmcm", "glmcm"),
+    "negrefine_ray.core.adaneg": ("run_adaneg", "LabelMemory"),
     "negrefine_ray.core.interneg": (
         "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
         "interneg_score", "stream_order", "run_online",
@@ -40,6 +41,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
     "compute_metrics", "get_metric", "METRICS",
     "multi_matching_scores",
     "encode_with_local", "lmcm", "glmcm",
+    "run_adaneg", "LabelMemory",
     "class_prototypes", "base_similarity", "admissible", "deviation", "select_interneg", "NegativeBank",
     "interneg_score", "stream_order", "run_online", "invert_images",
     "load_config", "run_job",
@@ -48,6 +50,7 @@ __all__ = [  # noqa: RUF022 (grouped by module, as _EXPORTS)
 if TYPE_CHECKING:
     from negrefine_ray.clip.inversion import invert_images
     from negrefine_ray.config import load_config
+    from negrefine_ray.core.adaneg import LabelMemory, run_adaneg
     from negrefine_ray.core.glmcm import encode_with_local, glmcm, lmcm
     from negrefine_ray.core.interneg import (
         NegativeBank,
