@@ -285,8 +285,14 @@ def test_negrefine_order_meets_the_reconstructed_constraints() -> None:
 
 
 def test_pool_rules_and_extra_files() -> None:
-    assert set(POOL_RULES) == {"neglabel", "csp", "negrefine", "dnm", "interneg"}
+    assert set(POOL_RULES) == {"neglabel", "csp", "negrefine", "dnm", "interneg", "adaneg"}
     assert POOL_RULES["neglabel"].exclude == () and POOL_RULES["dnm"].exclude == CSP_EXCLUDED
+    ada, inter = POOL_RULES["adaneg"], POOL_RULES["interneg"]  # AdaNeg mines InterNeg's pool (D.2)
+    assert (ada.exclude, ada.exclude_id_names_from, ada.order) == (
+        inter.exclude,
+        inter.exclude_id_names_from,
+        inter.order,
+    )
     with pytest.raises(NegRefineError, match="Did you mean 'neglabel'"):
         get_pool_rule("neglable")
     extra = pa.concat_tables([TINY, _table([("noun.food", "bread"), ("noun.animal", "dog")])])
