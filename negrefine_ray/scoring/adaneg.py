@@ -15,7 +15,7 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.core import adaneg
 from negrefine_ray.scoring.columns import score_column
 from negrefine_ray.scoring.inputs import Scored, ScoreInput
-from negrefine_ray.scoring.streams import run_streams, shuffle_spread, stream_rows
+from negrefine_ray.scoring.streams import ood_streams
 
 
 def adaneg_stream(
@@ -47,25 +47,13 @@ def score_adaneg(inp: ScoreInput) -> Scored:
     cfg = config.adaneg
     id_text, neg_text = inp.id_text(), inp.negative_text()
     out.check_groups(cfg.n_groups, neg_text.shape[0], method.row(pool, pool=pool is not None)[0])
-    is_id, rows_of = stream_rows(inp.ood_of, inp.ood)
-    jobs = [(name, s) for name in inp.ood for s in range(cfg.shuffles)]
     inp.connect_ray()
-    results = run_streams(
-        adaneg_stream, config,
-        [(inp.image[rows_of[name]], is_id[rows_of[name]], config.run.seed + s) for name, s in jobs],
-        {"id_text": id_text, "neg_text": neg_text},
-    )  # fmt: skip
-    by_job = dict(zip(jobs, results, strict=True))
+    shared = {"id_text": id_text, "neg_text": neg_text}
+    results = ood_streams(adaneg_stream, config, inp.image, inp.ood_of, inp.ood, shared, cfg.shuffles)
     streams: dict[str, Any] = {}
-    for name in inp.ood:
-        rows = rows_of[name]
-        values = np.full(inp.image.shape[0], np.nan)
-        values[rows] = by_job[name, 0][0]
+    for name, (values, entry) in results.items():
         out.add(score_column(method, pool, ood=name, seed=config.run.seed, pool=pool is not None), values)
-        streams[name] = {"counts": by_job[name, 0][1], "images": int(rows.sum())}
-        if cfg.shuffles > 1:
-            by_shuffle = {s: by_job[name, s][0] for s in range(cfg.shuffles)}
-            streams[name]["shuffles"] = shuffle_spread(by_shuffle, is_id[rows])
+        streams[name] = entry
     key = method.name if pool is None else f"{method.name}[pool={pool}]"
     out.manifest = {key: {"negatives": int(neg_text.shape[0]), "streams": streams}}
     return out

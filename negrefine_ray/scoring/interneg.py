@@ -26,7 +26,7 @@ from negrefine_ray.runfolder.artifacts import POOLS
 from negrefine_ray.runfolder.atomic import column_matrix
 from negrefine_ray.scoring.columns import score_column
 from negrefine_ray.scoring.inputs import Scored, ScoreInput
-from negrefine_ray.scoring.streams import run_streams, shuffle_spread, stream_rows
+from negrefine_ray.scoring.streams import ood_streams, stream_rows
 
 Precision = {"fp32": "float32", "fp16": "float16"}
 
@@ -154,31 +154,22 @@ def score_interneg(inp: ScoreInput) -> Scored:
         inp.image, id_text, text_negs, n_groups=cfg.n_groups, logit_scale=_logit_scale(config),
         dtype=dtype,  # type: ignore[arg-type]
     )  # fmt: skip
-    is_id_all, rows_of = stream_rows(inp.ood_of, inp.ood)
-    jobs = [(name, s) for name in inp.ood for s in range(cfg.shuffles)]
     inp.connect_ray()
     shared = {"id_text": id_text, "text_negs": text_negs, "protos": protos, "base": base}
     from negrefine_ray.distributed.pools import cluster_gpus
 
     gpu = config.model.device != "cpu" and cluster_gpus() >= 1  # the inversions run CLIP's text tower
-    results = run_streams(
-        online_scores, config,
-        [(inp.image[rows_of[name]], is_id_all[rows_of[name]], config.run.seed + s) for name, s in jobs],
-        shared, gpus=1 if gpu else 0, device="cuda" if gpu else "cpu",
+    results = ood_streams(
+        online_scores, config, inp.image, inp.ood_of, inp.ood, shared, cfg.shuffles,
+        gpus=1 if gpu else 0, device="cuda" if gpu else "cpu",
     )  # fmt: skip
-    by_job = dict(zip(jobs, results, strict=True))
+    _, rows_of = stream_rows(inp.ood_of, inp.ood)
     streams: dict[str, Any] = {}
-    for name in inp.ood:
-        rows = rows_of[name]
-        values = np.full(inp.image.shape[0], np.nan)
-        values[rows] = textual[rows]
-        out.add(score_column(method, ood=name), values)
-        values = np.full(inp.image.shape[0], np.nan)
-        values[rows] = by_job[name, 0][0]
+    for name, (values, entry) in results.items():
+        textual_column = np.full(inp.image.shape[0], np.nan)
+        textual_column[rows_of[name]] = textual[rows_of[name]]  # its stream's rows only
+        out.add(score_column(method, ood=name), textual_column)
         out.add(score_column(method, ood=name, visual=True, seed=config.run.seed), values)
-        streams[name] = {"counts": by_job[name, 0][1], "images": int(rows.sum())}
-        if cfg.shuffles > 1:
-            by_shuffle = {s: by_job[name, s][0] for s in range(cfg.shuffles)}
-            streams[name]["shuffles"] = shuffle_spread(by_shuffle, is_id_all[rows])
+        streams[name] = entry
     out.manifest = {method.name: {"prototypes": proto_stats, "selection": selection, "streams": streams}}
     return out

@@ -52,3 +52,34 @@ def stream_rows(ood_of: np.ndarray, ood: tuple[str, ...]) -> tuple[np.ndarray, d
     """(is_id over all rows, each OOD dataset's stream rows: the ID rows and its own)."""
     is_id = np.array([d is None for d in ood_of], dtype=bool)
     return is_id, {name: is_id | (ood_of == name) for name in ood}
+
+
+def ood_streams(
+    fn: Callable[..., tuple[np.ndarray, dict[str, int]]],
+    config: JobConfig,
+    image: np.ndarray,
+    ood_of: np.ndarray,
+    ood: tuple[str, ...],
+    shared: dict[str, np.ndarray],
+    shuffles: int,
+    **kwargs: Any,
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every OOD dataset's streams (shuffles run.seed .. run.seed + shuffles - 1) through `fn` (see
+    `run_streams`), which returns (scores in row order, counts). Per dataset: the first shuffle's
+    scores over all rows (NaN outside its stream) and its manifest entry (counts, images, and with
+    several shuffles each metric's mean and std over them)."""
+    is_id, rows_of = stream_rows(ood_of, ood)
+    jobs = [(name, s) for name in ood for s in range(shuffles)]
+    streams = [(image[rows_of[name]], is_id[rows_of[name]], config.run.seed + s) for name, s in jobs]
+    by_job = dict(zip(jobs, run_streams(fn, config, streams, shared, **kwargs), strict=True))
+    out = {}
+    for name in ood:
+        rows = rows_of[name]
+        values = np.full(image.shape[0], np.nan)
+        values[rows] = by_job[name, 0][0]
+        entry: dict[str, Any] = {"counts": by_job[name, 0][1], "images": int(rows.sum())}
+        if shuffles > 1:
+            by_shuffle = {s: by_job[name, s][0] for s in range(shuffles)}
+            entry["shuffles"] = shuffle_spread(by_shuffle, is_id[rows])
+        out[name] = (values, entry)
+    return out
