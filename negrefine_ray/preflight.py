@@ -71,6 +71,29 @@ def check_model(config: JobConfig) -> None:
     weights = resolve_weights(config.model)
     if weights.kind == "file":
         check_checkpoint(Path(weights.value))
+    check_local_features(config)
+
+
+def check_local_features(config: JobConfig) -> None:
+    """Methods scoring local features (GL-MCM, L-MCM) need a ViT image tower: refused here, before
+    any stage runs, from open_clip's model config (a ViT's vision `layers` is one number)."""
+    from negrefine_ray.core.glmcm import SUPPORTED
+    from negrefine_ray.core.methods import METHODS
+
+    local = [m for m in config.score.methods if m in METHODS and METHODS[m].needs_local]
+    if not local:
+        return
+    import open_clip
+
+    from negrefine_ray.clip.model import register_bundled_configs
+
+    register_bundled_configs()
+    vision = (open_clip.get_model_config(config.model.arch) or {}).get("vision_cfg", {})
+    if not isinstance(vision.get("layers"), int) or vision.get("timm_model_name"):
+        raise ConfigError(
+            f"score.methods has {local}, which need a ViT image tower's local features; model.arch = "
+            f"{config.model.arch!r} has none this project builds. Supported: {SUPPORTED}; or remove them."
+        )
 
 
 def check_datasets(config: JobConfig) -> None:

@@ -185,3 +185,16 @@ def test_a_resnet_tower_is_refused_with_the_supported_architectures() -> None:
     model = open_clip.create_model("RN50", pretrained=None)
     with pytest.raises(ConfigError, match="Supported: open_clip ViT models"):
         last_block(model)
+
+
+def test_a_resnet_job_with_glmcm_stops_before_any_stage() -> None:
+    from negrefine_ray.config import build_config
+    from negrefine_ray.preflight import check_local_features
+
+    def job(arch: str, methods: list[str]) -> Any:
+        return build_config({"model": {"arch": arch, "pretrained": "none"}, "score": {"methods": methods}})
+
+    with pytest.raises(ConfigError, match=r"\['glmcm'\], which need a ViT image tower.*'RN50'"):
+        check_local_features(job("RN50", ["mcm", "glmcm"]))
+    check_local_features(job("RN50", ["mcm"]))  # nothing local: any tower
+    check_local_features(job("nr-tiny-vit", ["lmcm", "glmcm"]))

@@ -68,7 +68,7 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
     """Exactly what determines the stage's output: the model, the decode options, the resolved
     datasets and the seed of their `limit` samples. The files themselves enter through
     `embed_images_sources` (the stage hash) and the cache keys."""
-    m = config.model
+    m, local = config.model, _local_settings(config)
     return {
         "model": {
             "arch": m.arch,
@@ -84,7 +84,7 @@ def embed_images_settings(config: JobConfig) -> dict[str, Any]:
         "symlinks": config.images.symlinks,
         "datasets": [dataclasses.asdict(d) for d in stage_datasets(config)],
         "seed": config.run.seed,
-        **({"local": _local_settings(config)} if _local_settings(config) else {}),
+        **({"local": local} if local else {}),  # absent without GL-MCM: other runs keep their hash
     }
 
 
