@@ -162,3 +162,32 @@ def test_bad_settings_are_named() -> None:
         LabelMemory(np.eye(3, dtype=np.float32), length=0)
     with pytest.raises(NegRefineError, match="replacement"):
         LabelMemory(np.eye(3, dtype=np.float32), replacement="sometimes")  # type: ignore[arg-type]
+
+
+@pytest.mark.ray
+def test_each_ood_dataset_and_shuffle_is_its_own_stream(ray_session: Any) -> None:
+    """scoring.streams.ood_streams (AdaNeg's and InterNeg's): per OOD dataset one stream of its rows
+    and the ID rows, shuffle 0 in run.seed's order (equal to run_adaneg called directly), NaN on the
+    other dataset's rows, and with two shuffles each metric's mean and std."""
+    from negrefine_ray.config import build_config
+    from negrefine_ray.core.adaneg import adaneg_order
+    from negrefine_ray.scoring.adaneg import adaneg_stream
+    from negrefine_ray.scoring.streams import ood_streams
+
+    s = _stream()
+    config = build_config(
+        {"run": {"seed": 3}, "adaneg": {"batch_size": BATCH, "memory_length": L, "shuffles": 2}}
+    )
+    ood_of = np.array([None] * 70 + ["a"] * 30 + ["b"] * 20, dtype=object)
+    shared = {"id_text": s["id_text"], "neg_text": s["neg_text"]}
+    out = ood_streams(adaneg_stream, config, s["image"], ood_of, ("a", "b"), shared, 2)
+    assert list(out) == ["a", "b"]
+    values, entry = out["a"]
+    assert np.isnan(values[100:]).all() and np.isfinite(values[:100]).all()
+    assert entry["images"] == 100 and set(entry["shuffles"]["auroc"]) == {"mean", "std"}
+    rows = np.arange(100)
+    direct, _, _ = run_adaneg(
+        s["image"][rows], id_text=s["id_text"], neg_text=s["neg_text"], order=adaneg_order(70, 30, 3),
+        batch_size=BATCH, memory_length=L,
+    )  # fmt: skip
+    np.testing.assert_array_equal(values[:100], direct)
