@@ -75,8 +75,8 @@ def check_model(config: JobConfig) -> None:
 
 
 def check_local_features(config: JobConfig) -> None:
-    """Methods scoring local features (GL-MCM, L-MCM) need a ViT image tower: refused here, before
-    any stage runs, from open_clip's model config (a ViT's vision `layers` is one number)."""
+    """Methods scoring local features (GL-MCM, L-MCM) need a ViT or ModifiedResNet image tower: refused
+    here, before any stage runs, from open_clip's model config (timm towers have none built)."""
     from negrefine_ray.core.glmcm import SUPPORTED
     from negrefine_ray.core.methods import METHODS
 
@@ -89,9 +89,9 @@ def check_local_features(config: JobConfig) -> None:
 
     register_bundled_configs()
     vision = (open_clip.get_model_config(config.model.arch) or {}).get("vision_cfg", {})
-    if not isinstance(vision.get("layers"), int) or vision.get("timm_model_name"):
+    if not isinstance(vision.get("layers"), int | list | tuple) or vision.get("timm_model_name"):
         raise ConfigError(
-            f"score.methods has {local}, which need a ViT image tower's local features; model.arch = "
+            f"score.methods has {local}, which need an image tower's local features; model.arch = "
             f"{config.model.arch!r} has none this project builds. Supported: {SUPPORTED}; or remove them."
         )
 

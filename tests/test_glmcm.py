@@ -117,14 +117,60 @@ def reference_tower(model: torch.nn.Module) -> torch.nn.Module:
     return tower.eval()
 
 
+TINY_RN = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _tiny_resnet(tmp: Any) -> torch.nn.Module:
+    """A ModifiedResNet tower (64 px, one bottleneck per stage, 2 x 2 positions), random weights."""
+    import json
+    from pathlib import Path
+
+    import open_clip
+
+    folder = Path(tmp) / "rn-config"
+    folder.mkdir(exist_ok=True)
+    (folder / "nr-test-rn.json").write_text(json.dumps(TINY_RN))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(0)
+    return open_clip.create_model("nr-test-rn", pretrained=None).eval()
+
+
+def _rn_pixels() -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32))
+
+
+def reference_resnet(model: torch.nn.Module) -> torch.nn.Module:
+    """The reference's ModifiedResNet (its attention pool returns the local features too) with the
+    open_clip model's image-tower weights."""
+    source = require_source(REPO, "clip/model.py")
+    import math
+    from collections import OrderedDict
+
+    ns = load(cut(source, "Bottleneck", "AttentionPool2d", "ModifiedResNet"),
+              {"torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,
+               "OrderedDict": OrderedDict})  # fmt: skip
+    v = model.visual  # type: ignore[attr-defined]
+    tower = ns["ModifiedResNet"]([1, 1, 1, 1], 32, v.attnpool.num_heads, 64, 16)
+    tower.load_state_dict(v.state_dict())
+    return tower.eval()
+
+
 def build_oracle() -> dict[str, Any]:
     """The reference's outputs on the seeded inputs above (tests/reference_code.py writes them)."""
+    import tempfile
+
     feats = _synthetic()
     model = _tiny_vit()
     with torch.no_grad():
         ref_global, ref_local = reference_tower(model)(_pixels())
+        rn_global, rn_local = reference_resnet(_tiny_resnet(tempfile.mkdtemp()))(_rn_pixels())
     text = _tower_text()
     return {
+        "resnet": {"global": rn_global.tolist(), "local": rn_local.reshape(2, -1, 32).tolist()},
         "synthetic": {s: reference_scores(s, *feats).tolist() for s in ("MCM", "L-MCM", "GL-MCM")},
         "tower": {"global": ref_global.tolist(), "local": ref_local.reshape(2, -1, 32).tolist(),
                   "lmcm": lmcm_reference(ref_local.numpy(), text).tolist()},
@@ -179,22 +225,40 @@ def test_reference_tower_now_equals_the_oracle() -> None:
     np.testing.assert_allclose(ref_local.reshape(2, -1, 32).numpy(), want["local"], atol=1e-6)
 
 
-def test_a_resnet_tower_is_refused_with_the_supported_architectures() -> None:
-    import open_clip
+def test_resnet_local_features_equal_the_reference_attention_pools(tmp_path: Any) -> None:
+    """A ModifiedResNet's local features: c_proj(v_proj(.)) at every position of the attention pool's
+    input, as the reference's AttentionPool2d returns them (the oracle where the reference is absent)."""
+    model = _tiny_resnet(tmp_path)
+    with torch.no_grad():
+        got_global, got_local = encode_with_local(model, _rn_pixels())
+    want = oracle("glmcm")["resnet"]
+    np.testing.assert_allclose(got_global.numpy(), want["global"], atol=1e-5)
+    np.testing.assert_allclose(got_local.numpy(), want["local"], atol=1e-5)
+    assert got_local.shape == (2, 4, 32)
 
-    model = open_clip.create_model("RN50", pretrained=None)
+
+def test_reference_resnet_now_equals_the_oracle(tmp_path: Any) -> None:
+    with torch.no_grad():
+        rn_global, rn_local = reference_resnet(_tiny_resnet(tmp_path))(_rn_pixels())
+    want = oracle("glmcm")["resnet"]
+    np.testing.assert_allclose(rn_global.numpy(), want["global"], atol=1e-6)
+    np.testing.assert_allclose(rn_local.reshape(2, -1, 32).numpy(), want["local"], atol=1e-6)
+
+
+def test_a_tower_without_local_features_is_refused_with_the_supported_ones() -> None:
     with pytest.raises(ConfigError, match="Supported: open_clip ViT models"):
-        last_block(model)
+        last_block(torch.nn.Linear(2, 2))
 
 
-def test_a_resnet_job_with_glmcm_stops_before_any_stage() -> None:
+def test_a_job_with_glmcm_on_a_timm_tower_stops_before_any_stage() -> None:
     from negrefine_ray.config import build_config
     from negrefine_ray.preflight import check_local_features
 
     def job(arch: str, methods: list[str]) -> Any:
         return build_config({"model": {"arch": arch, "pretrained": "none"}, "score": {"methods": methods}})
 
-    with pytest.raises(ConfigError, match=r"\['glmcm'\], which need a ViT image tower.*'RN50'"):
-        check_local_features(job("RN50", ["mcm", "glmcm"]))
-    check_local_features(job("RN50", ["mcm"]))  # nothing local: any tower
+    with pytest.raises(ConfigError, match=r"\['glmcm'\], which need an image tower's local.*'convnext_base'"):
+        check_local_features(job("convnext_base", ["mcm", "glmcm"]))
+    check_local_features(job("convnext_base", ["mcm"]))  # nothing local: any tower
     check_local_features(job("nr-tiny-vit", ["lmcm", "glmcm"]))
+    check_local_features(job("RN50", ["lmcm", "glmcm"]))

@@ -63,8 +63,8 @@ def test_catalogue_names_and_display_names() -> None:
         "mcm": "MCM", "lmcm": "L-MCM", "glmcm": "GL-MCM", "neglabel": "NegLabel", "csp": "CSP",
         "negrefine": "NegRefine", "dnm": "DNM", "adaneg": "AdaNeg", "interneg": "InterNeg",
     }  # fmt: skip
-    # InterNeg needs a prototype dataset, L-MCM/GL-MCM a ViT, and AdaNeg is an online, order-dependent
-    # test-time method: none is in the default lists
+    # InterNeg needs a prototype dataset, L-MCM/GL-MCM a pass over every patch, and AdaNeg is an
+    # online, order-dependent test-time method: none is in the default lists
     assert DEFAULT_SCORE_METHODS == ("mcm", "neglabel", "csp", "negrefine", "dnm")
     assert MINING_METHODS[:-2] == DEFAULT_MINING_METHODS
     assert all(name == m.name for name, m in METHODS.items())

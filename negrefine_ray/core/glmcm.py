@@ -2,11 +2,13 @@
 plus lambda x L-MCM, the maximum over the patches and ID labels of the softmax of the patches' local
 features' raw cosines to the ID prompts.
 
-The local features are those of the reference's modified CLIP (C.3), for open_clip ViTs: with z the
+The local features are those of the reference's modified CLIP (C.3). For open_clip ViTs: with z the
 last residual block's input tokens, u = z + out_proj(W_v LN_1(z) + b_v) (the block with its attention
 matrix replaced by the identity, each token attending only to itself), v = u + MLP(LN_2(u)) (residual
 and MLP kept, layer scales where the model has them), and l_p = ln_post(v_p) @ proj for every patch
-token p (the class token dropped). The global feature is the model's own, unchanged.
+token p (the class token dropped). For open_clip's ModifiedResNet (RN50, RN101...): with h the attention
+pool's input (layer4's output), l_p = c_proj(v_proj(h_p)) at every position p, without the positional
+embedding or the attention. The global feature is the model's own, unchanged.
 
 The image actors compute L-MCM where the images are encoded (`encode_with_local`, `lmcm`) and keep one
 number per image; the score stage adds the global MCM (`glmcm`).
@@ -21,12 +23,24 @@ import torch
 
 from negrefine_ray.errors import ConfigError
 
-SUPPORTED = "open_clip ViT models (ViT-B-16, ViT-B-32, ViT-L-14 and the like)"
+SUPPORTED = (
+    "open_clip ViT models (ViT-B-16, ViT-B-32, ViT-L-14 and the like) and ModifiedResNet models "
+    "(RN50, RN101, RN50x4 and the like)"
+)
+
+
+def _resnet_pool(model: torch.nn.Module) -> Any:
+    """The attention pool of `model`'s ModifiedResNet image tower, or None."""
+    pool = getattr(getattr(model, "visual", None), "attnpool", None)
+    return pool if all(hasattr(pool, a) for a in ("v_proj", "c_proj")) else None
 
 
 def last_block(model: torch.nn.Module) -> Any:
-    """The last residual block of `model`'s ViT image tower, or a ConfigError naming what is supported
-    (ResNet towers' local features, the reference's attention-pool value path, are not built)."""
+    """The module whose input the local features come from: the last residual block of a ViT image
+    tower, or a ModifiedResNet's attention pool; else a ConfigError naming what is supported."""
+    pool = _resnet_pool(model)
+    if pool is not None:
+        return pool
     visual = getattr(model, "visual", None)
     blocks: Any = getattr(getattr(visual, "transformer", None), "resblocks", None)
     attn = getattr(blocks[-1], "attn", None) if blocks else None
@@ -38,8 +52,8 @@ def last_block(model: torch.nn.Module) -> Any:
         or hasattr(blocks[-1], "ln_1_kv")
     ):
         raise ConfigError(
-            f"GL-MCM and L-MCM need the local features of a ViT image tower; {type(visual).__name__} has "
-            f"none this project builds. Supported: {SUPPORTED}. ResNet towers (RN50, RN101) are not."
+            f"GL-MCM and L-MCM need the local features of an image tower; {type(visual).__name__} has "
+            f"none this project builds. Supported: {SUPPORTED}."
         )
     return blocks[-1]
 
@@ -67,6 +81,9 @@ def encode_with_local(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[tor
     finally:
         handle.remove()
     z = captured[-1]
+    if block is _resnet_pool(model):  # (B, C, H, W) -> every position's value, projected
+        h = z.permute(0, 2, 3, 1).flatten(1, 2)
+        return global_feats, block.c_proj(block.v_proj(h))
     if not getattr(visual.transformer, "batch_first", True):
         z = z.permute(1, 0, 2)  # LND -> NLD
     local = visual.ln_post(value_path(block, z)[:, 1:]) @ visual.proj
