@@ -170,7 +170,7 @@ def test_each_ood_dataset_and_shuffle_is_its_own_stream(ray_session: Any) -> Non
     and the ID rows, shuffle 0 in run.seed's order (equal to run_adaneg called directly), NaN on the
     other dataset's rows, and with two shuffles each metric's mean and std."""
     from negrefine_ray.config import build_config
-    from negrefine_ray.core.adaneg import adaneg_order
+    from negrefine_ray.core.adaneg import stream_order
     from negrefine_ray.scoring.adaneg import adaneg_stream
     from negrefine_ray.scoring.streams import ood_streams
 
@@ -187,7 +187,7 @@ def test_each_ood_dataset_and_shuffle_is_its_own_stream(ray_session: Any) -> Non
     assert entry["images"] == 100 and set(entry["shuffles"]["auroc"]) == {"mean", "std"}
     rows = np.arange(100)
     direct, _, _ = run_adaneg(
-        s["image"][rows], id_text=s["id_text"], neg_text=s["neg_text"], order=adaneg_order(70, 30, 3),
+        s["image"][rows], id_text=s["id_text"], neg_text=s["neg_text"], order=stream_order(70, 30, 3),
         batch_size=BATCH, memory_length=L,
     )  # fmt: skip
     np.testing.assert_array_equal(values[:100], direct)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         id_text[rng.integers(0, args.k, args.n_id)] + noise(args.n_id),
         neg_text[rng.integers(0, args.m, args.n_ood)] + noise(args.n_ood),
     ]))  # fmt: skip
-    order = adaneg.adaneg_order(args.n_id, args.n_ood, 0)
+    order = adaneg.stream_order(args.n_id, args.n_ood, 0)
     spent = {"grouped_scores_s": 0.0}
     real = scores.neglabel
 

@@ -29,7 +29,7 @@ from negrefine_ray.core.scores import grouped_from_logits, grouping_permutation,
 from negrefine_ray.errors import NegRefineError
 
 Replacement = Literal["never", "entropy"]
-__all__ = ["LabelMemory", "adaneg_order", "run_adaneg", "stream_order"]
+__all__ = ["LabelMemory", "run_adaneg", "stream_order"]  # stream_order: InterNeg's seeded order
 
 
 def _entropy(logits: torch.Tensor) -> np.ndarray:
@@ -94,11 +94,6 @@ class LabelMemory:
         """Recompute the proxies of the labels whose memories changed."""
         if len(labels):
             self.proxies[labels] = self._proxies(labels)
-
-
-def adaneg_order(n_id: int, n_ood: int, seed: int) -> np.ndarray:
-    """The seeded stream order over rows [ID | OOD] (InterNeg's, core.interneg.stream_order)."""
-    return stream_order(n_id, n_ood, seed)
 
 
 def run_adaneg(

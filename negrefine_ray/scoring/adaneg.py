@@ -29,7 +29,7 @@ def adaneg_stream(
     """One stream (rows of one OOD dataset and the ID rows, `is_id`) in the order seeded by `seed`:
     scores in row order and the memories' counts."""
     cfg = config.adaneg
-    order = adaneg.adaneg_order(int(is_id.sum()), int((~is_id).sum()), seed)
+    order = adaneg.stream_order(int(is_id.sum()), int((~is_id).sum()), seed)
     rows = np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])  # the order indexes [ID | OOD]
     scores, memory, counts = adaneg.run_adaneg(
         image, id_text=id_text, neg_text=neg_text, order=rows[order], batch_size=cfg.batch_size,
