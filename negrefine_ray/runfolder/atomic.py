@@ -126,7 +126,7 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array, *, nulls_as_zero: bool 
     return matrix
 
 
-def parquet_matrix(path: Path, name: str, rows: np.ndarray, batch_rows: int = 65536) -> np.ndarray:
+def parquet_matrix(path: Path, name: str, rows: np.ndarray, batch_rows: int = ROW_GROUP_ROWS) -> np.ndarray:
     """The (rows.sum(), D) float32 matrix of embedding column `name` of Parquet file `path` at the
     rows where the (n,) bool mask `rows` is True. Read a record batch at a time into one array, so
     the peak memory is that array and a batch (a row group: ROW_GROUP_ROWS rows), not the whole

@@ -15,7 +15,7 @@ from negrefine_ray.config import JobConfig
 from negrefine_ray.core import adaneg
 from negrefine_ray.scoring.columns import score_column
 from negrefine_ray.scoring.inputs import Scored, ScoreInput
-from negrefine_ray.scoring.streams import ood_streams
+from negrefine_ray.scoring.streams import ood_streams, seeded_rows
 
 
 def adaneg_stream(
@@ -29,10 +29,8 @@ def adaneg_stream(
     """One stream (rows of one OOD dataset and the ID rows, `is_id`) in the order seeded by `seed`:
     scores in row order and the memories' counts."""
     cfg = config.adaneg
-    order = adaneg.stream_order(int(is_id.sum()), int((~is_id).sum()), seed)
-    rows = np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])  # the order indexes [ID | OOD]
     scores, memory, counts = adaneg.run_adaneg(
-        image, id_text=id_text, neg_text=neg_text, order=rows[order], batch_size=cfg.batch_size,
+        image, id_text=id_text, neg_text=neg_text, order=seeded_rows(is_id, seed), batch_size=cfg.batch_size,
         thres=cfg.thres, gap=cfg.gap, memory_length=cfg.memory_length, lambda_=cfg.lambda_static,
         n_groups=cfg.n_groups, logit_scale=cfg.logit_scale or config.score.logit_scale,
         replacement=cfg.replacement, fill_last_slot=cfg.fill_last_slot,

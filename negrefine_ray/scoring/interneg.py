@@ -26,7 +26,7 @@ from negrefine_ray.runfolder.artifacts import POOLS
 from negrefine_ray.runfolder.atomic import column_matrix
 from negrefine_ray.scoring.columns import score_column
 from negrefine_ray.scoring.inputs import Scored, ScoreInput
-from negrefine_ray.scoring.streams import ood_streams, stream_rows
+from negrefine_ray.scoring.streams import ood_streams, seeded_rows, stream_rows
 
 Precision = {"fp32": "float32", "fp16": "float16"}
 
@@ -114,12 +114,10 @@ def online_scores(
     (5.5), inverting on `device`: scores in row order and the counts of activated, inverted and kept
     embeddings."""
     cfg: InterNegConfig = config.interneg
-    order = interneg.stream_order(int(is_id.sum()), int((~is_id).sum()), seed)
-    # stream_order indexes [ID rows | OOD rows]; map it onto this table's rows
-    rows = np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])
     return interneg.run_online(
         image, is_id, id_text=id_text, text_negs=text_negs, protos=protos, base=base,
-        invert=invert or _inverter(config, seed, device), order=rows[order], batch_size=cfg.batch_size,
+        invert=invert or _inverter(config, seed, device), order=seeded_rows(is_id, seed),
+        batch_size=cfg.batch_size,
         threshold=cfg.threshold, k_extra=cfg.k_extra, n_groups=cfg.n_groups,
         logit_scale=_logit_scale(config), dtype=Precision[cfg.precision],  # type: ignore[arg-type]
     )  # fmt: skip

@@ -48,6 +48,15 @@ def shuffle_spread(columns: dict[int, np.ndarray], is_id: np.ndarray) -> dict[st
     }
 
 
+def seeded_rows(is_id: np.ndarray, seed: int) -> np.ndarray:
+    """A stream's rows in the order seeded by `seed` (core.interneg.stream_order, which indexes
+    [ID rows | OOD rows]), mapped onto the stream table's own rows."""
+    from negrefine_ray.core.interneg import stream_order
+
+    order = stream_order(int(is_id.sum()), int((~is_id).sum()), seed)
+    return np.concatenate([np.flatnonzero(is_id), np.flatnonzero(~is_id)])[order]
+
+
 def stream_rows(ood_of: np.ndarray, ood: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(is_id over all rows, each OOD dataset's stream rows: the ID rows and its own)."""
     is_id = np.array([d is None for d in ood_of], dtype=bool)
