@@ -128,7 +128,7 @@ class ImageEmbedder:
         self.node = node_id()
         self.local = {}
         for variant, ls in (local or {}).items():
-            last_block(self.model)  # a ResNet tower fails here, naming the supported ones
+            last_block(self.model)  # a tower without local features fails here, naming the supported ones
             text = torch.from_numpy(np.array(ls.id_text, np.float32)).to(self.device)  # a writable copy
             self.local[variant] = (text, ls.temperature)
 

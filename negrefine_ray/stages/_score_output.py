@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.runfolder.artifacts import IMAGES, SCORES
+from negrefine_ray.runfolder.atomic import ROW_GROUP_ROWS
 
 IMAGE_COLUMNS = tuple(IMAGES.schema.names) if IMAGES.schema else ()
-ROWS_PER_PART = 65536  # scores.parquet row group size; the smoke job's few images are one part
 
 
 class ColumnSpill:
@@ -52,9 +52,10 @@ class ColumnSpill:
 
 
 def score_parts(
-    images: pa.Table, ok: np.ndarray, spill: ColumnSpill, rows: int = ROWS_PER_PART
+    images: pa.Table, ok: np.ndarray, spill: ColumnSpill, rows: int = ROW_GROUP_ROWS
 ) -> Iterator[pa.Table]:
-    """scores.parquet's rows, `rows` at a time: the image columns, then each score column, null where
+    """scores.parquet's rows, `rows` at a time (a row group each; the smoke job's few images are one
+    part): the image columns, then each score column, null where
     the image was not scored (status != "ok") or its score is NaN."""
     before = np.concatenate([[0], np.cumsum(ok)])  # ok rows before each row: its place in a column
     for lo in range(0, images.num_rows, rows):
