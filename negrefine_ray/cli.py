@@ -18,6 +18,7 @@ import typer
 
 from negrefine_ray.config import JobConfig, load_config
 from negrefine_ray.errors import NegRefineError, StageError
+from negrefine_ray.grid import run_grid
 from negrefine_ray.pipeline import STAGES, get_stage, pending_stages, run_job, run_pipeline
 from negrefine_ray.runfolder.folder import StageResult
 
@@ -40,6 +41,8 @@ AddressOpt = Annotated[
 def _print_result(result: StageResult) -> None:
     if result.status == "ran":
         typer.echo(f"{result.stage}: {result.summary} [{result.seconds:.1f} s]")
+    elif result.status == "reused":
+        typer.echo(f"{result.stage}: {result.summary}")
     else:
         typer.echo(f"{result.stage}: up to date, skipped ({result.summary})")
 
@@ -120,7 +123,13 @@ def run(
     config: JobConfig | None = None
     try:
         config = _load_target(job, set_)
-        run_job(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
+        if config.grid.axes:
+            run_grid(
+                config, force=force or (), ray_address=address, until=until, on_result=_print_result,
+                on_point=lambda p: typer.echo(f"== grid point {p.name}: {', '.join(p.sets)}"),
+            )  # fmt: skip
+        else:
+            run_job(config, force=force or (), ray_address=address, until=until, on_result=_print_result)
     except NegRefineError as exc:
         _fail(exc)
     except OSError as exc:
@@ -132,7 +141,9 @@ def run(
     if pending:
         names = ", ".join(f"{s.name} ({s.planned_in})" for s in pending)
         typer.echo(f"not built yet, so not run: {names}")
-    if len(set(config.run.seeds)) > 1 and until is None:
+    if config.grid.axes and until is None:
+        typer.echo(f"grid summary: {_within(config, 'grid.md')}")
+    elif len(set(config.run.seeds)) > 1 and until is None:
         typer.echo(f"mean ± std over seeds: {_within(config, 'report-seeds.md')}")
     typer.echo(f"results: {_within(config)}")
 

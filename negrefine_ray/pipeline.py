@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from negrefine_ray.config import JobConfig
-from negrefine_ray.errors import unknown_name
+from negrefine_ray.errors import StageError, unknown_name
 from negrefine_ray.preflight import CLIP_STAGES, preflight
 from negrefine_ray.runfolder.atomic import read_json, write_json
 from negrefine_ray.runfolder.folder import Stage, StageResult, remote_run, run_folder_lock, run_stage
@@ -117,14 +118,21 @@ def run_pipeline(
     only: Sequence[str] | None = None,
     until: str | None = None,
     on_result: Callable[[StageResult], None] | None = None,
+    donors: Sequence[Path] = (),
 ) -> list[StageResult]:
     """Run the stages in order (just `only`, or up to and including `until`), skipping those whose
-    trusted output exists.
+    trusted output exists, and linking in those that a donor (another run folder of the same job: a
+    seed, a grid point) holds under the same hash.
 
     Stages hash their upstream artifacts' content: a forced stage whose output changed reruns its
     dependents; one that wrote the same bytes leaves them up to date.
     Stops before the first stage that is not built yet.
     """
+    if config.grid.axes:
+        raise StageError(
+            f"{config.run_location} is a grid job ([grid] sweeps {len(config.grid.axes)} key(s)): run it "
+            f"with `negrefine-ray run`, or run a stage against one point's folder (<run>/<point>/)."
+        )
     forced = {get_stage(n).name for n in force}
     planned = planned_stages(only, until)
     preflight(config, [s.name for s in planned], ray_address)
@@ -137,7 +145,12 @@ def run_pipeline(
             remote.push_file("config.json")
         for stage in planned:
             result = run_stage(
-                stage, config, force=stage.name in forced, ray_address=ray_address, remote=remote
+                stage,
+                config,
+                force=stage.name in forced,
+                ray_address=ray_address,
+                remote=remote,
+                donors=[d for d in donors if d.resolve() != config.run_dir.resolve()],
             )
             results.append(result)
             if on_result is not None:
@@ -183,16 +196,21 @@ def run_job(
     ray_address: str | None = None,
     until: str | None = None,
     on_result: Callable[[StageResult], None] | None = None,
+    donors: Sequence[Path] = (),
 ) -> list[StageResult]:
     """A job: one pipeline run, or with several run.seeds one run per seed in `<run>/seed-<k>/`
-    (sharing the caches) followed by the mean and standard deviation over seeds."""
+    (sharing the caches and every stage that does not depend on the seed) followed by the mean and
+    standard deviation over seeds. `donors`: other run folders whose stages this job may reuse (a
+    grid's points: negrefine_ray.grid)."""
     from negrefine_ray.seeds import job_seeds, seed_config, write_seed_summary
 
     seeds = job_seeds(config)
     if len(seeds) <= 1:
         if seeds:  # run.seeds = [k]: one run, with seed k, in the job's own folder
             config = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seeds[0], seeds=()))
-        return run_pipeline(config, force=force, ray_address=ray_address, until=until, on_result=on_result)
+        return run_pipeline(
+            config, force=force, ray_address=ray_address, until=until, on_result=on_result, donors=donors
+        )
     preflight(config, [s.name for s in planned_stages(until=until)], ray_address)
     # The job folder's lock first: a second driver of the same job is refused before it writes the
     # job's config.json over the running one's (each seed folder has its own lock). On an
@@ -203,10 +221,11 @@ def run_job(
         if remote is not None:
             remote.push_file("config.json")
         results: list[StageResult] = []
+        folders = [*(seed_config(config, s).run_dir for s in seeds), *donors]
         for seed in seeds:
             seeded = seed_config(config, seed)
             results += run_pipeline(
-                seeded, force=force, ray_address=ray_address, until=until, on_result=on_result
+                seeded, force=force, ray_address=ray_address, until=until, on_result=on_result, donors=folders
             )
         if until is None:
             write_seed_summary(config)

@@ -32,6 +32,25 @@ def seed_config(config: JobConfig, seed: int) -> JobConfig:
     return dataclasses.replace(config, run=run)
 
 
+def seed_run_dirs(config: JobConfig) -> dict[int, Path]:
+    """Each seed's run folder: `<run>/seed-<k>/` with several seeds, else the job's own folder."""
+    seeds = job_seeds(config)
+    if len(seeds) <= 1:
+        return {seeds[0] if seeds else config.run.seed: config.run_dir}
+    return {seed: seed_config(config, seed).run_dir for seed in seeds}
+
+
+def read_seed_metrics(config: JobConfig) -> dict[int, Any]:
+    """Each seed's parsed report/metrics.json (seed -> metrics), or an error naming the missing one."""
+    metrics = {}
+    for seed, run_dir in seed_run_dirs(config).items():
+        path = run_dir / "report" / "metrics.json"
+        if not path.is_file():
+            raise StageError(f"{path} is missing: seed {seed} has not reached the report stage yet.")
+        metrics[seed] = read_json(path)
+    return metrics
+
+
 def aggregate(metrics: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     """Mean and population standard deviation over seeds of every row, dataset and metric in the
     seeds' report/metrics.json files (`metrics`: seed -> parsed metrics.json)."""
@@ -87,13 +106,7 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
 
 def write_seed_summary(config: JobConfig) -> Path:
     """Aggregate the seeds' reports into `<run>/metrics-seeds.json` and `<run>/report-seeds.md`."""
-    metrics = {}
-    for seed in job_seeds(config):
-        path = seed_config(config, seed).run_dir / "report" / "metrics.json"
-        if not path.is_file():
-            raise StageError(f"{path} is missing: seed {seed} has not reached the report stage yet.")
-        metrics[seed] = read_json(path)
-    summary = aggregate(metrics)
+    summary = aggregate(read_seed_metrics(config))
     write_json(config.run_dir / "metrics-seeds.json", summary)
     report = config.run_dir / "report-seeds.md"
     write_text(report, seeds_markdown(summary))

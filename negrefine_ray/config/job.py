@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from negrefine_ray.config.grid import GridConfig
 from negrefine_ray.config.sections import (
     AdaNegConfig,
     CorpusConfig,
@@ -48,6 +49,7 @@ class JobConfig:
     glmcm: GLMCMConfig = field(default_factory=GLMCMConfig)
     adaneg: AdaNegConfig = field(default_factory=AdaNegConfig)
     interneg: InterNegConfig = field(default_factory=InterNegConfig)
+    grid: GridConfig = field(default_factory=GridConfig)  # axes to sweep: config/grid.py
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""

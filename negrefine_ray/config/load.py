@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from negrefine_ray.config.checks import check_backend_options, check_references
+from negrefine_ray.config.grid import GridPoint, build_grid, grid_points
 from negrefine_ray.config.job import JobConfig
 from negrefine_ray.config.sections import _PLAIN_NAME, PLAIN_NAME_MAX, JudgeConfig
 from negrefine_ray.core.lines import NotUtf8, utf8_text
@@ -144,6 +145,8 @@ def _build_entry(cls: Any, prefix: str, values: Mapping[str, Any]) -> Any:
 
 
 def _build_section(name: str, values: Any) -> Any:
+    if name == "grid":  # dotted keys to lists of values, not a dataclass's fields
+        return build_grid(values, [s for s in section_names() if s != "grid"])
     entry = _table_list_type(name)
     if entry is None:
         if not isinstance(values, Mapping):
@@ -221,7 +224,21 @@ def build_config(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> JobC
         }
     )
     check_references(job)
+    for point in grid_points(job.grid):  # every point is valid before any work
+        point_config(job, point)
     return job
+
+
+def point_config(job: JobConfig, point: GridPoint) -> JobConfig:
+    """The job as run at one point of its grid, in `<run>/<point>/`: the job without its grid, with
+    the point's values set as `--set` would set them; an invalid value names its point."""
+    data = {name: values for name, values in job.to_dict().items() if name != "grid"}
+    try:
+        config = build_config(data, point.sets)
+    except ConfigError as exc:
+        raise ConfigError(f"[grid] point '{point.name}' ({', '.join(point.sets)}): {exc}") from None
+    run = dataclasses.replace(config.run, output_dir=job.run_location, name=point.name)
+    return dataclasses.replace(config, run=run)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> JobConfig:

@@ -5,7 +5,9 @@ the settings and upstream outputs that determine its output, library versions, r
 is written last and the folder is renamed into `<run>/<stage>/`. A stage folder is trusted only if its
 manifest's hash equals the hash the current job asks for and every artifact it lists is present with
 the recorded size and sha256; anything else is recomputed. A killed stage leaves only staging debris,
-which the next run removes.
+which the next run removes. Runs of one job (its seeds, its grid's points) pass each other's run
+folders as donors: a stage whose trusted output a donor holds under the same hash is linked in from
+there, not computed again, and its manifest says where it came from (`reused_from`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,7 +105,7 @@ class Stage:
 @dataclass(frozen=True)
 class StageResult:
     stage: str
-    status: Literal["ran", "skipped"]
+    status: Literal["ran", "skipped", "reused"]  # reused: linked in from a donor run folder
     summary: str
     seconds: float
 
@@ -197,10 +199,12 @@ def run_stage(
     force: bool = False,
     ray_address: str | None = None,
     remote: RemoteRun | None = None,
+    donors: Sequence[Path] = (),
 ) -> StageResult:
-    """Run `stage` unless its trusted output already exists (or `force`). With `remote` (an
-    object-store run), the finished stage is committed to the store, and a trusted one the store
-    lacks (its driver died before the upload) is committed now."""
+    """Run `stage` unless its trusted output already exists (or `force`), or link it in from the
+    first of the `donors` (other run folders of the job) that holds it under the same hash. With
+    `remote` (an object-store run), the finished stage is committed to the store, and a trusted one
+    the store lacks (its driver died before the upload) is committed now."""
     if stage.fn is None:
         raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
     run_dir = config.run_dir
@@ -213,6 +217,12 @@ def run_stage(
             remote.push_stage(stage.name)
         return StageResult(stage.name, "skipped", manifest["summary"], 0.0)
     staging = run_dir / STAGING / f"{stage.name}-{uuid.uuid4().hex[:8]}"
+    donor = None if force else next((d for d in donors if is_trusted(d / stage.name, expected)), None)
+    if donor is not None:
+        summary = _link_in(donor / stage.name, staging, final)
+        if remote is not None:
+            remote.push_stage(stage.name)
+        return StageResult(stage.name, "reused", summary, 0.0)
     staging.mkdir(parents=True)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -241,6 +251,28 @@ def run_stage(
     if remote is not None:
         remote.push_stage(stage.name)
     return StageResult(stage.name, "ran", output.summary, seconds)
+
+
+def _link_in(source: Path, staging: Path, final: Path) -> str:
+    """Hand `source` (a trusted stage folder of another run) over to `final` as a stage run here would:
+    its files hard-linked (copied across file systems) into `staging`, its manifest marked with where
+    it was computed (`reused_from`, relative to `final`), then swapped in. Returns its summary."""
+    manifest = read_json(source / MANIFEST)
+    staging.mkdir(parents=True)
+    for path in sorted(source.rglob("*")):
+        target = staging / path.relative_to(source)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.name != MANIFEST or path.parent != source:
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    origin = source / manifest["reused_from"] if "reused_from" in manifest else source
+    manifest["reused_from"] = os.path.relpath(os.path.normpath(origin), final)
+    write_json(staging / MANIFEST, manifest)
+    _swap_in(staging, final)
+    return f"reused from {manifest['reused_from']}: {manifest['summary']}"
 
 
 def remote_run(config: JobConfig) -> RemoteRun | None:

@@ -1,0 +1,71 @@
+"""The grid driver: every point's config checked (load_config and preflight) before any work, then
+each point run as a job of its own in `<run>/<point>/` (with its seeds, if any), every other point's
+run folders offered as donors, so a stage whose settings and inputs hash the same as one already
+computed is linked in, not run again; last, the grid summary.
+
+Points run one after another in the grid's order: the first point computes the shared stages, the
+later ones reuse them and compute only what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from negrefine_ray.config import GridPoint, JobConfig, grid_points, point_config
+from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.grid.summary import write_grid_summary
+from negrefine_ray.pipeline import planned_stages, run_job, save_resolved_config
+from negrefine_ray.preflight import preflight
+from negrefine_ray.runfolder.folder import StageResult, remote_run, run_folder_lock
+from negrefine_ray.seeds import seed_run_dirs
+
+
+def grid_configs(config: JobConfig) -> list[tuple[GridPoint, JobConfig]]:
+    """Each point of the job's grid with the job as run there, in the grid's order."""
+    return [(point, point_config(config, point)) for point in grid_points(config.grid)]
+
+
+def run_grid(
+    config: JobConfig,
+    *,
+    force: Iterable[str] = (),
+    ray_address: str | None = None,
+    until: str | None = None,
+    on_result: Callable[[StageResult], None] | None = None,
+    on_point: Callable[[GridPoint], None] | None = None,
+) -> list[StageResult]:
+    """Run every point of the grid (each a `run_job`, seeds included), then write the summary in
+    the job's folder (not with `until`: the points have no reports yet)."""
+    points = grid_configs(config)
+    stages = [s.name for s in planned_stages(until=until)]
+    for point, point_cfg in points:  # a missing dataset or an unknown architecture, before any work
+        try:
+            preflight(point_cfg, stages, ray_address)
+        except NegRefineError as exc:
+            raise ConfigError(f"[grid] point '{point.name}' ({', '.join(point.sets)}): {exc}") from None
+    folders: list[Path] = [d for _, c in points for d in seed_run_dirs(c).values()]
+    force = list(force)
+    results: list[StageResult] = []
+    with run_folder_lock(config.run_dir):
+        save_resolved_config(config)
+        remote = remote_run(config)
+        if remote is not None:
+            remote.push_file("config.json")
+        for point, point_cfg in points:
+            if on_point is not None:
+                on_point(point)
+            results += run_job(
+                point_cfg,
+                force=force,
+                ray_address=ray_address,
+                until=until,
+                on_result=on_result,
+                donors=folders,
+            )
+        if until is None:
+            written = write_grid_summary(config, points)
+            if remote is not None:
+                for name in written:
+                    remote.push_file(name)
+    return results
