@@ -190,13 +190,14 @@ def grid_points(grid: GridConfig) -> list[GridPoint]:
         values = {a.key: v for dim, vs in zip(dims, combo, strict=True) for a, v in zip(dim, vs, strict=True)}
         ordered = {a.key: values[a.key] for a in grid.axes}
         points.append(GridPoint(_point_name(ordered), ordered))
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for p in points:
-        first = seen.setdefault(json.dumps(list(p.values.values())), p.name)
-        if first != p.name:
+        values = json.dumps(list(p.values.values()))
+        if values in seen:
             raise ConfigError(
                 f"[grid] has the point {', '.join(p.sets)} twice; list each value of an axis once."
             )
+        seen.add(values)
     names = [p.name for p in points]
     if len(set(names)) < len(names):  # values that differ only in characters a folder name drops
         points = [dataclasses.replace(p, name=f"{p.name[:54]}-{i:03d}") for i, p in enumerate(points)]
