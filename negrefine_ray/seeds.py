@@ -8,6 +8,7 @@ of every metric, as `<run>/metrics-seeds.json` and `<run>/report-seeds.md`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import StageError
-from negrefine_ray.runfolder.atomic import read_json, write_json, write_text
+from negrefine_ray.runfolder.atomic import read_json, write_if_changed
 
 
 def job_seeds(config: JobConfig) -> list[int]:
@@ -107,7 +108,8 @@ def seeds_markdown(summary: Mapping[str, Any]) -> str:
 def write_seed_summary(config: JobConfig) -> Path:
     """Aggregate the seeds' reports into `<run>/metrics-seeds.json` and `<run>/report-seeds.md`."""
     summary = aggregate(read_seed_metrics(config))
-    write_json(config.run_dir / "metrics-seeds.json", summary)
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"  # as write_json writes it
+    write_if_changed(config.run_dir / "metrics-seeds.json", text.encode())
     report = config.run_dir / "report-seeds.md"
-    write_text(report, seeds_markdown(summary))
+    write_if_changed(report, seeds_markdown(summary).encode())  # a rerun leaves both untouched
     return report

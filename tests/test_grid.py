@@ -54,8 +54,8 @@ def test_zip_pairs_values_and_a_zip_group_combines_with_the_rest() -> None:
 
 def test_any_set_key_sweeps_lists_and_named_entries() -> None:
     judges = [{"name": "wn2", "backend": "wordnet"}]
-    job = _job({"filter.judges": [["wordnet"], ["wordnet", "wn2"]], "judges.wn2.proper_rule": ["capitalized"]},
-               judges=judges)  # fmt: skip
+    grid = {"filter.judges": [["wordnet"], ["wordnet", "wn2"]], "judges.wn2.proper_rule": ["capitalized"]}
+    job = _job(grid, judges=judges)
     points = grid_configs(job)
     assert [c.filter.judges for _, c in points] == [("wordnet",), ("wordnet", "wn2")]
     assert points[1][0].name == "judges-wordnet_wn2_proper_rule-capitalized"
@@ -75,7 +75,10 @@ def test_the_grid_is_saved_with_the_job_and_set_adds_an_axis(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("grid", "needle"),
     [
-        ({"score.alpha": [1.0, -1.0], "score.n_groups": [0]}, r"point 'alpha-1.0_n_groups-0' .*score.n_groups = 0"),
+        (
+            {"score.alpha": [1.0, -1.0], "score.n_groups": [0]},
+            r"point 'alpha-1.0_n_groups-0' .*score.n_groups = 0",
+        ),
         ({"model.precision": ["fp32", "fp8"]}, r"point 'precision-fp8' \(model.precision=\"fp8\"\).*fp8"),
         ({"score.alpah": [1.0]}, r"Unknown key 'score.alpah'.*Did you mean 'alpha'"),
         ({"scor.alpha": [1.0]}, r"unknown section 'scor'.*Did you mean 'score'"),
@@ -83,7 +86,10 @@ def test_the_grid_is_saved_with_the_job_and_set_adds_an_axis(tmp_path: Path) -> 
         ({"score.alpha": []}, r"is not a list of values"),
         ({"run.name": ["a", "b"]}, r"'run.name' cannot be swept"),
         ({"score.alpha": [1.0, 2.0], "score.k_pos": [5], "mode": "zip"}, r"differ in length"),
-        ({"score.alpha": [1.0], "zip": [["score.k_pos"]]}, r"grid.zip names 'score.k_pos', which is not swept"),
+        (
+            {"score.alpha": [1.0], "zip": [["score.k_pos"]]},
+            r"grid.zip names 'score.k_pos', which is not swept",
+        ),
         ({"score.alpha": [1.0, 1.0]}, r"has the point score.alpha=1.0 twice"),
         ({"score.alpha": [1.0], "mode": "zipped"}, r"grid.mode = 'zipped'.*Did you mean 'zip'"),
         ({"datasets.nope.root": ["/x"]}, r"address an entry of \[\[datasets\]\] by name"),
@@ -130,7 +136,9 @@ def test_a_stage_is_linked_in_from_a_donor_with_the_same_hash(tmp_path: Path) ->
     assert run_stage(WORDS, third, donors=[second.run_dir]).status == "reused"
     assert read_json(third.run_dir / "words" / MANIFEST)["reused_from"] == "../../a/words"
     assert run_stage(WORDS, second, donors=donors).status == "skipped"
-    assert (second.run_dir / "words" / "words.txt").read_bytes() == (first.run_dir / "words" / "words.txt").read_bytes()
+    assert (second.run_dir / "words" / "words.txt").read_bytes() == (
+        first.run_dir / "words" / "words.txt"
+    ).read_bytes()
     assert run_stage(WORDS, second, donors=donors, force=True).status == "ran"  # --force computes
 
 
@@ -153,7 +161,9 @@ def test_the_summary_holds_each_points_own_figures_and_a_rerun_changes_nothing(t
         for seed in (0, 1):
             run_dir = config.run_dir / f"seed-{seed}"
             write_json(run_dir / "report" / "metrics.json", _metrics(0.5 + 0.1 * i + 0.01 * seed, 0.4))
-            write_json(run_dir / "corpus" / MANIFEST, {"hash": "h"} if i == 0 else {"reused_from": "../../../x"})
+            write_json(
+                run_dir / "corpus" / MANIFEST, {"hash": "h"} if i == 0 else {"reused_from": "../../../x"}
+            )
     written = write_grid_summary(job, points)
     assert written == [
         "grid.json", "grid.md", "grid.html", "plots/line_score.alpha.png", "plots/line_score.k_pos.png",

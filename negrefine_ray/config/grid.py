@@ -192,12 +192,12 @@ def grid_points(grid: GridConfig) -> list[GridPoint]:
         points.append(GridPoint(_point_name(ordered), ordered))
     seen: set[str] = set()
     for p in points:
-        values = json.dumps(list(p.values.values()))
-        if values in seen:
+        text = json.dumps(list(p.values.values()))
+        if text in seen:
             raise ConfigError(
                 f"[grid] has the point {', '.join(p.sets)} twice; list each value of an axis once."
             )
-        seen.add(values)
+        seen.add(text)
     names = [p.name for p in points]
     if len(set(names)) < len(names):  # values that differ only in characters a folder name drops
         points = [dataclasses.replace(p, name=f"{p.name[:54]}-{i:03d}") for i, p in enumerate(points)]

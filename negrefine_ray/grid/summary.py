@@ -22,7 +22,7 @@ from negrefine_ray.core.metrics import METRIC_INFO
 from negrefine_ray.grid.plots import write_plots
 from negrefine_ray.pipeline import STAGE_NAMES
 from negrefine_ray.runfolder.artifacts import MANIFEST
-from negrefine_ray.runfolder.atomic import atomic_path, read_json
+from negrefine_ray.runfolder.atomic import read_json, write_if_changed
 from negrefine_ray.seeds import aggregate, read_seed_metrics, seed_run_dirs
 
 TABLE_METRICS = ("auroc", "fpr95")  # the papers' two columns; grid.json holds every metric
@@ -222,23 +222,15 @@ def grid_html(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     return f"<!doctype html>\n<html><head>{head}</head><body>\n{body}\n</body></html>\n"
 
 
-def _write_if_changed(path: Path, data: bytes) -> None:
-    """Write `path` atomically unless it already holds `data` (a rerun leaves it untouched)."""
-    if path.is_file() and path.read_bytes() == data:
-        return
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def write_grid_summary(config: JobConfig, points: Sequence[tuple[GridPoint, JobConfig]]) -> list[str]:
     """Write the summary files in the job's folder; returns their names relative to it."""
     summary = grid_summary(config, points)
-    plots = write_plots(summary, config, _write_if_changed)
+    plots = write_plots(summary, config, write_if_changed)
     files = {
         "grid.json": json.dumps(summary, indent=2, sort_keys=False) + "\n",
         "grid.md": grid_markdown(summary, plots),
         "grid.html": grid_html(summary, plots),
     }
     for name, text in files.items():
-        _write_if_changed(config.run_dir / name, text.encode())
+        write_if_changed(config.run_dir / name, text.encode())
     return [*files, *plots]

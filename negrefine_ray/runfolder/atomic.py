@@ -61,6 +61,15 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Write `path` atomically unless it already holds `data`: a summary rebuilt by a rerun that
+    changed nothing keeps its file, modification time included."""
+    if path.is_file() and path.read_bytes() == data:
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 ROW_GROUP_ROWS = 65536  # rows per Parquet row group: readers that go a batch at a time hold one group
 
 
