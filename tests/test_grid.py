@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import open_clip
 import pytest
 from test_stages import CALLS, COUNT, WORDS
 
@@ -111,9 +112,12 @@ def test_the_shipped_grid_jobs_expand() -> None:
     ablations = grid_configs(load_config(REPO / "jobs" / "ablations_negrefine.toml"))
     assert len(ablations) >= 4
     backbones = grid_configs(load_config(REPO / "jobs" / "backbones.toml"))
-    assert [(c.model.arch, c.model.pretrained) for _, c in backbones] == [
-        ("ViT-B-16", "openai"), ("ViT-B-32", "openai"), ("ViT-L-14", "openai"), ("RN50", "openai"),
+    assert [(c.model.arch, c.model.pretrained, c.mining.dnm_preset) for _, c in backbones] == [
+        ("ViT-B-16-quickgelu", "openai", "ViT-B-16"), ("ViT-B-32-quickgelu", "openai", "ViT-B-32"),
+        ("ViT-L-14-quickgelu", "openai", "ViT-L-14"), ("RN50-quickgelu", "openai", "RN50"),
     ]  # fmt: skip
+    for _, config in backbones:  # open_clip knows each architecture and its `openai` tag
+        assert "openai" in open_clip.list_pretrained_tags_by_model(config.model.arch)
 
 
 def test_a_stage_is_linked_in_from_a_donor_with_the_same_hash(tmp_path: Path) -> None:
