@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from negrefine_ray.config import JobConfig
 from negrefine_ray.errors import StageError, unknown_name
 from negrefine_ray.preflight import CLIP_STAGES, preflight
 from negrefine_ray.runfolder.atomic import read_json, write_json
+from negrefine_ray.runfolder.donors import Donors
 from negrefine_ray.runfolder.folder import Stage, StageResult, remote_run, run_folder_lock, run_stage
 from negrefine_ray.stages import corpus, embed_images, embed_text, mine, report, score
 from negrefine_ray.stages import filter as filter_stage  # the module, not the builtin
@@ -118,7 +118,7 @@ def run_pipeline(
     only: Sequence[str] | None = None,
     until: str | None = None,
     on_result: Callable[[StageResult], None] | None = None,
-    donors: Sequence[Path] = (),
+    donors: Donors | None = None,
 ) -> list[StageResult]:
     """Run the stages in order (just `only`, or up to and including `until`), skipping those whose
     trusted output exists, and linking in those that a donor (another run folder of the same job: a
@@ -150,7 +150,7 @@ def run_pipeline(
                 force=stage.name in forced,
                 ray_address=ray_address,
                 remote=remote,
-                donors=[d for d in donors if d.resolve() != config.run_dir.resolve()],
+                donors=(donors or Donors()).without(config.run_dir),
             )
             results.append(result)
             if on_result is not None:
@@ -196,7 +196,7 @@ def run_job(
     ray_address: str | None = None,
     until: str | None = None,
     on_result: Callable[[StageResult], None] | None = None,
-    donors: Sequence[Path] = (),
+    donors: Donors | None = None,
 ) -> list[StageResult]:
     """A job: one pipeline run, or with several run.seeds one run per seed in `<run>/seed-<k>/`
     (sharing the caches and every stage that does not depend on the seed) followed by the mean and
@@ -221,7 +221,7 @@ def run_job(
         if remote is not None:
             remote.push_file("config.json")
         results: list[StageResult] = []
-        folders = [*(seed_config(config, s).run_dir for s in seeds), *donors]
+        folders = (donors or Donors()).plus([seed_config(config, s).run_dir for s in seeds])
         for seed in seeds:
             seeded = seed_config(config, seed)
             results += run_pipeline(

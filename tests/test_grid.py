@@ -6,6 +6,8 @@ rerun. The grid over the real smoke job is in test_grid_runs.py (slow)."""
 from __future__ import annotations
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import open_clip
@@ -17,7 +19,8 @@ from negrefine_ray.errors import ConfigError, StageError
 from negrefine_ray.grid import grid_configs
 from negrefine_ray.grid.summary import write_grid_summary
 from negrefine_ray.runfolder.atomic import read_json, write_json
-from negrefine_ray.runfolder.folder import MANIFEST, run_stage
+from negrefine_ray.runfolder.donors import Donors, HashLocks
+from negrefine_ray.runfolder.folder import MANIFEST, Stage, StageContext, StageOutput, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,7 +130,7 @@ def test_a_stage_is_linked_in_from_a_donor_with_the_same_hash(tmp_path: Path) ->
     first, second, other = folder("a"), folder("b"), folder("c", seed=1)
     CALLS.clear()
     assert [run_stage(s, first).status for s in (WORDS, COUNT)] == ["ran", "ran"]
-    donors = [first.run_dir]
+    donors = Donors((first.run_dir,))
     assert [run_stage(s, second, donors=donors).status for s in (WORDS, COUNT)] == ["reused", "reused"]
     assert [run_stage(s, other, donors=donors).status for s in (WORDS, COUNT)] == ["ran", "ran"]
     assert CALLS == ["words", "count"] * 2  # the second folder computed nothing
@@ -137,13 +140,37 @@ def test_a_stage_is_linked_in_from_a_donor_with_the_same_hash(tmp_path: Path) ->
     )
     # a chain names the folder that computed it; a rerun is up to date; the files are the donor's bytes
     third = folder("d")
-    assert run_stage(WORDS, third, donors=[second.run_dir]).status == "reused"
+    assert run_stage(WORDS, third, donors=Donors((second.run_dir,))).status == "reused"
     assert read_json(third.run_dir / "words" / MANIFEST)["reused_from"] == "../../a/words"
     assert run_stage(WORDS, second, donors=donors).status == "skipped"
     assert (second.run_dir / "words" / "words.txt").read_bytes() == (
         first.run_dir / "words" / "words.txt"
     ).read_bytes()
     assert run_stage(WORDS, second, donors=donors, force=True).status == "ran"  # --force computes
+
+
+def test_points_at_once_compute_a_shared_stage_once(tmp_path: Path) -> None:
+    """grid.parallel: runs in threads share a lock per stage hash; the first computes, the others
+    wait and link it in."""
+
+    def slow_words(ctx: StageContext) -> StageOutput:
+        time.sleep(0.3)  # long enough for every thread to reach the stage meanwhile
+        CALLS.append("words")
+        (ctx.out_dir / "words.txt").write_text("w0 w1")
+        return StageOutput(("words.txt",), "2 words")
+
+    slow = Stage("words", "toy", (), 1, lambda c: {"seed": c.run.seed}, slow_words)
+    configs = [build_config({"run": {"output_dir": str(tmp_path), "name": f"p{i}"}}) for i in range(3)]
+    donors = Donors(tuple(c.run_dir for c in configs), HashLocks())
+    CALLS.clear()
+    with ThreadPoolExecutor(3) as pool:
+        statuses = list(
+            pool.map(lambda c: run_stage(slow, c, donors=donors.without(c.run_dir)).status, configs)
+        )
+    assert CALLS == ["words"] and sorted(statuses) == ["ran", "reused", "reused"]
+    assert build_config({"grid": {"score.alpha": [1.0, 2.0], "parallel": 2}}).grid.parallel == 2
+    with pytest.raises(ConfigError, match=r"grid\.parallel = 0 is not an integer >= 1"):
+        build_config({"grid": {"score.alpha": [1.0], "parallel": 0}})
 
 
 def _metrics(auroc: float, fpr: float) -> dict:

@@ -108,3 +108,26 @@ def test_a_backbone_grid_caches_embeddings_per_model(smoke_run: SmokeRun, tmp_pa
     summary = read_json(tmp_path / "second" / "smoke" / "grid.json")
     assert [p["values"]["model.arch"] for p in summary["points"]] == ["nr-tiny-vit", "nr-tiny-vit-2l"]
     assert (tmp_path / "second" / "smoke" / "plots" / "line_model.arch_model.pretrained.png").is_file()
+
+
+def test_points_at_once_share_stages_and_give_the_same_scores(smoke_run: SmokeRun, tmp_path: Path) -> None:
+    sets = smoke_run.sets(**{
+        "run.output_dir": tmp_path, "grid.parallel": 2,
+        "grid.score.alpha": "[0.0, 2.0]", "grid.mining.top_fraction": "[0.15, 0.2]",
+    })  # fmt: skip
+    code, out = run_cli("run", str(SMOKE_JOB), *sets)
+    assert code == 0, out
+    job = tmp_path / "smoke"
+    assert "alpha-2.0_top_fraction-0.2: score: " in out  # each line names its point
+    computed: dict[str, int] = defaultdict(int)
+    hashes: dict[str, set[str]] = defaultdict(set)
+    for folder in sorted(p for p in job.iterdir() if p.is_dir() and p.name != "plots"):
+        for stage in STAGE_NAMES:
+            manifest = read_json(folder / stage / "manifest.json")
+            hashes[stage].add(manifest["hash"])
+            computed[stage] += "reused_from" not in manifest
+    assert computed == {s: len(hashes[s]) for s in STAGE_NAMES}
+    assert (computed["corpus"], computed["mine"], computed["score"]) == (1, 2, 4)
+    # the job's own settings (alpha 2, top_fraction 0.15) give the session run's scores
+    point = read_parquet(job / "alpha-2.0_top_fraction-0.15" / "score" / "scores.parquet")
+    assert point.equals(read_parquet(smoke_run.run_dir / "score" / "scores.parquet"))

@@ -2,7 +2,8 @@
 points, each one run of the job with those values set (`negrefine_ray.grid` runs them and writes the
 summary). Points are the Cartesian product of the axes in file order (the last axis varies fastest);
 `mode = "zip"` pairs the i-th values of every axis instead, and `zip = [["model.arch",
-"model.pretrained"]]` pairs only the listed axes, the groups then combined by product.
+"model.pretrained"]]` pairs only the listed axes, the groups then combined by product. `parallel`:
+how many points run at once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class GridConfig:
     mode: Literal["product", "zip"] = "product"
     zip: tuple[tuple[str, ...], ...] = ()
     axes: tuple[GridAxis, ...] = ()
+    # Points run at once (threads of the driver, each stage computed once all the same); 1: one after
+    # another. Only where the cluster holds that many points' pools at once (docs/grids.md).
+    parallel: int = 1
 
     def dimensions(self) -> list[tuple[GridAxis, ...]]:
         """The product's factors: each a group of axes whose values go in lockstep (one axis alone
@@ -123,6 +127,12 @@ def build_grid(values: Any, sections: Sequence[str]) -> GridConfig:
         close = did_you_mean(str(mode), MODES)
         raise ConfigError(f"grid.mode = {mode!r} is not allowed.{close} Choose 'product' or 'zip'.")
     zipped = values.pop("zip", [])
+    parallel = values.pop("parallel", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(
+            f"grid.parallel = {parallel!r} is not an integer >= 1; set it to 1 (points one "
+            "after another) or to how many points the cluster runs at once."
+        )
     saved = values.pop("axes", [])  # config.json's form: [{"key": ..., "values": [...]}]
     pairs = [(a["key"], a["values"]) for a in saved] if isinstance(saved, list) else []
     # a `--set grid.KEY=[...]` on a saved config replaces that axis
@@ -136,7 +146,7 @@ def build_grid(values: Any, sections: Sequence[str]) -> GridConfig:
                 f"[grid] zips {', '.join(group)}, but their lists differ in length "
                 f"({', '.join(f'{k}: {n}' for k, n in lengths.items())}); give each as many values."
             )
-    return GridConfig(mode=mode, zip=groups, axes=tuple(axes))
+    return GridConfig(mode=mode, zip=groups, axes=tuple(axes), parallel=parallel)
 
 
 def _zip_groups(zipped: Any, keys: Sequence[str]) -> tuple[tuple[str, ...], ...]:

@@ -6,8 +6,8 @@ is written last and the folder is renamed into `<run>/<stage>/`. A stage folder 
 manifest's hash equals the hash the current job asks for and every artifact it lists is present with
 the recorded size and sha256; anything else is recomputed. A killed stage leaves only staging debris,
 which the next run removes. Runs of one job (its seeds, its grid's points) pass each other's run
-folders as donors: a stage whose trusted output a donor holds under the same hash is linked in from
-there, not computed again, and its manifest says where it came from (`reused_from`).
+folders as donors (donors.py): a stage whose trusted output a donor holds under the same hash is
+linked in from there, not computed again.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +32,7 @@ from negrefine_ray.config import JobConfig, named_paths
 from negrefine_ray.errors import StageError
 from negrefine_ray.runfolder.artifacts import MANIFEST
 from negrefine_ray.runfolder.atomic import file_sha256, read_json, stable_hash, write_json
+from negrefine_ray.runfolder.donors import Donors, link_in
 from negrefine_ray.runfolder.file_ids import named_file_ids
 from negrefine_ray.runfolder.mirror import RemoteRun
 from negrefine_ray.runfolder.storage import ObjectPath, RunLease, is_uri
@@ -199,7 +200,7 @@ def run_stage(
     force: bool = False,
     ray_address: str | None = None,
     remote: RemoteRun | None = None,
-    donors: Sequence[Path] = (),
+    donors: Donors | None = None,
 ) -> StageResult:
     """Run `stage` unless its trusted output already exists (or `force`), or link it in from the
     first of the `donors` (other run folders of the job) that holds it under the same hash. With
@@ -216,13 +217,31 @@ def run_stage(
         if remote is not None and not remote.has(stage.name):
             remote.push_stage(stage.name)
         return StageResult(stage.name, "skipped", manifest["summary"], 0.0)
-    staging = run_dir / STAGING / f"{stage.name}-{uuid.uuid4().hex[:8]}"
-    donor = None if force else next((d for d in donors if is_trusted(d / stage.name, expected)), None)
-    if donor is not None:
-        summary = _link_in(donor / stage.name, staging, final)
-        if remote is not None:
-            remote.push_stage(stage.name)
-        return StageResult(stage.name, "reused", summary, 0.0)
+    donors = donors or Donors()
+    with donors.hold(expected):  # a run of the same job computing this stage at once: wait for it
+        donor = next((d for d in donors.folders if is_trusted(d / stage.name, expected)), None)
+        staging = run_dir / STAGING / f"{stage.name}-{uuid.uuid4().hex[:8]}"
+        if donor is not None and not force:
+            summary = link_in(donor / stage.name, staging, final)
+            _swap_in(staging, final)
+            if remote is not None:
+                remote.push_stage(stage.name)
+            return StageResult(stage.name, "reused", summary, 0.0)
+        return _compute(stage, config, key, staging, ray_address, remote)
+
+
+def _compute(
+    stage: Stage,
+    config: JobConfig,
+    key: Mapping[str, Any],
+    staging: Path,
+    ray_address: str | None,
+    remote: RemoteRun | None,
+) -> StageResult:
+    """Run the stage function into `staging`, write its manifest and swap it in."""
+    if stage.fn is None:
+        raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
+    run_dir, expected, final = config.run_dir, stable_hash(key), config.run_dir / stage.name
     staging.mkdir(parents=True)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
@@ -251,28 +270,6 @@ def run_stage(
     if remote is not None:
         remote.push_stage(stage.name)
     return StageResult(stage.name, "ran", output.summary, seconds)
-
-
-def _link_in(source: Path, staging: Path, final: Path) -> str:
-    """Hand `source` (a trusted stage folder of another run) over to `final` as a stage run here would:
-    its files hard-linked (copied across file systems) into `staging`, its manifest marked with where
-    it was computed (`reused_from`, relative to `final`), then swapped in. Returns its summary."""
-    manifest = read_json(source / MANIFEST)
-    staging.mkdir(parents=True)
-    for path in sorted(source.rglob("*")):
-        target = staging / path.relative_to(source)
-        if path.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif path.name != MANIFEST or path.parent != source:
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
-    origin = source / manifest["reused_from"] if "reused_from" in manifest else source
-    manifest["reused_from"] = os.path.relpath(os.path.normpath(origin), final)
-    write_json(staging / MANIFEST, manifest)
-    _swap_in(staging, final)
-    return f"reused from {manifest['reused_from']}: {manifest['summary']}"
 
 
 def remote_run(config: JobConfig) -> RemoteRun | None:
