@@ -122,7 +122,7 @@ def run_judge(
     )
     counts = count_reasons(decisions)
     counts.update(
-        questions_asked=len(asked),
+        questions_in_table=len(asked),  # the decision table's questions (from the store or sent)
         questions_sequential_rule=len(needed),
         invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
     )

@@ -209,12 +209,26 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     ]
 
 
+def selection_rows(stats: Mapping[str, Any]) -> list[list[Any]]:
+    """Per mining method: its pool's nouns and adjectives and how many of each it selected. A method
+    that selects in the score stage (InterNeg, catalogue flag `mined_in_score`) has its selection
+    counts in the score stage's manifest, not in mine's."""
+    keys = ("pool_nouns", "pool_adjectives", "selected_nouns", "selected_adjectives")
+    rows = []
+    for name, counts in stats.get("mine", {}).items():
+        if not isinstance(counts, dict):
+            continue
+        method = METHODS.get(name)
+        if method is not None and method.mined_in_score:
+            counts = {**counts, **stats.get("score", {}).get(name, {}).get("selection", {})}
+        rows.append([name, *(counts.get(k, "-") for k in keys)])
+    return rows
+
+
 def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     """Mined pools and selections, each judge's NegFilter counts, and what each score used."""
-    mine = {k: v for k, v in stats.get("mine", {}).items() if isinstance(v, dict)}
-    keys: tuple[str, ...] = ("pool_nouns", "pool_adjectives", "selected_nouns", "selected_adjectives")
     lines = _table(["Method", "Pool nouns", "Pool adjectives", "Selected nouns", "Selected adjectives"],
-                   [[k, *(v.get(c) for c in keys)] for k, v in mine.items()])  # fmt: skip
+                   selection_rows(stats))  # fmt: skip
     keys = ("total", "kept", "proper", "same", "subcategory")
     judges = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("filter", {}).items()]
     lines += ["", *_table(["Judge", "Labels", "Kept", "Proper", "Same", "Subcategory"], judges)]
@@ -244,14 +258,15 @@ def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
             continue
         yes = f"{h['above_threshold']:,} above {h['threshold']:g}" if sum(h["counts"]) else "-"
         rows.append([
-            name, a["questions_asked"], a["questions_from_store"], f"{a['questions_per_s']:,.1f}",
+            name, j.get("questions_in_table", "-"), a["questions_sent"], a["answers_from_store"],
+            f"{a['questions_per_s']:,.1f}",
             f"{a['prompt_tokens_per_s']:,.0f}", f"{a['generated_tokens_per_s']:,.0f}", f"{a['wall_s']:,.1f}",
             f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0), a["duplicates_dropped"], yes,
         ])  # fmt: skip
     if not rows:
         return []
-    header = ["Judge", "Asked", "From store", "Questions/s", "Prompt tok/s", "Generated tok/s", "Wall s",
-              "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
+    header = ["Judge", "In decision table", "Sent to judge", "From store", "Sent/s", "Prompt tok/s",
+              "Generated tok/s", "Wall s", "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
     return ["", "Judges, the cost of this run's questions:", "", *_table(header, rows)]
 
 
