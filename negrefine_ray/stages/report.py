@@ -229,8 +229,8 @@ def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     """Mined pools and selections, each judge's NegFilter counts, and what each score used."""
     lines = _table(["Method", "Pool nouns", "Pool adjectives", "Selected nouns", "Selected adjectives"],
                    selection_rows(stats))  # fmt: skip
-    keys = ("total", "kept", "proper", "same", "subcategory")
-    judges = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("filter", {}).items()]
+    reasons = ("total", "kept", "proper", "same", "subcategory")
+    judges = [[k, *(v.get(c) for c in reasons)] for k, v in stats.get("filter", {}).items()]
     lines += ["", *_table(["Judge", "Labels", "Kept", "Proper", "Same", "Subcategory"], judges)]
     keys = ("negatives", "kept", "dropped", "per_group")
     used = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("score", {}).get("negatives", {}).items()]
