@@ -257,17 +257,23 @@ def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
         if not isinstance(a, dict) or not isinstance(h, dict):
             continue
         yes = f"{h['above_threshold']:,} above {h['threshold']:g}" if sum(h["counts"]) else "-"
+        questions = [j.get("questions_in_table", "-"), j.get("questions_distinct", "-")]
+        rates = [a["questions_per_s"], a["prompt_tokens_per_s"], a["generated_tokens_per_s"]]
         rows.append([
-            name, j.get("questions_in_table", "-"), a["questions_sent"], a["answers_from_store"],
-            f"{a['questions_per_s']:,.1f}",
-            f"{a['prompt_tokens_per_s']:,.0f}", f"{a['generated_tokens_per_s']:,.0f}", f"{a['wall_s']:,.1f}",
-            f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0), a["duplicates_dropped"], yes,
+            name, *questions, a["questions_sent"], a["answers_from_store"], *(f"{r:,.1f}" for r in rates),
+            f"{a['wall_s']:,.1f}", f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0),
+            a["duplicates_dropped"], yes,
         ])  # fmt: skip
     if not rows:
         return []
-    header = ["Judge", "In decision table", "Sent to judge", "From store", "Sent/s", "Prompt tok/s",
-              "Generated tok/s", "Wall s", "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
-    return ["", "Judges, the cost of this run's questions:", "", *_table(header, rows)]
+    header = ["Judge", "In decision table", "Distinct", "Sent to judge", "From store", "Sent/s",
+              "Prompt tok/s", "Generated tok/s", "Wall s", "GPU-s", "Invalid", "Duplicates",
+              "P(yes)"]  # fmt: skip
+    note = (
+        "Questions: rows of the decision table; the distinct ones among them (a label's nearest ID "
+        "labels may repeat a name); of those, sent to the judge in this run and answered from the store."
+    )
+    return ["", "Judges, the cost of this run's questions:", "", note, "", *_table(header, rows)]
 
 
 def _online_lines(display: str, interneg: Mapping[str, Any] | None) -> list[str]:
