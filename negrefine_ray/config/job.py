@@ -22,6 +22,7 @@ from negrefine_ray.config.sections import (
     MiningConfig,
     ModelConfig,
     RayConfig,
+    ReportConfig,
     RunConfig,
     ScoreConfig,
     TextConfig,
@@ -48,6 +49,7 @@ class JobConfig:
     glmcm: GLMCMConfig = field(default_factory=GLMCMConfig)
     adaneg: AdaNegConfig = field(default_factory=AdaNegConfig)
     interneg: InterNegConfig = field(default_factory=InterNegConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples as lists), the form saved in the run folder."""

@@ -1,14 +1,18 @@
 """The `report` stage: AUROC, AUPR-In, AUPR-Out, FPR95 (NegLabel convention) and FPR95 (OpenOOD) per
 OOD dataset and on average for every score row (methods.md 6), as metrics.json, a Markdown report in
 the papers' table layout with the run's models, judges, negative counts, failures and stage times,
-and PNG plots (ID-vs-OOD histograms of the main score, ROC curves of every row).
+PNG plots (ID-vs-OOD histograms of the main score, ROC curves of every row), and report.html: the
+same tables sortable, the plots, the hardest images of every method and OOD dataset as thumbnails,
+the negative labels with the judges' decisions, and the run's facts (negrefine_ray.report).
 
-Input: score/scores.parquet and score/columns.json, plus every upstream manifest. Output:
-report/report.md, report/metrics.json, report/plots/{hist,roc}_<dataset>.png.
+Input: score/scores.parquet, score/columns.json and score/negative_sets.parquet, plus every upstream
+manifest. Output: report/report.md, report/report.html, report/metrics.json,
+report/plots/{hist,roc}_<dataset>.png, report/thumbnails/*.jpg.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -21,6 +25,9 @@ import pyarrow as pa
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
+from negrefine_ray.report import hardest, page
+from negrefine_ray.report.negatives import negative_lists
+from negrefine_ray.report.thumbnails import thumbnails
 from negrefine_ray.runfolder.atomic import read_json, read_parquet, write_json, write_text
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages._report_judges import judge_lines, judge_table, write_judge_plot
@@ -32,7 +39,10 @@ RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
 
 
 def report_settings(config: JobConfig) -> dict[str, Any]:
-    return {"metrics": list(METRIC_NAMES), "pretrained": config.model.pretrained, "run": config.run.name}
+    return {
+        "metrics": list(METRIC_NAMES), "pretrained": config.model.pretrained, "run": config.run.name,
+        "report": dataclasses.asdict(config.report),
+    }  # fmt: skip
 
 
 def row_label(column: Mapping[str, Any]) -> str:
@@ -358,10 +368,85 @@ def _image_rows(table: pa.Table, embed_stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def run_facts(config: JobConfig, manifests: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The run's facts for report.html: model, weights, precision, seeds, labels, methods, judges."""
+    m, stats = config.model, manifests.get("score", {}).get("stats", {})
+    facts = [
+        ("CLIP", f"{m.arch}, weights {m.pretrained}, precision {m.precision}, device {m.device}"),
+        ("Seeds", f"run seed {config.run.seed}; grouping seed(s) {stats.get('seeds')}"),
+        ("ID labels", str(config.labels.id_labels)),
+        ("Score methods", ", ".join(config.score.methods)),
+        ("Scored images", f"{stats.get('scored', 0):,} ({stats.get('images', 0):,} listed)"),
+    ]
+    for j in manifests.get("filter", {}).get("settings", {}).get("judges", []):
+        facts.append((
+            f"Judge {j['name']}", f"backend {j['backend']}, model {j.get('model') or '-'}, mode "
+            f"{j.get('mode')}, threshold {j.get('threshold')}",
+        ))  # fmt: skip
+    return facts
+
+
+def _judge_rows(filter_stats: Mapping[str, Any]) -> list[list[str]]:
+    keys = ("total", "kept", "proper", "same", "subcategory", "questions_in_table", "questions_distinct")
+    rows = []
+    for name, j in filter_stats.items():
+        if isinstance(j, dict) and "total" in j:
+            a = j.get("accounting", {})
+            counts = [j.get(k, "-") for k in keys] + [
+                a.get("questions_sent", "-"),
+                a.get("answers_from_store", "-"),
+            ]
+            rows.append([name, *(f"{c:,}" if isinstance(c, int) else str(c) for c in counts)])
+    return rows
+
+
+def write_html(
+    ctx: StageContext,
+    table: pa.Table,
+    catalogue: Sequence[Mapping[str, Any]],
+    flags: Sequence[Mapping[str, str]],
+    result: Mapping[str, Any],
+    plots: Sequence[str],
+) -> tuple[list[str], dict[str, Any]]:
+    """report.html and its thumbnails: the files written (relative to the stage folder) and stats."""
+    config, manifests = ctx.config, ctx.upstream_manifests()
+    k = config.report.hardest
+    galleries = hardest.pick(table, catalogue, k) if k else []
+    hardest.explain(galleries, table, catalogue, flags, ctx.run_dir, config)
+    datasets = manifests.get("embed-images", {}).get("stats", {}).get("datasets", {})
+    roots = {name: d["root"] for name, d in datasets.items() if "root" in d}
+    shown = [(c.dataset, c.path) for g in galleries for c in g.ood + g.id]
+    thumbs, made = thumbnails(shown, roots, ctx.out_dir, config.cache_dir, config.report.thumbnail_px)
+    note = (
+        f"{made['unreadable']:,} image(s) could not be read now: a grey placeholder."
+        if made["unreadable"]
+        else ""
+    )
+    judges = [j["name"] for j in manifests.get("filter", {}).get("settings", {}).get("judges", [])]
+    stats_of = {s: mf.get("stats", {}) for s, mf in manifests.items()}
+    times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
+    random = config.model.pretrained.lower() == "none"
+    warning = f'{RANDOM_WARNING.strip("*")} (model.pretrained = "none")' if random else ""
+    sections = [
+        page.results_section(result),
+        page.plots_section(plots),
+        page.hardest_section(galleries, thumbs, k, note),
+        page.negatives_section(negative_lists(ctx.run_dir, catalogue, judges, config.filter.scope)),
+        page.facts_section(run_facts(config, manifests), _judge_rows(stats_of.get("filter", {})), times),
+    ]
+    write_text(
+        ctx.out_dir / "report.html",
+        page.render(f"OOD detection report: {config.run.name}", warning, sections),
+    )
+    files = ["report.html", *sorted(set(thumbs.values()))]
+    return files, {"galleries": len(galleries), "thumbnails": made}
+
+
 def run_report(ctx: StageContext) -> StageOutput:
     config = ctx.config
     table = read_parquet(ctx.input("score", "scores.parquet"))
-    catalogue = read_json(ctx.input("score", "columns.json"))["columns"]
+    columns = read_json(ctx.input("score", "columns.json"))
+    catalogue, flags = columns["columns"], columns.get("flags", [])
     result = evaluate(table, catalogue)
     write_json(ctx.out_dir / "metrics.json", result)
     plots = write_plots(table, catalogue, ctx.out_dir)
@@ -384,5 +469,11 @@ def run_report(ctx: StageContext) -> StageOutput:
         f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
         f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
     )
-    stats = {"rows": len(result["rows"]), "ood_datasets": result["ood_datasets"], "plots": len(plots)}
-    return StageOutput(("report.md", "metrics.json", *plots), summary, stats)
+    html_files, html_stats = write_html(ctx, table, catalogue, flags, result, plots)
+    stats = {
+        "rows": len(result["rows"]),
+        "ood_datasets": result["ood_datasets"],
+        "plots": len(plots),
+        **html_stats,
+    }
+    return StageOutput(("report.md", "metrics.json", *plots, *html_files), summary, stats)
