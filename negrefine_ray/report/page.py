@@ -16,6 +16,9 @@ from negrefine_ray.report.hardest import Card, Gallery
 from negrefine_ray.report.negatives import NegativeList
 
 Facts = Sequence[tuple[str, str]]
+# Around the page's wall-clock figures (stage times): everything outside them is the same for a rerun
+# of the same job (tests/test_reliability.py compares the bytes with what is between them removed).
+MEASURED = ("<!-- measured -->", "<!-- /measured -->")
 
 
 def _e(value: object) -> str:
@@ -88,17 +91,19 @@ def plots_section(plots: Sequence[str]) -> str:
 
 
 def _sims(card: Card) -> str:
+    """The card's top ID labels and (for methods with negatives) top negatives, with cosines."""
+    lists = [card.id_labels, card.negatives] if card.negatives else [card.id_labels]
     rows = []
-    for i in range(max(len(card.id_labels), len(card.negatives))):
+    for i in range(max(len(x) for x in lists)):
         cells = ""
-        for pairs in (card.id_labels, card.negatives):
+        for pairs in lists:
             if i < len(pairs):
                 cells += f'<td>{_e(pairs[i][0])}</td><td class="num">{pairs[i][1]:.3f}</td>'
             else:
                 cells += "<td></td><td></td>"
         rows.append(f"<tr>{cells}</tr>")
-    head = "<tr><th>ID label</th><th>cos</th><th>negative</th><th>cos</th></tr>"
-    return f"<table>{head}{''.join(rows)}</table>"
+    head = "<th>ID label</th><th>cos</th>" + ("<th>negative</th><th>cos</th>" if card.negatives else "")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
 def _card(card: Card, ood: bool, thumbnail: str) -> str:
@@ -197,7 +202,9 @@ def facts_section(facts: Facts, judges: Sequence[Sequence[str]], times: Sequence
     return (
         f'<section id="run"><h2>Run</h2><ul class="facts">{items}</ul>{judge_table}'
         "<h3>Stage times (they differ between runs)</h3>"
+        + MEASURED[0]
         + _table("stages-table", ["Stage", "Seconds", "Summary"], stage_rows)
+        + MEASURED[1]
         + "</section>"
     )
 
