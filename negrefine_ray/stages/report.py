@@ -25,9 +25,6 @@ import pyarrow as pa
 from negrefine_ray.config import JobConfig
 from negrefine_ray.core.methods import METHODS
 from negrefine_ray.errors import StageError
-from negrefine_ray.report import hardest, page
-from negrefine_ray.report.negatives import negative_lists
-from negrefine_ray.report.thumbnails import thumbnails
 from negrefine_ray.runfolder.atomic import read_json, read_parquet, write_json, write_text
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.stages._report_judges import judge_lines, judge_table, write_judge_plot
@@ -409,6 +406,12 @@ def write_html(
     plots: Sequence[str],
 ) -> tuple[list[str], dict[str, Any]]:
     """report.html and its thumbnails: the files written (relative to the stage folder) and stats."""
+    # scikit-learn (core.metrics, which the page's threshold and labels use) is absent from the vLLM
+    # environment, whose filter stage imports the pipeline and so this module
+    from negrefine_ray.report import hardest, page
+    from negrefine_ray.report.negatives import negative_lists
+    from negrefine_ray.report.thumbnails import thumbnails
+
     config, manifests = ctx.config, ctx.upstream_manifests()
     k = config.report.hardest
     galleries = hardest.pick(table, catalogue, k) if k else []
