@@ -139,10 +139,14 @@ def hardest_section(
         "ID images scored most OOD-like, each with its nearest ID labels and negative labels by cosine. "
         f"A red card is on the wrong side of the FPR95 threshold. {_e(note)}</p>",
     ]
-    for g in galleries:
+    index = " · ".join(
+        f'<a href="#hardest-{i}">{_e(g.label)} on {_e(g.dataset)}</a>' for i, g in enumerate(galleries)
+    )
+    parts.append(f"<p>{index}</p>")
+    for i, g in enumerate(galleries):
         parts.append(
-            f"<h3>{_e(g.label)} on {_e(g.dataset)}</h3><p class='note'>column <code>{_e(g.column)}</code>, "
-            f"FPR95 threshold {g.threshold:.4f}</p>"
+            f"<h3 id='hardest-{i}'>{_e(g.label)} on {_e(g.dataset)}</h3><p class='note'>column "
+            f"<code>{_e(g.column)}</code>, FPR95 threshold {g.threshold:.4f}</p>"
         )
         for title, cards, ood in (("OOD images scored most ID-like", g.ood, True),
                                   ("ID images scored most OOD-like", g.id, False)):  # fmt: skip
