@@ -182,7 +182,8 @@ def test_each_ood_dataset_and_shuffle_is_its_own_stream(ray_session: Any) -> Non
     shared = {"id_text": s["id_text"], "neg_text": s["neg_text"]}
     out = ood_streams(adaneg_stream, config, s["image"], ood_of, ("a", "b"), shared, 2)
     assert list(out) == ["a", "b"]
-    values, entry = out["a"]
+    values, entry, flags = out["a"]
+    assert flags is None  # AdaNeg flags no image
     assert np.isnan(values[100:]).all() and np.isfinite(values[:100]).all()
     assert entry["images"] == 100 and set(entry["shuffles"]["auroc"]) == {"mean", "std"}
     rows = np.arange(100)

@@ -282,7 +282,7 @@ def test_smoke_scope_job_scores_every_method_per_judge_pool_and_reuses_answers(
     assert _shards(cache) == shards
     stats = read_json(run_dir / "filter" / "manifest.json")["stats"]
     for judge in judges:
-        assert stats[judge]["accounting"]["questions_asked"] == 0, stats[judge]["accounting"]
-        assert stats[judge]["accounting"]["questions_from_store"] > 0
+        assert stats[judge]["accounting"]["questions_sent"] == 0, stats[judge]["accounting"]
+        assert stats[judge]["accounting"]["answers_from_store"] > 0
     after = read_parquet(run_dir / "filter" / "wordnet" / "mined.parquet")
     assert after.num_rows > before.num_rows  # twice the fraction, from the same filtered pool

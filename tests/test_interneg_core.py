@@ -229,9 +229,11 @@ def stream() -> dict[str, np.ndarray]:
 
 def _reference_online(
     s: dict[str, np.ndarray], order: np.ndarray, batch: int, thres: float, k_extra: int, g: int
-) -> tuple[np.ndarray, int, int]:
-    """oneoodprompt_postprocessor.py:225-366 as a plain loop; the bank is a Python list, sorted stably."""
+) -> tuple[np.ndarray, int, int, list[int]]:
+    """oneoodprompt_postprocessor.py:225-366 as a plain loop; the bank is a Python list, sorted stably.
+    Also returns the rows whose inversion entered the bank, in row order."""
     bank: list[tuple[float, np.ndarray]] = []
+    banked: list[int] = []
     out = np.zeros(len(order))
     kept = activated = 0
     for start in range(0, len(order), batch):
@@ -244,15 +246,16 @@ def _reference_online(
             activated += int(mask.sum())
             inv = _invert(x[mask])
             cos = inv @ s["protos"].T
-            for e, c in zip(inv, cos, strict=True):
+            for row, e, c in zip(idx[mask], inv, cos, strict=True):
                 if (c < s["base"]).all():
                     bank.append((float((s["base"] - c).mean()), e.astype(np.float32)))
+                    banked.append(int(row))
                     kept += 1
             bank.sort(key=lambda item: -item[0])
             negs = np.concatenate([s["text_negs"], *[e[None] for _, e in bank[:k_extra]]])
             conf = _reference_score(x, s["id_text"], negs, g)
         out[idx] = conf
-    return out, activated, kept
+    return out, activated, kept, sorted(banked)
 
 
 def _online(s: dict[str, np.ndarray], order: np.ndarray, **kw: Any) -> tuple[np.ndarray, dict[str, int]]:
@@ -264,8 +267,10 @@ def _online(s: dict[str, np.ndarray], order: np.ndarray, **kw: Any) -> tuple[np.
 def test_run_online_matches_reference_loop(stream: dict[str, np.ndarray]) -> None:
     order = stream_order(ON_ID, ON_OOD, seed=0)
     kw = {"batch_size": 16, "threshold": 0.35, "k_extra": 7, "n_groups": 3}
-    got, counts = _online(stream, order, **kw)
-    want, activated, kept = _reference_online(stream, order, 16, 0.35, 7, 3)
+    banked = np.zeros(len(order), dtype=bool)
+    got, counts = _online(stream, order, banked=banked, **kw)
+    want, activated, kept, rows = _reference_online(stream, order, 16, 0.35, 7, 3)
+    assert np.flatnonzero(banked).tolist() == rows  # the images the report flags as banked
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     assert counts["batches"] == 5
     assert (counts["activated"], counts["kept"]) == (activated, kept)

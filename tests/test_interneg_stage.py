@@ -53,7 +53,12 @@ def test_textual_negatives_keep_the_admissible_words_by_deviation() -> None:
     np.testing.assert_allclose(base, [0.8, 0.8], atol=1e-6)
     assert (stats["admissible_nouns"], stats["admissible_adjectives"]) == (2, 1)
     assert stats["first_labels"] == ["blue", "far", "mid"]  # 3 * 1/3 = 1 adjective, then 2 nouns
-    np.testing.assert_allclose(selected, emb[[3, 1, 2]], atol=1e-6)
+    np.testing.assert_allclose(selected.embedding, emb[[3, 1, 2]], atol=1e-6)
+    assert (list(selected.labels), list(selected.pos), list(selected.rank)) == (
+        ["blue", "far", "mid"],
+        ["adj", "noun", "noun"],
+        [0, 0, 1],
+    )
     with pytest.raises(StageError, match=r"no candidates of 'interneg'; add it to mining\.methods"):
         textual_negatives(pools.filter(pa.array([False] * 4)), id_text, protos, m=3, method="interneg")
 

@@ -64,10 +64,10 @@ def test_two_judges_answer_at_the_same_time_on_a_two_accelerator_cluster(
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     stats = read_json(tmp_path / "runs" / "smoke-judges" / "filter" / "manifest.json")["stats"]
     a, b = (stats[name]["accounting"] for name in ("smol-logprob", "smol-generate"))
-    assert a["questions_asked"] > 20 and b["questions_asked"] == a["questions_asked"]
+    assert a["questions_sent"] > 20 and b["questions_sent"] == a["questions_sent"]
     assert b["first_answer"] < a["last_answer"] and a["first_answer"] < b["last_answer"]  # at once
     assert "Judges that ran at the same time: " in job.stderr + job.stdout
     assert a["prompt_tokens"] > 0 and a["generated_tokens"] == 0  # logprob mode reads one distribution
-    assert b["generated_tokens"] > 0 and a["questions_from_store"] == 0
-    assert sum(stats["smol-logprob"]["p_yes"]["counts"]) == a["questions_asked"]
-    assert stats["smol-generate"]["p_yes"]["without_p_yes"] == b["questions_asked"]  # generate: no P(yes)
+    assert b["generated_tokens"] > 0 and a["answers_from_store"] == 0
+    assert sum(stats["smol-logprob"]["p_yes"]["counts"]) == a["questions_sent"]
+    assert stats["smol-generate"]["p_yes"]["without_p_yes"] == b["questions_sent"]  # generate: no P(yes)

@@ -178,7 +178,7 @@ def test_ray_asker_with_the_fake_backend_decides_as_in_process(ray_session: Any,
     # one set of actors for both waves: each loaded its engine once
     assert len(loads) == 2 and loads[0] == loads[1] and len(set(loads[0])) == 2
     assert remote.decisions.equals(local.decisions) and remote.labels.equals(local.labels)
-    asked = remote.counts["questions_asked"]
+    asked = remote.counts["questions_in_table"]
     assert asked > 12 and len(store.answers) == asked
     shards = sorted((tmp_path / "ray").glob("part-*.parquet"))
     assert len(shards) == math.ceil(12 / 5) + math.ceil((asked - 12) / 5)  # chunk by chunk, per wave

@@ -312,7 +312,8 @@ def test_smoke_job_on_the_store_survives_a_killed_driver(
     assert smoke_fingerprint.check(pulled.local) == []
     assert (run / "config.json").is_file() and not (run / ".lease.json").exists()
     cache = ObjectPath.from_uri(cache_uri)
-    assert {p.name for p in cache.iterdir()} >= {"text-features", "image-embeddings", "answers"}
+    assert {p.name for p in cache.iterdir()} >= {"text-features", "image-embeddings", "answers", "thumbnails"}
+    assert (pulled.local / "report" / "report.html").is_file()
     # the drivers' local disks hold working copies and WordNet's files, never a cache entry
     cache_folders = {"text-features", "image-embeddings", "answers"}
     assert not [p for p in (tmp_path / "local-2").rglob("*") if cache_folders & set(p.parts)]
@@ -346,5 +347,16 @@ def test_datasets_on_the_store_list_and_read_like_local_folders(s3: S3Server, tm
         (want, *_), status, _ = read_and_decode(str(local), path, [spec], options)
         (got, *_), status_remote, _ = read_and_decode(remote_uri, path, [spec], options)
         assert status == status_remote == "ok" and np.array_equal(got, want)
+    # the report's thumbnails read the store's images, into a cache on the store, made once
+    from negrefine_ray.report.thumbnails import PLACEHOLDER, thumbnails
+
+    cache = ObjectPath.from_uri(s3.uri("negrefine", f"cache-{uuid.uuid4().hex[:8]}"))
+    shown = [("d", "b/one.jpg"), ("d", "a/two.png"), ("d", "gone.jpg")]
+    files, made = thumbnails(shown, {"d": remote_uri}, tmp_path / "report", cache, px=16)
+    assert made == {"made": 2, "from_cache": 0, "unreadable": 1} and files["d", "gone.jpg"] == PLACEHOLDER
+    assert (tmp_path / "report" / files["d", "b/one.jpg"]).read_bytes() == (
+        cache / files["d", "b/one.jpg"]
+    ).read_bytes()
+    assert thumbnails(shown, {"d": remote_uri}, tmp_path / "again", cache, px=16)[1]["from_cache"] == 2
     (remote / "b" / "one.jpg").unlink()
     assert read_and_decode(remote_uri, "b/one.jpg", [spec], options)[1] == "missing"

@@ -25,6 +25,7 @@ from negrefine_ray.clip.model import check_checkpoint
 from negrefine_ray.config import build_config, load_config
 from negrefine_ray.data.demo_data import make_demo_images
 from negrefine_ray.errors import ConfigError, NegRefineError
+from negrefine_ray.report.page import MEASURED
 from negrefine_ray.runfolder.atomic import embedding_matrix, read_json, read_parquet
 from negrefine_ray.stages.report import MEASURED_HEADING, evaluate, markdown_tables
 
@@ -365,6 +366,9 @@ def _artifacts(run_dir: Path) -> dict[str, bytes]:
         if path.name == "report.md":
             heading = re.escape(f"### {MEASURED_HEADING}".encode())
             data = re.sub(heading + rb".*?<details>", b"", data, flags=re.S)
+        if path.name == "report.html":
+            start, end = (re.escape(m.encode()) for m in MEASURED)
+            data = re.sub(start + rb".*?" + end, b"", data, flags=re.S)
         out[str(path.relative_to(run_dir))] = data
     return out
 

@@ -32,8 +32,8 @@ CATALOGUE = [
     _column("negrefine[wordnet]", "negrefine", "wordnet", s_mm=True),
 ]
 RESULT = {"rows": {c["row"]: _metrics(0.5 + i / 100) for i, c in enumerate(CATALOGUE)}}
-COST = {"qwen": {"accounting": {"questions_asked": 900, "gpu_seconds": 12.5, "wall_s": 14.0}},
-        "wordnet": {"accounting": {"questions_asked": 900, "gpu_seconds": 0.0, "wall_s": 0.5}}}  # fmt: skip
+COST = {"qwen": {"accounting": {"questions_sent": 900, "gpu_seconds": 12.5, "wall_s": 14.0}},
+        "wordnet": {"accounting": {"questions_sent": 900, "gpu_seconds": 0.0, "wall_s": 0.5}}}  # fmt: skip
 
 
 def test_each_judge_row_holds_its_filtered_methods_and_cost(tmp_path: Path) -> None:

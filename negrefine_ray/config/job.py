@@ -23,6 +23,7 @@ from negrefine_ray.config.sections import (
     MiningConfig,
     ModelConfig,
     RayConfig,
+    ReportConfig,
     RunConfig,
     ScoreConfig,
     TextConfig,
@@ -49,6 +50,7 @@ class JobConfig:
     glmcm: GLMCMConfig = field(default_factory=GLMCMConfig)
     adaneg: AdaNegConfig = field(default_factory=AdaNegConfig)
     interneg: InterNegConfig = field(default_factory=InterNegConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     grid: GridConfig = field(default_factory=GridConfig)  # axes to sweep: config/grid.py
 
     def to_dict(self) -> dict[str, Any]:

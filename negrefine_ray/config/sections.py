@@ -315,6 +315,17 @@ class GLMCMConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What report.html shows beside the tables: per method and OOD dataset the `hardest` OOD images
+    scored most ID-like and ID images scored most OOD-like (0: none), as `thumbnail_px` JPEG
+    thumbnails (the longer side), each with its `top_labels` ID labels and negatives by cosine."""
+
+    hardest: int = field(default=12, metadata=_range(0, 200))
+    thumbnail_px: int = field(default=128, metadata=_range(16, 512))
+    top_labels: int = field(default=5, metadata=_range(1, 20))
+
+
+@dataclass(frozen=True)
 class AdaNegConfig:
     """AdaNeg (methods.md Appendix D): test-time adaptive negative proxies over one seeded, shuffled
     stream of the ID images and each OOD dataset's. Defaults are its ImageNet script's: thres 0.5,

@@ -382,6 +382,7 @@ def run_online(
     n_groups: int = 5,
     logit_scale: float = 100.0,
     dtype: Precision = "float32",
+    banked: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """InterNeg's online loop over one mixed stream (methods.md 5.5), starting from an empty bank.
 
@@ -392,6 +393,8 @@ def run_online(
     Shapes: image (N, D), is_id (N,) bool -> scores (N,) float64 in ROW order, and counts: batches,
     activated (images below threshold = images inverted), inverted (batches that called `invert`),
     kept (rows added to the bank), activated_id and kept_id (those that came from ID images).
+    `banked`, like numpy's `out=`: an (N,) bool array set True at the rows whose inversion entered
+    the bank (the report shows it per image).
     """
     image = _rows(image, "image")
     flags = np.asarray(is_id)
@@ -422,6 +425,8 @@ def run_online(
             emb = _inverted(invert, x[active])
             ok, dev = inter_modal(emb, protos, base, half=half)
             bank.append(emb[ok], dev[ok])
+            if banked is not None:
+                banked[idx[active][ok]] = True
             scores = conf(x)
             from_id = flags[idx][active]
             counts["inverted"] += 1

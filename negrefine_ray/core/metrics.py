@@ -112,6 +112,19 @@ def fpr95(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float = 0
     thresholds share the chosen TPR (OOD-only score values between two ID scores). Returns
     FP(t*) / N_OOD; the TPR behind it may be slightly below or above `recall_level`.
     """
+    _, fp = _fpr95_point(id_scores, ood_scores, recall_level)
+    return float(fp / _scores(ood_scores, "ood_scores").size)
+
+
+def fpr95_threshold(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float = 0.95) -> float:
+    """The threshold t* behind `fpr95`: an image scoring >= t* is accepted as ID there, so an OOD
+    image at or above it is one of FPR95's false positives and an ID image below it one of the ~5 %
+    rejected (the report's hardest images say which side each is on)."""
+    return _fpr95_point(id_scores, ood_scores, recall_level)[0]
+
+
+def _fpr95_point(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float) -> tuple[float, int]:
+    """(t*, FP(t*)) of `fpr95`."""
     ids, oods = _scores(id_scores, "id_scores"), _scores(ood_scores, "ood_scores")
     thresholds = np.unique(np.concatenate([ids, oods]))[::-1]  # distinct, descending
     tp = ids.size - np.searchsorted(np.sort(ids), thresholds, side="left")  # ID >= t
@@ -119,7 +132,7 @@ def fpr95(id_scores: np.ndarray, ood_scores: np.ndarray, recall_level: float = 0
     last = int(np.searchsorted(tp, ids.size))  # tp is non-decreasing: first index with TPR == 1
     tpr = tp[: last + 1] / ids.size
     best = last - int(np.argmin(np.abs(tpr - recall_level)[::-1]))
-    return float(fp[best] / oods.size)
+    return float(thresholds[best]), int(fp[best])
 
 
 def _openood(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,8 +50,8 @@ class JudgeAccount:
             return round(n / busy, 2) if busy > 0 else 0.0
 
         return {
-            "questions_asked": self.asked,
-            "questions_from_store": self.from_store,
+            "questions_sent": self.asked,
+            "answers_from_store": self.from_store,
             "duplicates_dropped": self.duplicates,
             "questions_per_s": per_s(self.asked),
             "prompt_tokens": self.prompt_tokens,

@@ -182,6 +182,13 @@ SCORES = Artifact(
     "every score column of every scored image (null unless status is ok)",
     IMAGES.schema,
 )
+NEGATIVE_SETS = Artifact(
+    "score",
+    "negative_sets.parquet",
+    "the negatives each score column used (columns.json's `negatives` names the set), in scoring order",
+    pa.schema([("set", _STR), ("index", pa.int32()), ("label", _STR), ("pos", _STR), ("rank", pa.int32()),
+               ("embedding", EMBEDDING)]),
+)  # fmt: skip
 SCORE_COLUMNS = "columns.json"  # score/columns.json: what each score column is (scoring.columns)
 
 

@@ -43,14 +43,17 @@ def score_adaneg(inp: ScoreInput) -> Scored:
     """AdaNeg's columns adaneg@d (with `pool` = J: over the negatives mined from the pool J filtered)."""
     out, config, method, pool = Scored(), inp.config, inp.method, inp.pool
     cfg = config.adaneg
-    id_text, neg_text = inp.id_text(), inp.negative_text()
-    out.check_groups(cfg.n_groups, neg_text.shape[0], method.row(pool, pool=pool is not None)[0])
+    negatives = inp.negative_set()
+    id_text, neg_text = inp.id_text(), negatives.embedding
+    used = out.uses(method.row(pool, pool=pool is not None)[0], negatives)
+    out.check_groups(cfg.n_groups, neg_text.shape[0], used)
     inp.connect_ray()
     shared = {"id_text": id_text, "neg_text": neg_text}
     results = ood_streams(adaneg_stream, config, inp.image, inp.ood_of, inp.ood, shared, cfg.shuffles)
     streams: dict[str, Any] = {}
-    for name, (values, entry) in results.items():
-        out.add(score_column(method, pool, ood=name, seed=config.run.seed, pool=pool is not None), values)
+    for name, (values, entry, _) in results.items():
+        column = score_column(method, pool, ood=name, seed=config.run.seed, pool=pool is not None)
+        out.add(column, values, negatives=used)
         streams[name] = entry
     key = method.name if pool is None else f"{method.name}[pool={pool}]"
     out.manifest = {key: {"negatives": int(neg_text.shape[0]), "streams": streams}}

@@ -26,7 +26,9 @@ def score_grouped(inp: ScoreInput) -> Scored:
     `pool` = J over those mined from the pool J filtered."""
     out, pool = Scored(), inp.pool
     column = score_column(inp.method, pool, seed=inp.seed, pool=pool is not None)
-    out.add(column, out.grouped(inp, column.row, inp.id_text(), inp.negative_text()))
+    negatives = inp.negative_set()
+    values = out.grouped(inp, column.row, inp.id_text(), negatives.embedding)
+    out.add(column, values, negatives=out.uses(column.row, negatives))
     return out
 
 
@@ -34,9 +36,11 @@ def score_dnm(inp: ScoreInput) -> Scored:
     """DNM (4.3): one column per OOD dataset d, its ID and d rows under d's grouping, NaN elsewhere.
     DNM normalises inside, so it gets the raw ID view. `pool` as in score_grouped."""
     out, pool, sc, method = Scored(), inp.pool, inp.sc, inp.method
-    id_text, neg_text = inp.id_text(unit=False), inp.negative_text()
+    negatives = inp.negative_set()
+    id_text, neg_text = inp.id_text(unit=False), negatives.embedding
     is_id = np.array([d is None for d in inp.ood_of], dtype=bool)
-    out.check_groups(sc.n_groups, neg_text.shape[0], method.row(pool, pool=pool is not None)[0])
+    used = out.uses(method.row(pool, pool=pool is not None)[0], negatives)
+    out.check_groups(sc.n_groups, neg_text.shape[0], used)
     perms = scores.dnm_permutations(neg_text.shape[0], sc.n_groups, len(inp.ood), seed=sc.dnm_seed)
     for name, perm in zip(inp.ood, perms, strict=True):
         rows = is_id | (inp.ood_of == name)
@@ -45,5 +49,6 @@ def score_dnm(inp: ScoreInput) -> Scored:
             scores.dnm, inp.image[rows], id_text=id_text, neg_text=neg_text, permutation=perm,
             n_groups=sc.n_groups, temperature=sc.dnm_temperature, tau=sc.dnm_tau, chunk_size=sc.chunk_size,
         )  # fmt: skip
-        out.add(score_column(method, pool, seed=sc.dnm_seed, ood=name, pool=pool is not None), values)
+        column = score_column(method, pool, seed=sc.dnm_seed, ood=name, pool=pool is not None)
+        out.add(column, values, negatives=used)
     return out

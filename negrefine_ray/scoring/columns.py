@@ -35,6 +35,7 @@ class ScoreColumn:
     preprocess: str = ""  # the image preprocessing (core.methods.PREPROCESSING) of its embeddings
     visual: bool = False  # InterNeg: with the negatives inverted online from its stream's images
     pool: bool = False  # negatives mined from the candidate pool `judge` filtered (mining.filtered_by)
+    negatives: str | None = None  # its set in score/negative_sets.parquet; None: it uses no negatives
 
 
 def score_column(

@@ -1,12 +1,14 @@
 """What a scorer takes and what it gives back. The score stage builds one frozen ScoreInput per method
 (and per judge of mining.filtered_by for the methods that mine in the mine stage); a scorer returns a
-Scored: its columns, the negatives it grouped, and its own manifest entries. The NegLabel grouping
+Scored: its columns, the negatives it grouped and the negative sets its columns used (for the
+report's hardest images), per-image flags, and its own manifest entries. The NegLabel grouping
 that several scorers share (0.6) is here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,26 +66,69 @@ class ScoreInput:
         """(K, D) float32 ID-label embeddings of the method's view; `unit`: L2-normalised rows."""
         return view_matrix(self.ids, self.method.id_view, unit=unit)
 
-    def negative_text(self) -> np.ndarray:
-        """(M, D) float32 embeddings of the method's negatives in its canonical order (rank)."""
+    def negative_rows(self) -> pa.Table:
+        """The method's rows of its negatives table in its canonical order (rank)."""
         rows = self.negatives.filter(pc.equal(self.negatives.column("method"), self.method.name))
         if rows.num_rows == 0:
             where = "mine/negatives.parquet" if self.pool is None else f"filter/{self.pool}/mined.parquet"
             raise StageError(f"{where} has no negatives of method '{self.method.name}'; rerun mine.")
-        return column_matrix(rows.sort_by("rank"), "embedding")
+        return rows.sort_by("rank")
+
+    def negative_text(self) -> np.ndarray:
+        """(M, D) float32 embeddings of the method's negatives in its canonical order (rank)."""
+        return column_matrix(self.negative_rows(), "embedding")
+
+    def negative_set(self) -> NegativeSet:
+        """The method's negatives (labels, parts of speech, ranks, embeddings) in rank order."""
+        rows = self.negative_rows()
+        return NegativeSet(
+            rows.column("label").to_pylist(), rows.column("pos").to_pylist(),
+            rows.column("rank").to_pylist(), column_matrix(rows, "embedding"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NegativeSet:
+    """The negatives a score column used, in the order it used them: labels, parts of speech, each
+    one's rank where it was selected (mine's rank; InterNeg's selection order per part of speech),
+    and (M, D) float32 embeddings. Written to score/negative_sets.parquet for the report."""
+
+    labels: Sequence[str]
+    pos: Sequence[str]
+    rank: Sequence[int]
+    embedding: np.ndarray
+
+    def take(self, index: np.ndarray) -> NegativeSet:
+        """The negatives at `index`, in that order."""
+        return NegativeSet(
+            [self.labels[i] for i in index], [self.pos[i] for i in index], [self.rank[i] for i in index],
+            self.embedding[index],
+        )  # fmt: skip
 
 
 @dataclass
 class Scored:
     """A scorer's output: (column, (n_ok,) float64 values) in order, the negatives it grouped (per
-    row: how many, how many the grouping kept), and entries for the score stage's manifest."""
+    row: how many, how many the grouping kept), the negative sets its columns used (by set name),
+    per-image flags ((flag name, the column it describes, what it means, (n_ok,) 0/1 or NaN)), and
+    entries for the score stage's manifest."""
 
     columns: list[tuple[ScoreColumn, np.ndarray]] = field(default_factory=list)
     negatives: dict[str, dict[str, int]] = field(default_factory=dict)
+    sets: dict[str, NegativeSet] = field(default_factory=dict)
+    flags: list[tuple[str, str, str, np.ndarray]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, column: ScoreColumn, values: np.ndarray) -> None:
-        self.columns.append((column, values))
+    def add(self, column: ScoreColumn, values: np.ndarray, negatives: str | None = None) -> None:
+        """Column `column` with its values; `negatives`: the name of the set (see `uses`) it used."""
+        if negatives is not None and negatives not in self.sets:
+            raise StageError(f"score column {column.name!r} names an unrecorded negative set {negatives!r}")
+        self.columns.append((dataclasses.replace(column, negatives=negatives), values))
+
+    def uses(self, name: str, negatives: NegativeSet) -> str:
+        """Record negative set `name` (its columns then name it in `add`); returns the name."""
+        self.sets[name] = negatives
+        return name
 
     def grouped(self, inp: ScoreInput, what: str, id_text: np.ndarray, neg_text: np.ndarray) -> np.ndarray:
         """NegLabel's grouped score (0.6) under the run's grouping permutation: (n_ok,) float64; the

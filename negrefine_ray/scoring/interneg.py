@@ -25,7 +25,7 @@ from negrefine_ray.errors import StageError
 from negrefine_ray.runfolder.artifacts import POOLS
 from negrefine_ray.runfolder.atomic import column_matrix
 from negrefine_ray.scoring.columns import score_column
-from negrefine_ray.scoring.inputs import Scored, ScoreInput
+from negrefine_ray.scoring.inputs import NegativeSet, Scored, ScoreInput
 from negrefine_ray.scoring.streams import ood_streams, seeded_rows, stream_rows
 
 Precision = {"fp32": "float32", "fp16": "float16"}
@@ -62,10 +62,10 @@ def prototypes(
 
 def textual_negatives(
     pools: pa.Table, id_text: np.ndarray, protos: np.ndarray, m: int, method: str, *, half: bool = False
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(selected (M, D) [adjectives | nouns], base similarity (K,), counts) from `method`'s rows of
-    mine/pools.parquet (5.3): admissible words by the inter-modal rule, split in proportion, ranked by
-    deviation; `half`: in the reference's fp16 arithmetic (5.6)."""
+) -> tuple[NegativeSet, np.ndarray, dict[str, Any]]:
+    """(selected [adjectives | nouns], each ranked within its part of speech; base similarity (K,);
+    counts) from `method`'s rows of mine/pools.parquet (5.3): admissible words by the inter-modal
+    rule, split in proportion, ranked by deviation; `half`: in the reference's fp16 arithmetic (5.6)."""
     rows = pools.filter(pc.equal(pools.column("method"), method))
     if rows.num_rows == 0:
         raise StageError(f"mine/pools.parquet has no candidates of '{method}'; add it to mining.methods.")
@@ -86,7 +86,9 @@ def textual_negatives(
         "selected_adjectives": chosen.adj_num,
         "first_labels": labels[:5],
     }
-    return chosen.stack(nouns, adjs), base, stats
+    pos_of = ["adj"] * chosen.adj_num + ["noun"] * chosen.noun_num
+    rank = [*range(chosen.adj_num), *range(chosen.noun_num)]
+    return NegativeSet(labels, pos_of, rank, chosen.stack(nouns, adjs)), base, stats
 
 
 def _inverter(config: JobConfig, seed: int, device: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -109,18 +111,21 @@ def online_scores(
     seed: int,
     device: str = "cpu",
     invert: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, dict[str, int]]:
+) -> tuple[np.ndarray, dict[str, int], np.ndarray]:
     """One OOD dataset's stream (its rows and the ID rows, `is_id`) in the order seeded by `seed`
-    (5.5), inverting on `device`: scores in row order and the counts of activated, inverted and kept
-    embeddings."""
+    (5.5), inverting on `device`: scores in row order, the counts of activated, inverted and kept
+    embeddings, and per row whether its inversion entered the bank."""
     cfg: InterNegConfig = config.interneg
-    return interneg.run_online(
+    banked = np.zeros(image.shape[0], dtype=bool)
+    values, counts = interneg.run_online(
         image, is_id, id_text=id_text, text_negs=text_negs, protos=protos, base=base,
         invert=invert or _inverter(config, seed, device), order=seeded_rows(is_id, seed),
         batch_size=cfg.batch_size,
         threshold=cfg.threshold, k_extra=cfg.k_extra, n_groups=cfg.n_groups,
         logit_scale=_logit_scale(config), dtype=Precision[cfg.precision],  # type: ignore[arg-type]
+        banked=banked,
     )  # fmt: skip
+    return values, counts, banked
 
 
 def score_interneg(inp: ScoreInput) -> Scored:
@@ -138,9 +143,11 @@ def score_interneg(inp: ScoreInput) -> Scored:
     id_text = inp.id_text()
     pools = POOLS.read(inp.run_dir)
     half = cfg.precision == "fp16"  # the reference's arithmetic: the selection's cosines too
-    text_negs, base, selection = textual_negatives(
+    negatives, base, selection = textual_negatives(
         pools, id_text, protos, cfg.n_negatives, method.name, half=half
     )
+    text_negs = negatives.embedding
+    used = out.uses(method.name, negatives)
     if len(text_negs) < cfg.n_groups:
         raise StageError(
             f"InterNeg selected {len(text_negs)} textual negatives ({selection['admissible_nouns']:,} "
@@ -163,11 +170,14 @@ def score_interneg(inp: ScoreInput) -> Scored:
     )  # fmt: skip
     _, rows_of = stream_rows(inp.ood_of, inp.ood)
     streams: dict[str, Any] = {}
-    for name, (values, entry) in results.items():
+    for name, (values, entry, banked) in results.items():
         textual_column = np.full(inp.image.shape[0], np.nan)
         textual_column[rows_of[name]] = textual[rows_of[name]]  # its stream's rows only
-        out.add(score_column(method, ood=name), textual_column)
-        out.add(score_column(method, ood=name, visual=True, seed=config.run.seed), values)
+        out.add(score_column(method, ood=name), textual_column, negatives=used)
+        visual = score_column(method, ood=name, visual=True, seed=config.run.seed)
+        out.add(visual, values, negatives=used)
+        if banked is not None:
+            out.flags.append((f"{visual.name}#banked", visual.name, "inverted into the bank", banked))
         streams[name] = entry
     out.manifest = {method.name: {"prototypes": proto_stats, "selection": selection, "streams": streams}}
     return out

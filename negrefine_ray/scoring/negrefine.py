@@ -22,7 +22,7 @@ from negrefine_ray.core.templates import get_templates
 from negrefine_ray.negatives.scope import filtered_kept
 from negrefine_ray.runfolder.artifacts import KEPT
 from negrefine_ray.scoring.columns import ScoreColumn, score_column
-from negrefine_ray.scoring.inputs import Scored, ScoreInput
+from negrefine_ray.scoring.inputs import NegativeSet, Scored, ScoreInput
 
 # Pair texts per TextEncoder call: 1M templated texts, ~2 GiB of fp32 features at D = 512. Each batch
 # is its own cache entry, so an interrupted stage re-encodes only the batches it had not finished.
@@ -48,6 +48,18 @@ def _pair_embedder(encoder: Any, view: TextView) -> PairEmbedder:
         return np.concatenate([encoder.embed(part, get_templates(view.templates)) for part in parts])
 
     return embed
+
+
+def _mine_ranks(inp: ScoreInput, refined: RefinedNegatives) -> list[int]:
+    """Each cleaned negative's rank in mine's order (its first occurrence: cleaning merges labels)."""
+    rows = inp.negative_rows()
+    first: dict[tuple[str, str], int] = {}
+    for pos, label, rank in zip(
+        rows.column("pos").to_pylist(), rows.column("clean_label").to_pylist(),
+        rows.column("rank").to_pylist(), strict=True,
+    ):  # fmt: skip
+        first.setdefault((pos, label), rank)
+    return [first.get((p, label), -1) for p, label in zip(refined.pos, refined.labels, strict=True)]
 
 
 def score_negrefine(inp: ScoreInput) -> Scored:
@@ -80,11 +92,13 @@ def score_negrefine(inp: ScoreInput) -> Scored:
     )  # fmt: skip
     pairs["texts_encoded"] = encoder.encoded - before
     encoder.close()  # the text actors, if a pair batch went to Ray
+    every = NegativeSet(refined.labels, refined.pos, _mine_ranks(inp, refined), neg_text)
     for judge in use:
         row = rows[judge]
+        used = out.uses(row, every.take(sets[row]))
         s_nl = out.grouped(inp, row, id_text, neg_text[sets[row]])
         if sc.ablations:
-            out.add(column(judge, False), s_nl)
-        out.add(column(judge, True), scores.negrefine(s_nl, s_mm[row], alpha=sc.alpha))
+            out.add(column(judge, False), s_nl, negatives=used)
+        out.add(column(judge, True), scores.negrefine(s_nl, s_mm[row], alpha=sc.alpha), negatives=used)
     out.manifest = {"pairs": pairs} if pool is None else {"pool_pairs": {pool: pairs}}
     return out

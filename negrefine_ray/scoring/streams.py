@@ -64,7 +64,7 @@ def stream_rows(ood_of: np.ndarray, ood: tuple[str, ...]) -> tuple[np.ndarray, d
 
 
 def ood_streams(
-    fn: Callable[..., tuple[np.ndarray, dict[str, int]]],
+    fn: Callable[..., tuple[Any, ...]],
     config: JobConfig,
     image: np.ndarray,
     ood_of: np.ndarray,
@@ -72,11 +72,12 @@ def ood_streams(
     shared: dict[str, np.ndarray],
     shuffles: int,
     **kwargs: Any,
-) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+) -> dict[str, tuple[np.ndarray, dict[str, Any], np.ndarray | None]]:
     """Every OOD dataset's streams (shuffles run.seed .. run.seed + shuffles - 1) through `fn` (see
-    `run_streams`), which returns (scores in row order, counts). Per dataset: the first shuffle's
-    scores over all rows (NaN outside its stream) and its manifest entry (counts, images, and with
-    several shuffles each metric's mean and std over them)."""
+    `run_streams`), which returns (scores in row order, counts) and optionally a third item, per-row
+    flags (0/1). Per dataset: the first shuffle's scores over all rows (NaN outside its stream), its
+    manifest entry (counts, images, and with several shuffles each metric's mean and std over them)
+    and the first shuffle's flags over all rows (NaN outside its stream; None if `fn` gives none)."""
     is_id, rows_of = stream_rows(ood_of, ood)
     jobs = [(name, s) for name in ood for s in range(shuffles)]
     streams = [(image[rows_of[name]], is_id[rows_of[name]], config.run.seed + s) for name, s in jobs]
@@ -90,5 +91,9 @@ def ood_streams(
         if shuffles > 1:
             by_shuffle = {s: by_job[name, s][0] for s in range(shuffles)}
             entry["shuffles"] = shuffle_spread(by_shuffle, is_id[rows])
-        out[name] = (values, entry)
+        flags = None
+        if len(by_job[name, 0]) > 2:
+            flags = np.full(image.shape[0], np.nan)
+            flags[rows] = np.asarray(by_job[name, 0][2], dtype=np.float64)
+        out[name] = (values, entry, flags)
     return out

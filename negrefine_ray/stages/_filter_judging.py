@@ -122,7 +122,10 @@ def run_judge(
     )
     counts = count_reasons(decisions)
     counts.update(
-        questions_asked=len(asked),
+        questions_in_table=len(asked),  # the decision table's rows (from the store or sent)
+        # distinct questions: a label's nearest ID labels may repeat a name (ImageNet's two
+        # "sunglasses"), which asks one question in two rows; sent + from the store = distinct
+        questions_distinct=len({q.qid for q in asked}),
         questions_sequential_rule=len(needed),
         invalid_answers=sum(store.answers[q.qid].yes is None for q in asked),
     )

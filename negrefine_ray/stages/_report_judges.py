@@ -60,12 +60,12 @@ def judge_lines(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if not table:
         return []
     keys = list(dict.fromkeys(k for e in table.values() for k in e["methods"]))
-    header = ["Judge", "Asked", *(f"{k} AUROC / FPR95" for k in keys)]
+    header = ["Judge", "Sent to judge", *(f"{k} AUROC / FPR95" for k in keys)]
     lines = [
         "## Judges compared",
         "",
-        "Average over the OOD datasets (%); questions this run asked (answers taken from the store "
-        "cost nothing here). Each judge's GPU- and wall seconds are under Measured times, and in "
+        "Average over the OOD datasets (%); questions this run sent to the judge (answers taken from the "
+        "store cost nothing here). Each judge's GPU- and wall seconds are under Measured times, and in "
         f"`{PLOT}` against AUROC.",
         "",
         "| " + " | ".join(header) + " |",
@@ -74,7 +74,7 @@ def judge_lines(table: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for judge, e in table.items():
         a, m = e["cost"], e["methods"]
         cells = [f"{100 * m[k]['auroc']:.2f} / {100 * m[k]['fpr95']:.2f}" if k in m else "-" for k in keys]
-        asked = f"{a['questions_asked']:,}" if a else "-"
+        asked = f"{a['questions_sent']:,}" if a else "-"
         lines.append("| " + " | ".join([judge, asked, *cells]) + " |")
     return lines
 

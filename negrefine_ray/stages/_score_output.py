@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from negrefine_ray.runfolder.artifacts import IMAGES, SCORES
-from negrefine_ray.runfolder.atomic import ROW_GROUP_ROWS
+from negrefine_ray.runfolder.atomic import ROW_GROUP_ROWS, embedding_column
+from negrefine_ray.scoring.inputs import NegativeSet
 
 IMAGE_COLUMNS = tuple(IMAGES.schema.names) if IMAGES.schema else ()
 
@@ -71,3 +72,20 @@ def score_parts(
 
 def write_scores(stage_dir: Path, images: pa.Table, ok: np.ndarray, spill: ColumnSpill) -> str:
     return SCORES.write_parts(stage_dir, score_parts(images, ok, spill))
+
+
+def negative_sets_table(sets: Mapping[str, NegativeSet]) -> pa.Table:
+    """score/negative_sets.parquet: every set's negatives, one row each, sets in scoring order."""
+    names = [name for name, s in sets.items() for _ in s.labels]
+    dim = next((s.embedding.shape[1] for s in sets.values() if len(s.labels)), 1)
+    matrix = [s.embedding for s in sets.values() if len(s.labels)]
+    return pa.table({
+        "set": pa.array(names, pa.string()),
+        "index": pa.array([i for s in sets.values() for i in range(len(s.labels))], pa.int32()),
+        "label": pa.array([x for s in sets.values() for x in s.labels], pa.string()),
+        "pos": pa.array([x for s in sets.values() for x in s.pos], pa.string()),
+        "rank": pa.array([int(x) for s in sets.values() for x in s.rank], pa.int32()),
+        "embedding": embedding_column(
+            np.concatenate(matrix).astype(np.float32) if matrix else np.zeros((0, dim), np.float32)
+        ),
+    })  # fmt: skip

@@ -136,7 +136,10 @@ def run_filter(ctx: StageContext) -> StageOutput:
     summary = "; ".join(
         f"{n}: {r.counts['kept']:,}/{r.counts['total']:,} kept ({r.counts['proper']:,} proper, "
         f"{r.counts['same']:,} same, {r.counts['subcategory']:,} subcategory; "
-        f"{r.counts['questions_asked']:,} questions, {r.counts['invalid_answers']:,} invalid)"
+        f"{r.counts['questions_in_table']:,} questions in the decision table "
+        f"({r.counts['questions_distinct']:,} distinct): "
+        f"{asked[n][1].asked:,} sent to the judge, {asked[n][1].from_store:,} answers from the store; "
+        f"{r.counts['invalid_answers']:,} invalid)"
         for n, r in runs.items()
     )
     stats = {

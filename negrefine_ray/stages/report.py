@@ -1,14 +1,18 @@
 """The `report` stage: AUROC, AUPR-In, AUPR-Out, FPR95 (NegLabel convention) and FPR95 (OpenOOD) per
 OOD dataset and on average for every score row (methods.md 6), as metrics.json, a Markdown report in
 the papers' table layout with the run's models, judges, negative counts, failures and stage times,
-and PNG plots (ID-vs-OOD histograms of the main score, ROC curves of every row).
+PNG plots (ID-vs-OOD histograms of the main score, ROC curves of every row), and report.html: the
+same tables sortable, the plots, the hardest images of every method and OOD dataset as thumbnails,
+the negative labels with the judges' decisions, and the run's facts (negrefine_ray.report).
 
-Input: score/scores.parquet and score/columns.json, plus every upstream manifest. Output:
-report/report.md, report/metrics.json, report/plots/{hist,roc}_<dataset>.png.
+Input: score/scores.parquet, score/columns.json and score/negative_sets.parquet, plus every upstream
+manifest. Output: report/report.md, report/report.html, report/metrics.json,
+report/plots/{hist,roc}_<dataset>.png, report/thumbnails/*.jpg.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -32,7 +36,10 @@ RANDOM_WARNING = "**Random-initialised CLIP: these numbers are meaningless.**"
 
 
 def report_settings(config: JobConfig) -> dict[str, Any]:
-    return {"metrics": list(METRIC_NAMES), "pretrained": config.model.pretrained, "run": config.run.name}
+    return {
+        "metrics": list(METRIC_NAMES), "pretrained": config.model.pretrained, "run": config.run.name,
+        "report": dataclasses.asdict(config.report),
+    }  # fmt: skip
 
 
 def row_label(column: Mapping[str, Any]) -> str:
@@ -209,14 +216,28 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     ]
 
 
+def selection_rows(stats: Mapping[str, Any]) -> list[list[Any]]:
+    """Per mining method: its pool's nouns and adjectives and how many of each it selected. A method
+    that selects in the score stage (InterNeg, catalogue flag `mined_in_score`) has its selection
+    counts in the score stage's manifest, not in mine's."""
+    keys = ("pool_nouns", "pool_adjectives", "selected_nouns", "selected_adjectives")
+    rows = []
+    for name, counts in stats.get("mine", {}).items():
+        if not isinstance(counts, dict):
+            continue
+        method = METHODS.get(name)
+        if method is not None and method.mined_in_score:
+            counts = {**counts, **stats.get("score", {}).get(name, {}).get("selection", {})}
+        rows.append([name, *(counts.get(k, "-") for k in keys)])
+    return rows
+
+
 def _negative_lines(stats: Mapping[str, Any]) -> list[str]:
     """Mined pools and selections, each judge's NegFilter counts, and what each score used."""
-    mine = {k: v for k, v in stats.get("mine", {}).items() if isinstance(v, dict)}
-    keys: tuple[str, ...] = ("pool_nouns", "pool_adjectives", "selected_nouns", "selected_adjectives")
     lines = _table(["Method", "Pool nouns", "Pool adjectives", "Selected nouns", "Selected adjectives"],
-                   [[k, *(v.get(c) for c in keys)] for k, v in mine.items()])  # fmt: skip
-    keys = ("total", "kept", "proper", "same", "subcategory")
-    judges = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("filter", {}).items()]
+                   selection_rows(stats))  # fmt: skip
+    reasons = ("total", "kept", "proper", "same", "subcategory")
+    judges = [[k, *(v.get(c) for c in reasons)] for k, v in stats.get("filter", {}).items()]
     lines += ["", *_table(["Judge", "Labels", "Kept", "Proper", "Same", "Subcategory"], judges)]
     keys = ("negatives", "kept", "dropped", "per_group")
     used = [[k, *(v.get(c) for c in keys)] for k, v in stats.get("score", {}).get("negatives", {}).items()]
@@ -243,16 +264,23 @@ def _judge_lines(judges: Mapping[str, Any]) -> list[str]:
         if not isinstance(a, dict) or not isinstance(h, dict):
             continue
         yes = f"{h['above_threshold']:,} above {h['threshold']:g}" if sum(h["counts"]) else "-"
+        questions = [j.get("questions_in_table", "-"), j.get("questions_distinct", "-")]
+        rates = [a["questions_per_s"], a["prompt_tokens_per_s"], a["generated_tokens_per_s"]]
         rows.append([
-            name, a["questions_asked"], a["questions_from_store"], f"{a['questions_per_s']:,.1f}",
-            f"{a['prompt_tokens_per_s']:,.0f}", f"{a['generated_tokens_per_s']:,.0f}", f"{a['wall_s']:,.1f}",
-            f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0), a["duplicates_dropped"], yes,
+            name, *questions, a["questions_sent"], a["answers_from_store"], *(f"{r:,.1f}" for r in rates),
+            f"{a['wall_s']:,.1f}", f"{a['gpu_seconds']:,.1f}", j.get("invalid_answers", 0),
+            a["duplicates_dropped"], yes,
         ])  # fmt: skip
     if not rows:
         return []
-    header = ["Judge", "Asked", "From store", "Questions/s", "Prompt tok/s", "Generated tok/s", "Wall s",
-              "GPU-s", "Invalid", "Duplicates", "P(yes)"]  # fmt: skip
-    return ["", "Judges, the cost of this run's questions:", "", *_table(header, rows)]
+    header = ["Judge", "In decision table", "Distinct", "Sent to judge", "From store", "Sent/s",
+              "Prompt tok/s", "Generated tok/s", "Wall s", "GPU-s", "Invalid", "Duplicates",
+              "P(yes)"]  # fmt: skip
+    note = (
+        "Questions: rows of the decision table; the distinct ones among them (a label's nearest ID "
+        "labels may repeat a name); of those, sent to the judge in this run and answered from the store."
+    )
+    return ["", "Judges, the cost of this run's questions:", "", note, "", *_table(header, rows)]
 
 
 def _online_lines(display: str, interneg: Mapping[str, Any] | None) -> list[str]:
@@ -337,10 +365,91 @@ def _image_rows(table: pa.Table, embed_stats: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def run_facts(config: JobConfig, manifests: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The run's facts for report.html: model, weights, precision, seeds, labels, methods, judges."""
+    m, stats = config.model, manifests.get("score", {}).get("stats", {})
+    facts = [
+        ("CLIP", f"{m.arch}, weights {m.pretrained}, precision {m.precision}, device {m.device}"),
+        ("Seeds", f"run seed {config.run.seed}; grouping seed(s) {stats.get('seeds')}"),
+        ("ID labels", str(config.labels.id_labels)),
+        ("Score methods", ", ".join(config.score.methods)),
+        ("Scored images", f"{stats.get('scored', 0):,} ({stats.get('images', 0):,} listed)"),
+    ]
+    for j in manifests.get("filter", {}).get("settings", {}).get("judges", []):
+        facts.append((
+            f"Judge {j['name']}", f"backend {j['backend']}, model {j.get('model') or '-'}, mode "
+            f"{j.get('mode')}, threshold {j.get('threshold')}",
+        ))  # fmt: skip
+    return facts
+
+
+def _judge_rows(filter_stats: Mapping[str, Any]) -> list[list[str]]:
+    keys = ("total", "kept", "proper", "same", "subcategory", "questions_in_table", "questions_distinct")
+    rows = []
+    for name, j in filter_stats.items():
+        if isinstance(j, dict) and "total" in j:
+            a = j.get("accounting", {})
+            counts = [j.get(k, "-") for k in keys] + [
+                a.get("questions_sent", "-"),
+                a.get("answers_from_store", "-"),
+            ]
+            rows.append([name, *(f"{c:,}" if isinstance(c, int) else str(c) for c in counts)])
+    return rows
+
+
+def write_html(
+    ctx: StageContext,
+    table: pa.Table,
+    catalogue: Sequence[Mapping[str, Any]],
+    flags: Sequence[Mapping[str, str]],
+    result: Mapping[str, Any],
+    plots: Sequence[str],
+) -> tuple[list[str], dict[str, Any]]:
+    """report.html and its thumbnails: the files written (relative to the stage folder) and stats."""
+    # scikit-learn (core.metrics, which the page's threshold and labels use) is absent from the vLLM
+    # environment, whose filter stage imports the pipeline and so this module
+    from negrefine_ray.report import hardest, page
+    from negrefine_ray.report.negatives import negative_lists
+    from negrefine_ray.report.thumbnails import thumbnails
+
+    config, manifests = ctx.config, ctx.upstream_manifests()
+    k = config.report.hardest
+    galleries = hardest.pick(table, catalogue, k) if k else []
+    hardest.explain(galleries, table, catalogue, flags, ctx.run_dir, config)
+    datasets = manifests.get("embed-images", {}).get("stats", {}).get("datasets", {})
+    roots = {name: d["root"] for name, d in datasets.items() if "root" in d}
+    shown = [(c.dataset, c.path) for g in galleries for c in g.ood + g.id]
+    thumbs, made = thumbnails(shown, roots, ctx.out_dir, config.cache_dir, config.report.thumbnail_px)
+    note = (
+        f"{made['unreadable']:,} image(s) could not be read now: a grey placeholder."
+        if made["unreadable"]
+        else ""
+    )
+    judges = [j["name"] for j in manifests.get("filter", {}).get("settings", {}).get("judges", [])]
+    stats_of = {s: mf.get("stats", {}) for s, mf in manifests.items()}
+    times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
+    random = config.model.pretrained.lower() == "none"
+    warning = f'{RANDOM_WARNING.strip("*")} (model.pretrained = "none")' if random else ""
+    sections = [
+        page.results_section(result),
+        page.plots_section(plots),
+        page.hardest_section(galleries, thumbs, k, note),
+        page.negatives_section(negative_lists(ctx.run_dir, catalogue, judges, config.filter.scope)),
+        page.facts_section(run_facts(config, manifests), _judge_rows(stats_of.get("filter", {})), times),
+    ]
+    write_text(
+        ctx.out_dir / "report.html",
+        page.render(f"OOD detection report: {config.run.name}", warning, sections),
+    )
+    files = ["report.html", *sorted(set(thumbs.values()))]
+    return files, {"galleries": len(galleries), "thumbnails": made}
+
+
 def run_report(ctx: StageContext) -> StageOutput:
     config = ctx.config
     table = read_parquet(ctx.input("score", "scores.parquet"))
-    catalogue = read_json(ctx.input("score", "columns.json"))["columns"]
+    columns = read_json(ctx.input("score", "columns.json"))
+    catalogue, flags = columns["columns"], columns.get("flags", [])
     result = evaluate(table, catalogue)
     write_json(ctx.out_dir / "metrics.json", result)
     plots = write_plots(table, catalogue, ctx.out_dir)
@@ -363,5 +472,11 @@ def run_report(ctx: StageContext) -> StageOutput:
         f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
         f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
     )
-    stats = {"rows": len(result["rows"]), "ood_datasets": result["ood_datasets"], "plots": len(plots)}
-    return StageOutput(("report.md", "metrics.json", *plots), summary, stats)
+    html_files, html_stats = write_html(ctx, table, catalogue, flags, result, plots)
+    stats = {
+        "rows": len(result["rows"]),
+        "ood_datasets": result["ood_datasets"],
+        "plots": len(plots),
+        **html_stats,
+    }
+    return StageOutput(("report.md", "metrics.json", *plots, *html_files), summary, stats)

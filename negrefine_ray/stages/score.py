@@ -7,7 +7,9 @@ Input: embed-images/images.parquet, embed-text/id_labels.parquet, mine/negatives
 filter/<judge>/kept.parquet, and for each judge of mining.filtered_by filter/<judge>/mined.parquet
 (every mining method re-mined from the pool that judge filtered, negatives.scope). Output:
 score/scores.parquet (dataset, role, path, label, status, one float64 column per score, null where
-status != "ok") and score/columns.json (what each column is).
+status != "ok"; and per-image flags such as InterNeg's `interneg@<d>#banked`), score/columns.json
+(what each column and flag is) and score/negative_sets.parquet (the negatives each column used, for
+the report's hardest images and negative-label lists).
 """
 
 from __future__ import annotations
@@ -36,14 +38,22 @@ from negrefine_ray.distributed.session import resolve_address
 from negrefine_ray.errors import ConfigError, StageError, unknown_name
 from negrefine_ray.judges.roster import judge_configs
 from negrefine_ray.progress import Progress
-from negrefine_ray.runfolder.artifacts import ID_LABELS, IMAGES, MINED, NEGATIVES, SCORE_COLUMNS, SCORES
+from negrefine_ray.runfolder.artifacts import (
+    ID_LABELS,
+    IMAGES,
+    MINED,
+    NEGATIVE_SETS,
+    NEGATIVES,
+    SCORE_COLUMNS,
+    SCORES,
+)
 from negrefine_ray.runfolder.atomic import write_json
 from negrefine_ray.runfolder.folder import StageContext, StageOutput
 from negrefine_ray.scoring.columns import ScoreColumn, grouping_seed
-from negrefine_ray.scoring.inputs import ScoreInput
+from negrefine_ray.scoring.inputs import NegativeSet, ScoreInput
 from negrefine_ray.scoring.registry import scorer_of
 from negrefine_ray.scoring.rows import Rows
-from negrefine_ray.stages._score_output import IMAGE_COLUMNS, ColumnSpill, write_scores
+from negrefine_ray.stages._score_output import IMAGE_COLUMNS, ColumnSpill, negative_sets_table, write_scores
 
 # Score keys that change where and in what steps the scores are computed, not what they are.
 EXECUTION_ONLY = ("chunk_size", "workers", "block_rows")
@@ -199,6 +209,8 @@ def run_score(ctx: StageContext) -> StageOutput:
         (m, judge) for judge in config.mining.filtered_by for m in methods if METHODS[m].pool_filterable
     ]
     catalogue: list[ScoreColumn] = []
+    flags: list[dict[str, str]] = []
+    sets: dict[str, NegativeSet] = {}
     negatives: dict[str, dict[str, int]] = {}
     seconds: dict[str, float] = {}
     extra: dict[str, Any] = {}
@@ -220,6 +232,10 @@ def run_score(ctx: StageContext) -> StageOutput:
                 column = dataclasses.replace(column, preprocess=preprocess[column.method])
                 spill.add(column.name, values)
                 catalogue.append(column)
+            for flag, of, meaning, values in result.flags:
+                spill.add(flag, values)
+                flags.append({"name": flag, "column": of, "meaning": meaning})
+            sets.update(result.sets)
             negatives.update(result.negatives)
             _merge(extra, result.manifest)
             key = name if judge is None else f"{name}[pool={judge}]"
@@ -228,7 +244,10 @@ def run_score(ctx: StageContext) -> StageOutput:
         progress.close()
         pairs = extra.pop("pairs", None)
         write_scores(ctx.out_dir, images, ok, spill)
-    write_json(ctx.out_dir / SCORE_COLUMNS, {"columns": [dataclasses.asdict(c) for c in catalogue]})
+    write_json(
+        ctx.out_dir / SCORE_COLUMNS, {"columns": [dataclasses.asdict(c) for c in catalogue], "flags": flags}
+    )
+    NEGATIVE_SETS.write(ctx.out_dir, negative_sets_table(sets))
     excluded = _excluded(images, ok)
     n_bad = sum(sum(v.values()) for v in excluded.values())
     stats = {
@@ -247,4 +266,4 @@ def run_score(ctx: StageContext) -> StageOutput:
             f"; S_MM: {pairs['all_sets']:,} distinct pair texts for {pairs['without_dedup']:,} pairs a set, "
             f"{pairs['texts_encoded']:,} texts through CLIP"
         )
-    return StageOutput((SCORES.file(), SCORE_COLUMNS), summary, stats)
+    return StageOutput((SCORES.file(), SCORE_COLUMNS, NEGATIVE_SETS.file()), summary, stats)
