@@ -68,8 +68,8 @@ def grid_summary(config: JobConfig, points: Sequence[tuple[GridPoint, JobConfig]
     for point, point_cfg in points:
         per_seed = read_seed_metrics(point_cfg)
         first = per_seed[min(per_seed)]
-        metric_names = metric_names or list(first["metrics"])
-        datasets = datasets or list(first["ood_datasets"])
+        metric_names += [m for m in first["metrics"] if m not in metric_names]
+        datasets += [d for d in first["ood_datasets"] if d not in datasets]  # a swept preset: the union
         summary = aggregate(per_seed)
         rows.update({key: row["label"] for key, row in summary["rows"].items() if key not in rows})
         entries.append({
@@ -187,12 +187,16 @@ def grid_markdown(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
         "",
     ]
     for entry in summary["points"]:
-        links = ", ".join(f"[{_link_text(r)}]({r['path']})" for r in entry["reports"])
+        links = ", ".join(
+            f"[{_link_text(r, len(entry['reports']) == 1)}]({r['path']})" for r in entry["reports"]
+        )
         lines.append(f"- `{entry['name']}` ({', '.join(entry['sets'])}): {links}")
     return "\n".join(lines) + "\n"
 
 
-def _link_text(report: Mapping[str, Any]) -> str:
+def _link_text(report: Mapping[str, Any], alone: bool) -> str:
+    if alone:
+        return "report"
     return "mean ± std" if report["seed"] is None else f"seed {report['seed']}"
 
 
@@ -214,7 +218,10 @@ def grid_html(summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     parts += [f'<p><img src="{html.escape(p)}" alt="{html.escape(p)}"></p>' for p in plots]
     parts.append("<h2>Reports of the points</h2><ul>")
     for entry in summary["points"]:
-        links = ", ".join(f'<a href="{html.escape(r["path"])}">{_link_text(r)}</a>' for r in entry["reports"])
+        links = ", ".join(
+            f'<a href="{html.escape(r["path"])}">{_link_text(r, len(entry["reports"]) == 1)}</a>'
+            for r in entry["reports"]
+        )
         parts.append(f"<li><code>{html.escape(entry['name'])}</code>: {links}</li>")
     style = "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 5px}"
     body = "\n".join([*parts, "</ul>"])
