@@ -42,7 +42,7 @@ _COMPUTE: tuple[Stage, ...] = (
         "embed-text",
         "CLIP text embeddings of ID labels and candidates",
         ("corpus",),
-        1,
+        2,  # 2: OpenAI's weights under a GELU architecture name are built with QuickGELU (clip.model)
         embed_text.embed_text_settings,
         embed_text.run_embed_text,
     ),

@@ -71,4 +71,33 @@ def test_missing_checkpoint_and_bad_names(tmp_path: Path) -> None:
 
 def test_pretrained_tag_is_identified_without_download() -> None:
     weights = resolve_weights(ModelConfig(arch="ViT-B-16", pretrained="openai"))
-    assert (weights.kind, weights.identity) == ("tag", "open_clip:ViT-B-16:openai")
+    # OpenAI's weights were trained with QuickGELU, which open_clip's ViT-B-16 config lacks: the
+    # model is built with it (as the references' clip.load), and the identity (every cache key) says so
+    assert (weights.kind, weights.identity, weights.quick_gelu) == (
+        "tag", "open_clip:ViT-B-16:openai:quickgelu", True
+    )  # fmt: skip
+    for arch, tag in (("ViT-B-16-quickgelu", "openai"), ("ViT-B-16", "laion2b_s34b_b88k")):
+        weights = resolve_weights(ModelConfig(arch=arch, pretrained=tag))
+        assert (weights.identity, weights.quick_gelu) == (f"open_clip:{arch}:{tag}", False)
+    assert resolve_weights(ModelConfig(arch="RN50", pretrained="openai")).quick_gelu
+
+
+def test_openai_weights_are_loaded_into_a_quickgelu_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_clip asks open_clip for QuickGELU with OpenAI's weights under a GELU name. A test double
+    stands in for open_clip's download (no network here): it records the call and builds the model
+    without weights, so the activation it would have is checked."""
+    import open_clip
+
+    calls: list[dict[str, object]] = []
+    real = open_clip.create_model_and_transforms
+
+    def without_download(arch: str, pretrained: str | None = None, **kw: object) -> object:
+        calls.append({"arch": arch, "pretrained": pretrained, **kw})
+        return real(arch, pretrained=None, **kw)
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", without_download)
+    model, _, _ = create_clip(ModelConfig(arch="ViT-B-16", pretrained="openai"))
+    assert calls[0]["force_quick_gelu"] is True and calls[0]["pretrained"] == "openai"
+    assert isinstance(model.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+    create_clip(ModelConfig(arch="ViT-B-16", pretrained="laion2b_s34b_b88k"))
+    assert calls[1]["force_quick_gelu"] is False

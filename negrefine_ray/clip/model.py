@@ -40,11 +40,15 @@ def register_bundled_configs() -> None:
 
 @dataclass(frozen=True)
 class WeightsRef:
-    """Where the weights come from: kind 'tag', 'file' or 'random', and a content identity."""
+    """Where the weights come from: kind 'tag', 'file' or 'random', and a content identity.
+    `quick_gelu`: the weights were trained with QuickGELU but the architecture's config has GELU, so
+    the model is built with QuickGELU (OpenAI's weights under `ViT-B-16` rather than
+    `ViT-B-16-quickgelu`: open_clip would build GELU and only warn of the mismatch)."""
 
     kind: str
     value: str
     identity: str
+    quick_gelu: bool = False
 
     @property
     def is_random(self) -> bool:
@@ -72,6 +76,10 @@ def resolve_weights(cfg: ModelConfig) -> WeightsRef:
     tags = open_clip.list_pretrained_tags_by_model(cfg.arch)
     if value not in tags:
         raise unknown_name(f"pretrained tag for {cfg.arch} (model.pretrained)", value, [*tags, "none"])
+    trained = bool(open_clip.get_pretrained_cfg(cfg.arch, value).get("quick_gelu", False))
+    built = bool((open_clip.get_model_config(cfg.arch) or {}).get("quick_gelu", False))
+    if trained and not built:  # the activation the weights were trained with, as the references' clip.load
+        return WeightsRef("tag", value, f"open_clip:{cfg.arch}:{value}:quickgelu", quick_gelu=True)
     return WeightsRef("tag", value, f"open_clip:{cfg.arch}:{value}")
 
 
@@ -184,7 +192,7 @@ def create_clip(cfg: ModelConfig, device: str = "cpu") -> tuple[torch.nn.Module,
     if weights.kind == "tag":
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                cfg.arch, pretrained=weights.value, device=device
+                cfg.arch, pretrained=weights.value, device=device, force_quick_gelu=weights.quick_gelu
             )
         except Exception as exc:  # network and hub errors come in many types; re-raised with a fix
             raise NegRefineError(
