@@ -19,7 +19,6 @@ from typing import Any
 from negrefine_ray.config import GridPoint, JobConfig, grid_points, point_config
 from negrefine_ray.distributed.session import ensure_ray
 from negrefine_ray.errors import ConfigError, NegRefineError
-from negrefine_ray.grid.summary import write_grid_summary
 from negrefine_ray.pipeline import planned_stages, run_job, save_resolved_config
 from negrefine_ray.preflight import preflight
 from negrefine_ray.runfolder.donors import Donors, HashLocks
@@ -77,6 +76,10 @@ def run_grid(
                     on_point(point)
                 results += run_point(point, point_cfg, on_result)
         if until is None:
+            # scikit-learn and matplotlib (the summary's metrics and plots) are absent from the vLLM
+            # environment, whose CLI imports this module
+            from negrefine_ray.grid.summary import write_grid_summary
+
             written = write_grid_summary(config, points)
             if remote is not None:
                 for name in written:
