@@ -91,6 +91,13 @@ def read_file(root: str, path: str) -> bytes:
         return fh.read()  # type: ignore[no-any-return]
 
 
+def file_stat(root: str, path: str) -> tuple[int, int] | None:
+    """(size, modification time in ns) of `path` under `root`, or None when it is not a file."""
+    fs, base = _cached_root(root)
+    info = fs.get_file_info(posixpath.join(base, path))
+    return (info.size, info.mtime_ns) if info.type == pafs.FileType.File else None
+
+
 _ROOTS: dict[str, tuple[pafs.FileSystem, str]] = {}
 
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import posixpath
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import pyarrow.fs as pafs
 from PIL import Image, ImageDraw
 
-from negrefine_ray.data.datasets import read_file
-from negrefine_ray.data.file_walk import open_root
+from negrefine_ray.data.datasets import file_stat, read_file
 from negrefine_ray.runfolder.storage import Location, write_bytes_atomic
 
 FOLDER = "thumbnails"
@@ -28,12 +25,10 @@ QUALITY = 85
 
 def _key(root: str, path: str, px: int) -> str | None:
     """The cache key of `path` under `root` as it is now, or None if it is not a file."""
-    fs, base = open_root(root)
-    info = fs.get_file_info(posixpath.join(base, path))
-    if info.type != pafs.FileType.File:
+    stat = file_stat(root, path)
+    if stat is None:
         return None
-    ident = [root, path, info.size, info.mtime_ns, px]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([root, path, *stat, px]).encode()).hexdigest()[:24]
 
 
 def make_thumbnail(data: bytes, px: int) -> bytes:

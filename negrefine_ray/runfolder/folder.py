@@ -227,26 +227,27 @@ def run_stage(
             if remote is not None:
                 remote.push_stage(stage.name)
             return StageResult(stage.name, "reused", summary, 0.0)
-        return _compute(stage, config, key, staging, ray_address, remote)
+        return _compute(stage, stage.fn, config, key, expected, staging, ray_address, remote)
 
 
 def _compute(
     stage: Stage,
+    fn: StageFn,
     config: JobConfig,
     key: Mapping[str, Any],
+    expected: str,
     staging: Path,
     ray_address: str | None,
     remote: RemoteRun | None,
 ) -> StageResult:
-    """Run the stage function into `staging`, write its manifest and swap it in."""
-    if stage.fn is None:
-        raise StageError(f"Stage '{stage.name}' is not implemented yet ({stage.planned_in}).")
-    run_dir, expected, final = config.run_dir, stable_hash(key), config.run_dir / stage.name
+    """Run the stage's function `fn` into `staging`, write its manifest (hash `expected`, of `key`)
+    and swap it in."""
+    run_dir, final = config.run_dir, config.run_dir / stage.name
     staging.mkdir(parents=True)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     ctx = StageContext(config, stage.name, staging, run_dir, ray_address, stage.reads_manifests)
-    output = stage.fn(ctx)
+    output = fn(ctx)
     seconds = time.perf_counter() - t0
     missing = [a for a in output.artifacts if not (staging / a).is_file()]
     if missing:

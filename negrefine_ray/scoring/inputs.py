@@ -74,10 +74,6 @@ class ScoreInput:
             raise StageError(f"{where} has no negatives of method '{self.method.name}'; rerun mine.")
         return rows.sort_by("rank")
 
-    def negative_text(self) -> np.ndarray:
-        """(M, D) float32 embeddings of the method's negatives in its canonical order (rank)."""
-        return column_matrix(self.negative_rows(), "embedding")
-
     def negative_set(self) -> NegativeSet:
         """The method's negatives (labels, parts of speech, ranks, embeddings) in rank order."""
         rows = self.negative_rows()

@@ -404,15 +404,18 @@ def write_html(
     flags: Sequence[Mapping[str, str]],
     result: Mapping[str, Any],
     plots: Sequence[str],
+    manifests: Mapping[str, Mapping[str, Any]],
+    warning: str,
 ) -> tuple[list[str], dict[str, Any]]:
-    """report.html and its thumbnails: the files written (relative to the stage folder) and stats."""
+    """report.html and its thumbnails: the files written (relative to the stage folder) and stats.
+    `manifests`: the upstream stages'; `warning`: the random-weights line ("" with real weights)."""
     # scikit-learn (core.metrics, which the page's threshold and labels use) is absent from the vLLM
     # environment, whose filter stage imports the pipeline and so this module
     from negrefine_ray.report import hardest, page
     from negrefine_ray.report.negatives import negative_lists
     from negrefine_ray.report.thumbnails import thumbnails
 
-    config, manifests = ctx.config, ctx.upstream_manifests()
+    config = ctx.config
     k = config.report.hardest
     galleries = hardest.pick(table, catalogue, k) if k else []
     hardest.explain(galleries, table, catalogue, flags, ctx.run_dir, config)
@@ -426,16 +429,15 @@ def write_html(
         else ""
     )
     judges = [j["name"] for j in manifests.get("filter", {}).get("settings", {}).get("judges", [])]
-    stats_of = {s: mf.get("stats", {}) for s, mf in manifests.items()}
     times = [[s, f"{mf.get('seconds', 0):.1f}", mf.get("summary", "")] for s, mf in manifests.items()]
-    random = config.model.pretrained.lower() == "none"
-    warning = f'{RANDOM_WARNING.strip("*")} (model.pretrained = "none")' if random else ""
     sections = [
         page.results_section(result),
         page.plots_section(plots),
         page.hardest_section(galleries, thumbs, k, note),
         page.negatives_section(negative_lists(ctx.run_dir, catalogue, judges, config.filter.scope)),
-        page.facts_section(run_facts(config, manifests), _judge_rows(stats_of.get("filter", {})), times),
+        page.facts_section(
+            run_facts(config, manifests), _judge_rows(manifests.get("filter", {}).get("stats", {})), times
+        ),
     ]
     write_text(
         ctx.out_dir / "report.html",
@@ -457,7 +459,8 @@ def run_report(ctx: StageContext) -> StageOutput:
     judges = judge_table(result, catalogue, manifests.get("filter", {}).get("stats", {}))
     plots += write_judge_plot(judges, ctx.out_dir)
     random = config.model.pretrained.lower() == "none"
-    lines = [f'{RANDOM_WARNING} (model.pretrained = "none")', ""] if random else []
+    warning = f'{RANDOM_WARNING} (model.pretrained = "none")' if random else ""
+    lines = [warning, ""] if random else []
     lines += [f"# OOD detection report: {config.run.name}", "", *markdown_tables(result), ""]
     lines += [*judge_lines(judges), ""] if judges else []
     lines += run_sections(config, table, manifests)
@@ -472,7 +475,9 @@ def run_report(ctx: StageContext) -> StageOutput:
         f"{main['label']}: average AUROC {100 * main['average']['auroc']:.2f}, "
         f"FPR95 {100 * main['average']['fpr95']:.2f}" + (" (random weights: meaningless)" if random else "")
     )
-    html_files, html_stats = write_html(ctx, table, catalogue, flags, result, plots)
+    # the page shows the warning as text, without Markdown's bold
+    page_warning = warning.replace("**", "")
+    html_files, html_stats = write_html(ctx, table, catalogue, flags, result, plots, manifests, page_warning)
     stats = {
         "rows": len(result["rows"]),
         "ood_datasets": result["ood_datasets"],
