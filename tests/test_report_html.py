@@ -213,3 +213,20 @@ def test_negrefine_cards_show_what_its_score_used(smoke_run: SmokeRun) -> None:
     top = np.argsort(-neg_cos, kind="stable")[:5]
     assert negatives == [part.column("label")[int(i)].as_py() for i in top]
     np.testing.assert_allclose([c for _, c in card.negatives], neg_cos[top], atol=1e-4)
+
+
+def test_report_settings_refuse_bad_values_by_name() -> None:
+    from negrefine_ray.config import build_config
+    from negrefine_ray.errors import ConfigError
+
+    assert build_config({"report": {"hardest": 0}}).report.hardest == 0  # 0: no galleries
+    for key, value, message in (
+        ("hardest", -1, r"report\.hardest = -1 is below its minimum 0"),
+        ("thumbnail_px", 8, r"report\.thumbnail_px = 8 is below its minimum 16"),
+        ("top_labels", 0, r"report\.top_labels = 0 is below its minimum 1"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            build_config({"report": {key: value}})
+    with pytest.raises(ConfigError, match=r"Unknown key 'report\.hardst'\. Did you mean 'hardest'"):
+        build_config({"report": {"hardst": 3}})
+    assert page.hardest_section([], {}, 0, "") == ""  # and the page leaves the section out
